@@ -1,0 +1,195 @@
+"""Argument checks shared by the public API.
+
+Every message has one form: "`name` must <rule>; got <value>. <how to fix>".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "as_numpy",
+    "check_embeddings",
+    "check_ids",
+    "fail",
+    "normalized_float32",
+]
+
+_CHUNK_ROWS = 65536
+
+
+def fail(name: str, rule: str, got: Any, fix: str = "", exc: type[Exception] = ValueError):
+    """Raise ``exc`` with the project's one message form."""
+    msg = f"`{name}` must {rule}; got {got}."
+    if fix:
+        msg += f" {fix}"
+    raise exc(msg)
+
+
+def as_numpy(x: Any, name: str) -> np.ndarray:
+    """Return ``x`` as a numpy array without copying when possible.
+
+    Accepts numpy arrays (memmaps included), torch tensors (moved to CPU) and
+    nested sequences. Anything else raises ``TypeError`` naming ``name``.
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    mod = type(x).__module__ or ""
+    if mod.startswith("torch"):
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    if isinstance(x, (list, tuple)):
+        return np.asarray(x)
+    fail(
+        name,
+        "be a numpy array, numpy memmap or torch tensor",
+        f"an object of type {type(x).__name__}",
+        exc=TypeError,
+    )
+    raise AssertionError  # unreachable
+
+
+def _shape_str(a: np.ndarray) -> str:
+    return "[" + ", ".join(str(s) for s in a.shape) + "]"
+
+
+def check_embeddings(x: Any, name: str, d: int | None = None, d_from: str = "") -> np.ndarray:
+    """Check a float matrix ``[n, d]`` of finite, non-zero rows.
+
+    Parameters
+    ----------
+    x : array-like, float, shape [n, d]
+    name : str
+        Argument name used in error messages.
+    d : int, optional
+        Required width.
+    d_from : str
+        Which argument fixed ``d`` (for the message).
+
+    Returns
+    -------
+    numpy.ndarray
+        The input as a numpy array (not copied, not normalised).
+    """
+    a = as_numpy(x, name)
+    if a.ndim != 2:
+        fail(name, "be a 2-D float array [n, d]", f"shape {_shape_str(a)}", exc=ValueError)
+    if not np.issubdtype(a.dtype, np.floating):
+        fail(
+            name,
+            "have a floating dtype (float16, float32 or float64)",
+            f"dtype {a.dtype}",
+            "Convert with .astype(np.float32).",
+            exc=TypeError,
+        )
+    if a.shape[0] == 0:
+        fail(name, "have at least one row", f"shape {_shape_str(a)}")
+    if a.shape[1] == 0:
+        fail(name, "have at least one column", f"shape {_shape_str(a)}")
+    if d is not None and a.shape[1] != d:
+        fail(
+            name,
+            f"have width d={d} like `{d_from}`",
+            f"shape {_shape_str(a)}",
+            "All embeddings must come from the same model.",
+        )
+    for start in range(0, a.shape[0], _CHUNK_ROWS):
+        blk = np.asarray(a[start : start + _CHUNK_ROWS], dtype=np.float64)
+        finite = np.isfinite(blk).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            fail(
+                name,
+                "hold only finite values",
+                f"NaN or inf in row {row} ({int((~finite).sum())} bad rows in rows "
+                f"{start}..{start + len(blk) - 1})",
+                "Drop or re-embed those rows.",
+            )
+        zero = ~(blk != 0).any(axis=1)
+        if zero.any():
+            row = start + int(np.flatnonzero(zero)[0])
+            fail(
+                name,
+                "have no all-zero rows (cosine is undefined for them)",
+                f"an all-zero row {row}",
+                "Drop or re-embed that row.",
+            )
+    return a
+
+
+def normalized_float32(a: np.ndarray) -> np.ndarray:
+    """Return a new C-contiguous float32 copy of ``a`` with unit-norm rows.
+
+    Works in row chunks so a float64 or memory-mapped input never needs a
+    second full-size temporary.
+    """
+    out = np.empty(a.shape, dtype=np.float32)
+    for start in range(0, a.shape[0], _CHUNK_ROWS):
+        blk = np.asarray(a[start : start + _CHUNK_ROWS], dtype=np.float64)
+        blk /= np.linalg.norm(blk, axis=1, keepdims=True)
+        out[start : start + len(blk)] = blk
+    return out
+
+
+def check_ids(
+    x: Any,
+    name: str,
+    *,
+    ndim: int,
+    upper: int,
+    upper_what: str,
+    width: int | None = None,
+) -> np.ndarray:
+    """Check an integer id array with values in ``[0, upper)``.
+
+    Parameters
+    ----------
+    x : array-like, integer
+    name : str
+        Argument name used in error messages.
+    ndim : int
+        Required rank.
+    upper : int
+        Exclusive upper bound of the ids.
+    upper_what : str
+        What the bound is, e.g. "S = len(source_embeddings)".
+    width : int, optional
+        Required size of the last axis (for ``[n, width]`` arrays).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+    """
+    a = as_numpy(x, name)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        fail(
+            name,
+            "have an integer dtype",
+            f"dtype {a.dtype}",
+            "Ids must be integers; convert with .astype(np.int64) if they are whole numbers.",
+            exc=TypeError,
+        )
+    if a.ndim != ndim or (width is not None and a.shape[-1] != width):
+        want = f"[n, {width}]" if width is not None else ("[n]" if ndim == 1 else f"{ndim}-D")
+        fail(name, f"have shape {want}", f"shape {_shape_str(a)}")
+    a = np.asarray(a, dtype=np.int64)
+    if a.size:
+        lo = int(a.min())
+        hi = int(a.max())
+        if lo < 0 or hi >= upper:
+            bad = lo if lo < 0 else hi
+            flat = int(np.flatnonzero(a.reshape(-1) == bad)[0])
+            where = np.unravel_index(flat, a.shape)
+            where_s = ", ".join(str(int(i)) for i in where)
+            fail(
+                name,
+                f"hold ids in [0, {upper}) where {upper_what}",
+                f"{bad} at [{where_s}]",
+            )
+    return a

@@ -1,0 +1,464 @@
+"""Mining orchestration: inputs checked once, tier 3 searched, tiers 1, 2, 4 sampled.
+
+The row-filling rules and fallbacks are in :mod:`negmine.assemble`. Random
+streams are keyed by (seed, block of 1024 pairs, sampling step), so the output
+depends on neither ``batch_size`` nor thread count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ._checks import as_numpy, check_embeddings, check_ids, fail, normalized_float32
+from .assemble import fill_rows
+from .config import TIER_NAMES, MiningConfig
+from .index import SourceIndex, fingerprint
+from .layout import ClusterLayout, PositiveSets, adjacent_clusters
+from .search import exact_outside_cluster, overfetch_outside_cluster
+
+__all__ = ["RNG_BLOCK", "NegativeMiner", "mine_negatives"]
+
+log = logging.getLogger(__name__)
+
+#: Pairs per random stream. Fixed: the output must not depend on batching.
+RNG_BLOCK = 1024
+
+
+class NegativeMiner:
+    """Mine ``n_neg`` negatives in four tiers for every (question, source) pair.
+
+    Parameters
+    ----------
+    source_embeddings : float [S, d]
+        numpy array, memmap or torch tensor.
+    question_embeddings : float [Q, d]
+    centroid_embeddings : float [C, d]
+    pair_indices : int [P, 2]
+        Positive pairs (question index, source index).
+    pair_cluster_ids : int [P]
+        Cluster of each pair, in [0, C).
+    source_cluster_ids : int [S]
+        Cluster of each source, in [0, C).
+    n_neg : int
+        Negatives per pair.
+    tier_proportions : sequence of 4 numbers, optional
+        Counts (four ints summing to ``n_neg``) or weights; see
+        :func:`negmine.config.resolve_tier_counts`.
+    adjacent_k : int
+        Adjacent clusters of each cluster (tier 2).
+    random_seed : int
+    show_progress : bool
+        Draw tqdm progress bars on stderr.
+    batch_size : int
+        Pairs sampled per step (rounded up to a multiple of 1024). Memory
+        only: the output is the same for every value.
+    index : SourceIndex or path, optional
+        A prebuilt source index. Default: an exact flat index built here.
+    validate : bool
+        Check the result with :func:`negmine.validate_negatives` before
+        returning it (raises ``ValidationError`` on a violation).
+    """
+
+    def __init__(
+        self,
+        source_embeddings: Any,
+        question_embeddings: Any,
+        centroid_embeddings: Any,
+        pair_indices: Any,
+        pair_cluster_ids: Any,
+        source_cluster_ids: Any,
+        n_neg: int = 12,
+        tier_proportions: Any = None,
+        adjacent_k: int = 3,
+        random_seed: int = 42,
+        show_progress: bool = False,
+        batch_size: int = 65536,
+        index: SourceIndex | str | os.PathLike | None = None,
+        validate: bool = True,
+    ):
+        self.config = MiningConfig(
+            n_neg=n_neg,
+            tier_proportions=tier_proportions,
+            adjacent_k=adjacent_k,
+            random_seed=random_seed,
+        )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            fail("batch_size", "be a positive integer", repr(batch_size), exc=TypeError)
+        if batch_size < 1:
+            fail("batch_size", "be a positive integer", batch_size)
+        self.batch_size = int(batch_size)
+        self.show_progress = bool(show_progress)
+        self.validate = bool(validate)
+
+        src = check_embeddings(source_embeddings, "source_embeddings")
+        n_s, d = src.shape
+        qry = check_embeddings(question_embeddings, "question_embeddings", d, "source_embeddings")
+        cen = check_embeddings(centroid_embeddings, "centroid_embeddings", d, "source_embeddings")
+        n_q, n_c = qry.shape[0], cen.shape[0]
+        pairs = as_numpy(pair_indices, "pair_indices")
+        if pairs.ndim != 2 or pairs.shape[1] != 2:
+            fail(
+                "pair_indices", "have shape [P, 2] (question, source)", f"shape {list(pairs.shape)}"
+            )
+        if pairs.shape[0] == 0:
+            fail("pair_indices", "hold at least one pair", "shape [0, 2]")
+        q_ids = check_ids(
+            pairs[:, 0],
+            "pair_indices[:, 0]",
+            ndim=1,
+            upper=n_q,
+            upper_what="Q = len(question_embeddings)",
+        )
+        s_ids = check_ids(
+            pairs[:, 1],
+            "pair_indices[:, 1]",
+            ndim=1,
+            upper=n_s,
+            upper_what="S = len(source_embeddings)",
+        )
+        n_p = pairs.shape[0]
+        pcl = check_ids(
+            pair_cluster_ids, "pair_cluster_ids", ndim=1, upper=n_c,
+            upper_what="C = len(centroid_embeddings)",
+        )  # fmt: skip
+        if pcl.shape[0] != n_p:
+            fail(
+                "pair_cluster_ids", f"have one entry per pair (P = {n_p})", f"length {pcl.shape[0]}"
+            )
+        scl = check_ids(
+            source_cluster_ids, "source_cluster_ids", ndim=1, upper=n_c,
+            upper_what="C = len(centroid_embeddings)",
+        )  # fmt: skip
+        if scl.shape[0] != n_s:
+            fail(
+                "source_cluster_ids",
+                f"have one entry per source (S = {n_s})",
+                f"length {scl.shape[0]}",
+            )
+        self.n_sources, self.n_questions, self.n_clusters, self.dim = n_s, n_q, n_c, d
+        self.pair_question = q_ids
+        self.pair_source = s_ids
+        self.pair_cluster = pcl
+        self._raw_sources = src
+        self._raw_questions = qry
+        self.positives = PositiveSets.from_pairs(np.stack([q_ids, s_ids], axis=1), n_q)
+        self._check_feasible()
+        adjacent = adjacent_clusters(cen, self.config.adjacent_k)
+        self.layout = ClusterLayout.build(scl, n_c, adjacent)
+        self._index_arg = index
+        self.index: SourceIndex | None = None
+        self.last_stats: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ checks
+    def _check_feasible(self) -> None:
+        n_pos = self.positives.counts()
+        worst = int(np.argmax(n_pos))
+        if self.n_sources - n_pos[worst] < self.config.n_neg:
+            fail(
+                "n_neg",
+                "leave enough non-positive sources for every question "
+                f"(S - positives >= n_neg; question {worst} has {int(n_pos[worst])} positives "
+                f"among S = {self.n_sources} sources)",
+                self.config.n_neg,
+                f"Use n_neg <= {self.n_sources - int(n_pos[worst])}.",
+            )
+
+    def _ensure_index(self) -> SourceIndex:
+        if self.index is not None:
+            return self.index
+        arg = self._index_arg
+        if arg is None:
+            self.index = SourceIndex.build(self._raw_sources, "flat")
+        else:
+            idx = arg if isinstance(arg, SourceIndex) else SourceIndex.load(arg)
+            idx.check_matches(fingerprint(self._raw_sources), self.dim)
+            self.index = idx
+        return self.index
+
+    # ------------------------------------------------------------------ mining
+    def mine_all_negatives(self) -> dict[str, Any]:
+        """Mine every pair.
+
+        Returns
+        -------
+        dict
+            ``hard_negatives`` int64 tensor [P, n_neg] of source ids,
+            ``negative_tiers`` int64 tensor [P, n_neg] of tier labels 1-4,
+            ``negative_scores`` float32 tensor [P, n_neg], the cosine of each
+            negative to the pair's question. Statistics of the run are kept in
+            :attr:`last_stats`.
+        """
+        import torch
+
+        ids, tiers, scores, _stats = self.mine_arrays()
+        return {
+            "hard_negatives": torch.from_numpy(ids),
+            "negative_tiers": torch.from_numpy(tiers),
+            "negative_scores": torch.from_numpy(scores),
+        }
+
+    def mine_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Like :meth:`mine_all_negatives`, as numpy arrays plus the statistics dict."""
+        t_start = time.perf_counter()
+        cfg = self.config
+        n1, n2, n3, n4 = cfg.tier_counts
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        index = self._ensure_index()
+        timings["index"] = time.perf_counter() - t0
+
+        # Tier 3 once per distinct (cluster, question), grouped by cluster.
+        t0 = time.perf_counter()
+        key = self.pair_cluster * self.n_questions + self.pair_question
+        uniq, combo_of_pair = np.unique(key, return_inverse=True)
+        combo_cluster = uniq // self.n_questions
+        combo_question = uniq - combo_cluster * self.n_questions
+        _t3_scores, t3_ids = self._search_tier3(index, combo_cluster, combo_question, n3)
+        timings["tier3_search"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        n_p = self.pair_question.size
+        out_ids = np.empty((n_p, cfg.n_neg), dtype=np.int64)
+        out_tiers = np.empty((n_p, cfg.n_neg), dtype=np.int64)
+        short = dict.fromkeys(("tier1", "tier2", "tier3", "distant", "outside"), 0)
+        step = -(-self.batch_size // RNG_BLOCK) * RNG_BLOCK
+        with _progress(self.show_progress, n_p, "sampling tiers 1, 2, 4") as bar:
+            for p0 in range(0, n_p, step):
+                p1 = min(p0 + step, n_p)
+                ids, tiers, sh = self._sample_rows(
+                    p0, p1, t3_ids[combo_of_pair[p0:p1]], (n1, n2, n3, n4)
+                )
+                out_ids[p0:p1] = ids
+                out_tiers[p0:p1] = tiers
+                for k_, v in sh.items():
+                    short[k_] += v
+                bar.update(p1 - p0)
+        timings["sampling"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        out_scores = self._cosines(out_ids)
+        timings["scores"] = time.perf_counter() - t0
+
+        report = None
+        if self.validate:
+            from .validate import validate_negatives
+
+            t0 = time.perf_counter()
+            report = validate_negatives(
+                out_ids,
+                out_tiers,
+                pair_indices=np.stack([self.pair_question, self.pair_source], axis=1),
+                pair_cluster_ids=self.pair_cluster,
+                source_cluster_ids=self.layout.source_cluster,
+                adjacent=self.layout.adjacent,
+                adjacent_k=cfg.adjacent_k,
+                tier_proportions=list(cfg.tier_counts),
+            )
+            report.raise_if_failed()
+            timings["validate"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+
+        counts = np.bincount(out_tiers.reshape(-1), minlength=5)[1:]
+        per_tier = {}
+        for t in range(1, 5):
+            sel = out_tiers == t
+            per_tier[str(t)] = {
+                "name": TIER_NAMES[t],
+                "requested": int(cfg.tier_counts[t - 1] * n_p),
+                "count": int(counts[t - 1]),
+                "mean_cosine": float(out_scores[sel].mean()) if sel.any() else None,
+            }
+        stats = {
+            "n_pairs": int(n_p),
+            "n_sources": self.n_sources,
+            "n_questions": self.n_questions,
+            "n_clusters": self.n_clusters,
+            "tier3_queries": int(uniq.size),
+            "tiers": per_tier,
+            "shortfalls": {k_: int(v) for k_, v in short.items()},
+            "timings_seconds": {k_: round(v, 4) for k_, v in timings.items()},
+            "index": {k_: v for k_, v in index.manifest.items() if k_ != "versions"},
+            "validation_ok": None if report is None else report.ok,
+        }
+        self.last_stats = stats
+        log.info("mined %d pairs in %.2f s", n_p, timings["total"])
+        return out_ids, out_tiers, out_scores, stats
+
+    def _question_vectors(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised vectors of the distinct ``questions`` and each entry's row in them."""
+        uq, inv = np.unique(questions, return_inverse=True)
+        return normalized_float32(self._raw_questions[uq]), inv
+
+    def _search_tier3(
+        self, index: SourceIndex, combo_cluster: np.ndarray, combo_question: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        qvec, rows = self._question_vectors(combo_question)
+        with _progress(self.show_progress, combo_question.size, "tier 3 search") as bar:
+            if index.is_exact:
+                return exact_outside_cluster(
+                    index.vectors(),
+                    qvec,
+                    rows,
+                    combo_cluster,
+                    combo_question,
+                    self.layout,
+                    self.positives,
+                    k,
+                    progress=bar.update,
+                )
+            return overfetch_outside_cluster(
+                index.search,
+                index.ntotal,
+                qvec,
+                rows,
+                combo_cluster,
+                combo_question,
+                self.layout,
+                self.positives,
+                k,
+                progress=bar.update,
+            )
+
+    def _sample_rows(
+        self, p0: int, p1: int, t3: np.ndarray, counts: tuple[int, int, int, int]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Fill pairs ``p0:p1``; ``t3`` int64 [R, n3] are their tier-3 ids (-1 = none)."""
+        seed = self.config.random_seed
+        blocks = range(p0 // RNG_BLOCK, -(-p1 // RNG_BLOCK))
+        off = p0 - blocks.start * RNG_BLOCK
+
+        def uniforms(stage: int, width: int) -> np.ndarray:
+            parts = [
+                np.random.default_rng([seed, b, stage]).random((RNG_BLOCK, width)) for b in blocks
+            ]
+            return np.concatenate(parts)[off : off + p1 - p0]
+
+        return fill_rows(
+            self.layout,
+            self.positives,
+            self.pair_question[p0:p1],
+            self.pair_cluster[p0:p1],
+            t3,
+            counts,
+            uniforms,
+        )
+
+    def _cosines(self, ids: np.ndarray) -> np.ndarray:
+        """Cosine of each negative to its pair's question, float32 [P, n_neg]."""
+        out = np.empty(ids.shape, dtype=np.float32)
+        index = self.index
+        exact = index is not None and index.is_exact
+        vecs = index.vectors() if exact else None
+        step = 16384
+        for p0 in range(0, ids.shape[0], step):
+            p1 = min(p0 + step, ids.shape[0])
+            qv, inv = self._question_vectors(self.pair_question[p0:p1])
+            qv = qv[inv]
+            blk = ids[p0:p1]
+            for j in range(blk.shape[1]):
+                col = blk[:, j]
+                sv = vecs[col] if exact else normalized_float32(self._raw_sources[col])
+                out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
+        return out
+
+    # ------------------------------------------------------------------ output
+    def save(self, output_dir: str | os.PathLike, results: dict[str, Any], overwrite: bool = True):
+        """Write ``hard_negatives.pt``, ``negative_tiers.pt``, ``negative_scores.pt``
+        and ``manifest.json`` (last) into ``output_dir``, each atomically.
+
+        Returns
+        -------
+        pathlib.Path
+            The output directory.
+        """
+        from .io import save_outputs
+
+        tensors = {
+            k: as_numpy(v, k) for k, v in results.items() if k.startswith(("hard_", "negative_"))
+        }
+        return save_outputs(output_dir, tensors, self.manifest(), overwrite=overwrite)
+
+    def manifest(self) -> dict[str, Any]:
+        """What a mining output directory records about this run."""
+        import faiss
+
+        from . import __version__
+
+        return {
+            "format": "negmine-output",
+            "format_version": 1,
+            "config": self.config.to_dict(),
+            "seed": self.config.random_seed,
+            "stats": self.last_stats,
+            "versions": {
+                "negmine": __version__,
+                "faiss": faiss.__version__,
+                "numpy": np.__version__,
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, desc: str) -> Iterator[Any]:
+    if not enabled:
+        yield _NoBar()
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="pair", leave=False, mininterval=0.5)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def mine_negatives(
+    source_embeddings: Any,
+    question_embeddings: Any,
+    centroid_embeddings: Any,
+    pair_indices: Any,
+    pair_cluster_ids: Any,
+    source_cluster_ids: Any,
+    n_neg: int = 12,
+    output_dir: str | os.PathLike | None = None,
+    tier_proportions: Any = None,
+    adjacent_k: int = 3,
+    random_seed: int = 42,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Mine negatives in one call and optionally save them to ``output_dir``.
+
+    Takes the arguments of :class:`NegativeMiner` and returns the dict of
+    :meth:`NegativeMiner.mine_all_negatives`.
+    """
+    miner = NegativeMiner(
+        source_embeddings,
+        question_embeddings,
+        centroid_embeddings,
+        pair_indices,
+        pair_cluster_ids,
+        source_cluster_ids,
+        n_neg=n_neg,
+        tier_proportions=tier_proportions,
+        adjacent_k=adjacent_k,
+        random_seed=random_seed,
+        **kwargs,
+    )
+    res = miner.mine_all_negatives()
+    if output_dir is not None:
+        miner.save(output_dir, res)
+    return res

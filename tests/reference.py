@@ -1,0 +1,119 @@
+"""Slow, obviously-correct references the tests compare negmine against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def small_corpus(
+    n_sources: int = 400,
+    n_clusters: int = 8,
+    n_questions: int = 120,
+    d: int = 16,
+    seed: int = 0,
+    spread: float = 0.6,
+    extra_positive: float = 0.3,
+    mismatch: float = 0.1,
+) -> dict[str, np.ndarray]:
+    """A random clustered corpus with multi-positive questions and a few pairs
+    whose cluster is not their source's."""
+    rng = np.random.default_rng(seed)
+    cent = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    scl = rng.integers(0, n_clusters, n_sources)
+    scl[:n_clusters] = np.arange(n_clusters)  # no empty cluster
+    src = (cent[scl] + spread * rng.standard_normal((n_sources, d))).astype(np.float32)
+    first = rng.integers(0, n_sources, n_questions)
+    qe = (src[first] + 0.5 * rng.standard_normal((n_questions, d))).astype(np.float32)
+    pairs = [(q, int(s)) for q, s in enumerate(first)]
+    for q in range(n_questions):
+        if rng.random() < extra_positive:
+            pairs.append((q, int(rng.integers(0, n_sources))))
+    pairs_arr = np.array(pairs, dtype=np.int64)
+    pcl = scl[pairs_arr[:, 1]].copy()
+    flip = rng.random(len(pcl)) < mismatch
+    pcl[flip] = rng.integers(0, n_clusters, int(flip.sum()))
+    return {
+        "source_embeddings": src,
+        "question_embeddings": qe,
+        "centroid_embeddings": cent,
+        "pair_indices": pairs_arr,
+        "pair_cluster_ids": pcl,
+        "source_cluster_ids": scl.astype(np.int64),
+    }
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def adjacent_reference(centroids: np.ndarray, k: int) -> list[set[int]]:
+    """Adjacent sets by brute-force cosine (ties make the k-th member ambiguous;
+    callers use centroids without ties)."""
+    c = unit(centroids)
+    sim = c @ c.T
+    out = []
+    for i in range(len(c)):
+        others = [j for j in np.argsort(-sim[i], kind="stable") if j != i]
+        out.append(set(int(j) for j in others[:k]))
+    return out
+
+
+def positives_of(pairs: np.ndarray) -> dict[int, set[int]]:
+    pos: dict[int, set[int]] = {}
+    for q, s in pairs:
+        pos.setdefault(int(q), set()).add(int(s))
+    return pos
+
+
+def tier3_reference(corpus: dict, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per pair: (ids, scores) of the k most similar eligible sources, brute force."""
+    src = unit(corpus["source_embeddings"])
+    qry = unit(corpus["question_embeddings"])
+    scl = corpus["source_cluster_ids"]
+    pos = positives_of(corpus["pair_indices"])
+    out = []
+    for (q, _s), c in zip(corpus["pair_indices"], corpus["pair_cluster_ids"], strict=True):
+        sims = src @ qry[q]
+        ok = scl != c
+        ok[list(pos[int(q)])] = False
+        cand = np.flatnonzero(ok)
+        order = cand[np.argsort(-sims[cand], kind="stable")][:k]
+        out.append((order, sims[order]))
+    return out
+
+
+def check_rows(res: dict, corpus: dict, adjacent_k: int) -> None:
+    """Assert every hard rule and tier rule row by row (loops: a reference)."""
+    ids = np.asarray(res["hard_negatives"])
+    tiers = np.asarray(res["negative_tiers"])
+    scl = corpus["source_cluster_ids"]
+    n_src = len(scl)
+    adj = adjacent_reference(corpus["centroid_embeddings"], adjacent_k)
+    pos = positives_of(corpus["pair_indices"])
+    pairs, pcl = corpus["pair_indices"], corpus["pair_cluster_ids"]
+    for r, ((q, _s), c) in enumerate(zip(pairs, pcl, strict=True)):
+        row = [int(x) for x in ids[r]]
+        assert len(set(row)) == len(row), f"row {r} repeats an id: {row}"
+        assert all(0 <= x < n_src for x in row), f"row {r} out of range: {row}"
+        assert not set(row) & pos[int(q)], f"row {r} holds a positive"
+        near = adj[int(c)]
+        distant_left = [
+            x
+            for x in range(n_src)
+            if scl[x] != c and scl[x] not in near and x not in pos[int(q)] and x not in row
+        ]
+        for x, t in zip(row, tiers[r], strict=True):
+            cx = int(scl[x])
+            if t == 1:
+                assert cx == c, (r, x, t)
+            elif t == 2:
+                assert cx in near, (r, x, t)
+            elif t == 3:
+                assert cx != c, (r, x, t)
+            elif t == 4:
+                assert cx != c, (r, x, t)
+                if cx in near:
+                    assert not distant_left, f"row {r}: tier 4 took adjacent id {x} early"
+            else:
+                raise AssertionError(f"bad label {t} in row {r}")
