@@ -301,7 +301,7 @@ class NegativeMiner:
         self, index: SourceIndex, combo_cluster: np.ndarray, combo_question: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         qvec, rows = self._question_vectors(combo_question)
-        with _progress(self.show_progress, combo_question.size, "tier 3 search") as bar:
+        with _progress(self.show_progress, combo_question.size, "tier 3 search", "query") as bar:
             if index.is_exact:
                 return exact_outside_cluster(
                     index.vectors(),
@@ -408,13 +408,13 @@ class NegativeMiner:
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, desc: str) -> Iterator[Any]:
+def _progress(enabled: bool, total: int, desc: str, unit: str = "pair") -> Iterator[Any]:
     if not enabled:
         yield _NoBar()
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="pair", leave=False, mininterval=0.5)
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5)
     try:
         yield bar
     finally:

@@ -1,0 +1,183 @@
+"""``negmine bench``: mining time against the bare matrix product, measured side by side.
+
+Each workload runs in a fresh child process (so its peak RSS is its own) with
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` removed from the child's
+environment: where they are set they pin numpy's BLAS to a slower kernel, and
+both the miner and the reference product should run on the fastest one. Ratios
+are what to read: both figures come from the same process, minutes apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WORKLOADS", "bare_product_seconds", "run"]
+
+#: name -> (sources, pairs, clusters)
+WORKLOADS = {
+    "20k": (20_000, 10_000, 50),
+    "100k": (100_000, 100_000, 300),
+    "1m": (1_000_000, 1_000_000, 1000),
+}
+_DIM = 384
+_PROPORTIONS = [3, 4, 3, 2]
+
+
+def bare_product_seconds(queries: np.ndarray, sources: np.ndarray) -> float:
+    """Seconds for ``queries @ sources.T`` in the miner's blocks, results discarded.
+
+    Parameters
+    ----------
+    queries : float32 [M, d]
+    sources : float32 [S, d]
+    """
+    from .search import QUERY_BLOCK, SOURCE_CHUNK
+
+    chunk = min(SOURCE_CHUNK, sources.shape[0])
+    buf = np.empty(QUERY_BLOCK * chunk, dtype=np.float32)
+    t0 = time.perf_counter()
+    for b0 in range(0, queries.shape[0], QUERY_BLOCK):
+        xq = queries[b0 : b0 + QUERY_BLOCK]
+        for s0 in range(0, sources.shape[0], chunk):
+            xs = sources[s0 : s0 + chunk]
+            np.matmul(xq, xs.T, out=buf[: len(xq) * len(xs)].reshape(len(xq), len(xs)))
+    return time.perf_counter() - t0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _child_workload(name: str) -> dict[str, Any]:
+    from ._checks import normalized_float32
+    from .miner import NegativeMiner
+    from .synth import make_corpus
+
+    n_src, n_pairs, n_c = WORKLOADS[name]
+    t0 = time.perf_counter()
+    corpus = make_corpus(n_src, n_c, n_pairs, _DIM, seed=0)
+    gen_s = time.perf_counter() - t0
+    qn = normalized_float32(corpus["question_embeddings"][np.unique(corpus["pair_indices"][:, 0])])
+    sn = normalized_float32(corpus["source_embeddings"])
+    gemm_before = bare_product_seconds(qn, sn)
+    del qn, sn
+    miner = NegativeMiner(**corpus, n_neg=12, tier_proportions=_PROPORTIONS, adjacent_k=3)
+    t0 = time.perf_counter()
+    miner.mine_arrays()
+    mine_s = time.perf_counter() - t0
+    qn = normalized_float32(corpus["question_embeddings"][np.unique(corpus["pair_indices"][:, 0])])
+    sn = normalized_float32(corpus["source_embeddings"])
+    gemm_after = bare_product_seconds(qn, sn)
+    gemm = (gemm_before + gemm_after) / 2
+    stats = miner.last_stats or {}
+    return {
+        "workload": name,
+        "sources": n_src,
+        "pairs": n_pairs,
+        "clusters": n_c,
+        "questions": len(corpus["question_embeddings"]),
+        "generate_s": round(gen_s, 2),
+        "bare_product_s": round(gemm, 3),
+        "bare_product_runs_s": [round(gemm_before, 3), round(gemm_after, 3)],
+        "mine_s": round(mine_s, 3),
+        "ratio": round(mine_s / gemm, 3),
+        "pairs_per_s": round(n_pairs / mine_s),
+        "peak_rss_mb": round(_peak_rss_mb()),
+        "breakdown_s": stats.get("timings_seconds", {}),
+    }
+
+
+def _child_tiers(n_pairs: int) -> dict[str, Any]:
+    from .assemble import fill_rows
+    from .layout import ClusterLayout, PositiveSets, adjacent_clusters
+    from .miner import RNG_BLOCK
+    from .synth import make_corpus
+
+    corpus = make_corpus(200_000, 1000, n_pairs, 16, seed=1)
+    scl = corpus["source_cluster_ids"]
+    layout = ClusterLayout.build(scl, 1000, adjacent_clusters(corpus["centroid_embeddings"], 3))
+    pairs = corpus["pair_indices"]
+    positives = PositiveSets.from_pairs(pairs, len(corpus["question_embeddings"]))
+    cl = corpus["pair_cluster_ids"]
+    # Tier-3 stand-ins: the first sources after the pair's cluster in layout order.
+    after = layout.offsets[cl + 1][:, None] + np.arange(_PROPORTIONS[2])
+    t3 = layout.order[after % layout.n_sources]
+    step = 65536
+    t0 = time.perf_counter()
+    for p0 in range(0, n_pairs, step):
+        p1 = min(p0 + step, n_pairs)
+        blocks = range(p0 // RNG_BLOCK, -(-p1 // RNG_BLOCK))
+
+        def uniforms(stage: int, width: int, blocks=blocks, p0=p0, p1=p1) -> np.ndarray:
+            u = np.concatenate(
+                [np.random.default_rng([0, b, stage]).random((RNG_BLOCK, width)) for b in blocks]
+            )
+            off = p0 - blocks.start * RNG_BLOCK
+            return u[off : off + p1 - p0]
+
+        fill_rows(layout, positives, pairs[p0:p1, 0], cl[p0:p1], t3[p0:p1],
+                  tuple(_PROPORTIONS), uniforms)  # fmt: skip
+    secs = time.perf_counter() - t0
+    return {"tiers_pairs": n_pairs, "tiers_124_s": round(secs, 3)}
+
+
+def _spawn(arg: str) -> dict[str, Any]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "negmine.bench", arg],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child '{arg}' failed:\n{proc.stderr.strip()}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(workloads: list[str], tiers_pairs: int = 1_000_000) -> dict[str, Any]:
+    """Run the workloads (and the tier timing) and print a table; returns the figures."""
+    for name in workloads:
+        if name not in WORKLOADS:
+            raise ValueError(f"`--workloads` must name among {sorted(WORKLOADS)}; got '{name}'.")
+    unset = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
+    note = f"; unset for the children: {', '.join(unset)}" if unset else ""
+    print(f"negmine bench: d={_DIM}, n_neg 12, tiers {_PROPORTIONS}, exact index, "
+          f"{os.cpu_count()} cpus{note}")  # fmt: skip
+    print("target: mining <= 1.3 x the bare product; tiers 1, 2, 4 for 1M pairs <= 2 s")
+    head = (f"{'workload':<9}{'sources':>9}{'pairs':>9}{'clust':>6}{'product s':>11}"
+            f"{'mine s':>9}{'ratio':>7}{'pairs/s':>10}{'peak MB':>9}")  # fmt: skip
+    print(head)
+    rows = []
+    for name in workloads:
+        r = _spawn(f"--child={name}")
+        rows.append(r)
+        print(f"{name:<9}{r['sources']:>9}{r['pairs']:>9}{r['clusters']:>6}"
+              f"{r['bare_product_s']:>11.2f}{r['mine_s']:>9.2f}{r['ratio']:>7.2f}"
+              f"{r['pairs_per_s']:>10,}{r['peak_rss_mb']:>9}")  # fmt: skip
+        print(f"{'':<9}breakdown: {r['breakdown_s']}", flush=True)
+    tiers = _spawn(f"--tiers={tiers_pairs}") if tiers_pairs else None
+    if tiers:
+        print(f"tiers 1, 2, 4 for {tiers['tiers_pairs']:,} pairs: {tiers['tiers_124_s']:.2f} s")
+    return {"workloads": rows, "tiers": tiers}
+
+
+if __name__ == "__main__":
+    arg = sys.argv[1] if len(sys.argv) > 1 else ""
+    if arg.startswith("--child="):
+        print(json.dumps(_child_workload(arg.split("=", 1)[1])))
+    elif arg.startswith("--tiers="):
+        print(json.dumps(_child_tiers(int(arg.split("=", 1)[1]))))
+    else:
+        print("usage: negmine bench (this module runs its own children)", file=sys.stderr)
+        sys.exit(2)

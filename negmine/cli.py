@@ -1,0 +1,309 @@
+"""The ``negmine`` command line.
+
+Owns logging, progress bars (stderr) and exit codes: 0 success, 1 a failed
+validation, 2 bad input or usage. Errors print one line; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("negmine")
+
+
+def _proportions(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected four comma-separated numbers such as 3,4,3,2; got {text!r}"
+        ) from None
+    return [int(v) if v.is_integer() else v for v in vals]
+
+
+def _add_mining_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mining")
+    g.add_argument("--n-neg", type=int, default=12, help="negatives per pair (default 12)")
+    g.add_argument(
+        "--tier-proportions",
+        type=_proportions,
+        default=None,
+        metavar="T1,T2,T3,T4",
+        help="counts summing to n_neg, or weights (default: n_neg // 4 each)",
+    )
+    g.add_argument("--adjacent-k", type=int, default=3, help="adjacent clusters (default 3)")
+    g.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    g.add_argument(
+        "--batch-size", type=int, default=65536, help="pairs per step; memory only (default 65536)"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="negmine", description="Mine tiered hard negatives for retrieval training."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars, warnings only"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "mine", parents=[common], help="mine negatives for a data directory",
+        description="Mine negatives for DATA_DIR (.npy inputs or a JASPER dataset directory).",
+    )  # fmt: skip
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--index", type=Path, default=None, help="a prebuilt index directory")
+    _add_mining_options(p)
+
+    p = sub.add_parser(
+        "validate", parents=[common], help="check a mining output against its inputs"
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--data", type=Path, required=True, metavar="DATA_DIR")
+    p.add_argument("--adjacent-k", type=int, default=None, help="default: from the manifest")
+
+    p = sub.add_parser(
+        "demo", parents=[common], help="generate a clustered corpus, mine, validate, summarise"
+    )
+    p.add_argument("--sources", type=int, default=30000)
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--pairs", type=int, default=20000)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--out", type=Path, default=None, help="keep the outputs here")
+    _add_mining_options(p)
+
+    p = sub.add_parser(
+        "bench", parents=[common], help="time mining against the bare matrix product"
+    )
+    p.add_argument(
+        "--workloads",
+        default="20k,100k",
+        help="comma-separated among 20k, 100k, 1m (default 20k,100k)",
+    )
+    p.add_argument("--tiers-pairs", type=int, default=1_000_000, help="pairs for the tier timing")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+    p = sub.add_parser("index", help="build or inspect a source index")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    b = isub.add_parser("build", parents=[common], help="build and save an index directory")
+    b.add_argument("sources", type=Path, metavar="SOURCES", help=".npy/.pt file or data dir")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--spec", default="flat", help="'flat' or a FAISS factory string")
+    i = isub.add_parser("info", parents=[common], help="print an index manifest")
+    i.add_argument("path", type=Path)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _print_stats(stats: dict[str, Any], seconds: float) -> None:
+    print(f"{'tier':<18}{'count':>10}{'requested':>11}{'mean cos':>10}")
+    for t, row in stats["tiers"].items():
+        mc = "-" if row["mean_cosine"] is None else f"{row['mean_cosine']:.3f}"
+        name = f"{t} {row['name']}"
+        print(f"{name:<18}{row['count']:>10}{row['requested']:>11}{mc:>10}")
+    sf = {k: v for k, v in stats["shortfalls"].items() if v}
+    print(f"shortfalls moved along the fallback: {sf or 'none'}")
+    n = stats["n_pairs"]
+    print(f"{n} pairs in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} pairs/s)")
+
+
+def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    from .miner import NegativeMiner
+
+    miner = NegativeMiner(
+        **arrays,
+        n_neg=args.n_neg,
+        tier_proportions=args.tier_proportions,
+        adjacent_k=args.adjacent_k,
+        random_seed=args.seed,
+        batch_size=args.batch_size,
+        show_progress=not args.quiet,
+        index=getattr(args, "index", None),
+    )
+    t0 = time.perf_counter()
+    ids, tiers, scores, stats = miner.mine_arrays()
+    seconds = time.perf_counter() - t0
+    if out is not None:
+        tensors = {"hard_negatives": ids, "negative_tiers": tiers, "negative_scores": scores}
+        from .io import save_outputs
+
+        save_outputs(out, tensors, miner.manifest())
+        log.info("wrote %s", out)
+    stats["seconds"] = seconds
+    return stats
+
+
+def _cmd_mine(args: argparse.Namespace) -> int:
+    from .io import load_dataset
+
+    ds = load_dataset(args.data_dir)
+    for note in ds.notes:
+        log.info("%s", note)
+    stats = _mine(args, ds.arrays, args.out)
+    if not args.quiet:
+        _print_stats(stats, stats["seconds"])
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .io import load_dataset, load_outputs
+    from .validate import validate_negatives
+
+    outputs = load_outputs(args.out_dir)
+    manifest = outputs["manifest"]
+    config = manifest.get("config", {})
+    adjacent_k = args.adjacent_k if args.adjacent_k is not None else config.get("adjacent_k", 3)
+    ds = load_dataset(args.data)
+    a = ds.arrays
+    report = validate_negatives(
+        outputs["hard_negatives"],
+        outputs["negative_tiers"],
+        pair_indices=a["pair_indices"],
+        pair_cluster_ids=a["pair_cluster_ids"],
+        source_cluster_ids=a["source_cluster_ids"],
+        centroid_embeddings=a["centroid_embeddings"],
+        adjacent_k=adjacent_k,
+        tier_proportions=config.get("tier_counts"),
+    )
+    print(report.summary())
+    if report.ok:
+        print("ok: every rule holds")
+        return 0
+    for err in report.errors:
+        print(f"error: {err}")
+    return 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .synth import make_corpus
+
+    t0 = time.perf_counter()
+    corpus = make_corpus(args.sources, args.clusters, args.pairs, args.dim, seed=args.seed)
+    log.info(
+        "generated %d sources, %d questions, %d clusters, %d pairs (d=%d) in %.1f s",
+        args.sources,
+        len(corpus["question_embeddings"]),
+        args.clusters,
+        args.pairs,
+        args.dim,
+        time.perf_counter() - t0,
+    )
+    with tempfile.TemporaryDirectory(prefix="negmine-demo-") as tmp:
+        out = args.out if args.out is not None else Path(tmp) / "out"
+        stats = _mine(args, corpus, out)
+        print(f"validation: {'ok' if stats['validation_ok'] else 'FAILED'}")
+        _print_stats(stats, stats["seconds"])
+        files = ", ".join(sorted(p.name for p in out.iterdir()))
+        where = out if args.out is not None else "a temporary directory (use --out to keep it)"
+        print(f"outputs ({files}) written to {where}")
+    return 0 if stats["validation_ok"] else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    results = run(names, tiers_pairs=args.tiers_pairs)
+    if args.json is not None:
+        from .io import atomic_write_json
+
+        atomic_write_json(args.json, results)
+    return 0
+
+
+def _load_matrix(path: Path) -> Any:
+    import numpy as np
+
+    if path.is_dir():
+        from .io import load_dataset
+
+        return load_dataset(path).arrays["source_embeddings"]
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    if path.suffix == ".pt":
+        from .io import load_pt_tensor
+
+        return load_pt_tensor(path)
+    raise ValueError(f"`SOURCES` must be a .npy or .pt file or a data directory; got '{path}'.")
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from .index import SourceIndex, read_manifest
+
+    if args.index_command == "build":
+        t0 = time.perf_counter()
+        idx = SourceIndex.build(_load_matrix(args.sources), args.spec)
+        idx.save(args.out)
+        log.info("built %s over %d sources in %.1f s", idx.manifest["factory"], idx.ntotal,
+                 time.perf_counter() - t0)  # fmt: skip
+        print(args.out)
+        return 0
+    if args.index_command == "info":
+        print(json.dumps(read_manifest(args.path), indent=2, sort_keys=True))
+        return 0
+    print("negmine index: choose an action: build or info", file=sys.stderr)
+    return 2
+
+
+_COMMANDS = {
+    "mine": _cmd_mine,
+    "validate": _cmd_validate,
+    "demo": _cmd_demo,
+    "bench": _cmd_bench,
+    "index": _cmd_index,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    for flag in ("quiet", "verbose", "debug"):
+        if not hasattr(args, flag):
+            setattr(args, flag, False)
+    _setup_logging(args)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"negmine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("negmine: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
