@@ -157,7 +157,7 @@ def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) ->
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
-    from .io import load_dataset
+    from .datasets import load_dataset
 
     ds = load_dataset(args.data_dir)
     for note in ds.notes:
@@ -169,7 +169,8 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .io import load_dataset, load_outputs
+    from .datasets import load_dataset
+    from .io import load_outputs
     from .validate import validate_negatives
 
     outputs = load_outputs(args.out_dir)
@@ -238,7 +239,7 @@ def _load_matrix(path: Path) -> Any:
     import numpy as np
 
     if path.is_dir():
-        from .io import load_dataset
+        from .datasets import load_dataset
 
         return load_dataset(path).arrays["source_embeddings"]
     if path.suffix == ".npy":

@@ -1,4 +1,4 @@
-"""Tests for negmine.io: dataset formats, cluster derivation, safe .pt loading, atomic writes."""
+"""Tests for negmine.io and negmine.datasets: formats, cluster derivation, .pt loading, writes."""
 
 from __future__ import annotations
 
@@ -19,18 +19,20 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import negmine.io as nio
-from negmine.io import (
+from negmine.datasets import (
     INPUT_NAMES,
     JASPER_FILES,
     Dataset,
+    derive_source_clusters,
+    load_dataset,
+    save_dataset,
+)
+from negmine.io import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
-    derive_source_clusters,
-    load_dataset,
     load_outputs,
     load_pt_tensor,
-    save_dataset,
     save_outputs,
     save_pt_tensor,
 )
@@ -90,7 +92,7 @@ def reference_clusters(src, cents, pairs, pair_clu) -> list[int]:
 
 def test_import_does_not_import_torch_or_faiss(tmp_path):
     code = (
-        "import sys, negmine.io; "
+        "import sys, negmine.io, negmine.datasets; "
         "bad = [m for m in ('torch', 'faiss') if m in sys.modules]; "
         "sys.exit(1 if bad else 0)"
     )
