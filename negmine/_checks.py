@@ -100,7 +100,7 @@ def check_embeddings(x: Any, name: str, d: int | None = None, d_from: str = "") 
             "All embeddings must come from the same model.",
         )
     for start in range(0, a.shape[0], _CHUNK_ROWS):
-        blk = np.asarray(a[start : start + _CHUNK_ROWS], dtype=np.float64)
+        blk = np.asarray(a[start : start + _CHUNK_ROWS])
         finite = np.isfinite(blk).all(axis=1)
         if not finite.all():
             row = start + int(np.flatnonzero(~finite)[0])
@@ -126,14 +126,27 @@ def check_embeddings(x: Any, name: str, d: int | None = None, d_from: str = "") 
 def normalized_float32(a: np.ndarray) -> np.ndarray:
     """Return a new C-contiguous float32 copy of ``a`` with unit-norm rows.
 
-    Works in row chunks so a float64 or memory-mapped input never needs a
-    second full-size temporary.
+    Works in row chunks, so a float64 or memory-mapped input never needs a
+    second full-size temporary. Norms are taken in float32 and, for rows whose
+    squared norm would overflow or underflow float32, again in float64 after
+    scaling by the row's largest magnitude. Rows must be finite and non-zero
+    (see :func:`check_embeddings`).
     """
     out = np.empty(a.shape, dtype=np.float32)
     for start in range(0, a.shape[0], _CHUNK_ROWS):
-        blk = np.asarray(a[start : start + _CHUNK_ROWS], dtype=np.float64)
-        blk /= np.linalg.norm(blk, axis=1, keepdims=True)
-        out[start : start + len(blk)] = blk
+        raw = np.asarray(a[start : start + _CHUNK_ROWS])
+        blk = out[start : start + len(raw)]
+        with np.errstate(all="ignore"):  # out-of-range rows are redone below
+            blk[...] = raw
+            sq = np.einsum("ij,ij->i", blk, blk)
+            bad = ~((sq > 1e-30) & (sq < 1e30))
+            np.sqrt(sq, out=sq)
+            blk /= sq[:, None]
+        if bad.any():
+            rows = np.asarray(raw[bad], dtype=np.float64)
+            rows /= np.abs(rows).max(axis=1, keepdims=True)
+            rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+            blk[bad] = rows
     return out
 
 

@@ -37,7 +37,7 @@ def fingerprint(source_embeddings: np.ndarray) -> str:
     n, d = source_embeddings.shape
     h = _fingerprint_start(n, d)
     for s in range(0, n, _FP_CHUNK):
-        h.update(normalized_float32(source_embeddings[s : s + _FP_CHUNK]).tobytes())
+        h.update(normalized_float32(source_embeddings[s : s + _FP_CHUNK]).data)
     return "sha256:" + h.hexdigest()
 
 
@@ -128,7 +128,7 @@ class SourceIndex:
         h = _fingerprint_start(n, d)
         for s in range(0, n, _FP_CHUNK):
             blk = normalized_float32(src[s : s + _FP_CHUNK])
-            h.update(blk.tobytes())
+            h.update(blk.data)
             index.add(blk)
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -154,6 +154,7 @@ class NegativeMiner:
         self.layout = ClusterLayout.build(scl, n_c, adjacent)
         self._index_arg = index
         self.index: SourceIndex | None = None
+        self._sorted: np.ndarray | None = None
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -170,17 +171,27 @@ class NegativeMiner:
                 f"Use n_neg <= {self.n_sources - int(n_pos[worst])}.",
             )
 
-    def _ensure_index(self) -> SourceIndex:
-        if self.index is not None:
+    def _ensure_index(self) -> SourceIndex | None:
+        """The user's index, loaded and checked; ``None`` for the built-in exact search."""
+        if self.index is not None or self._index_arg is None:
             return self.index
         arg = self._index_arg
-        if arg is None:
-            self.index = SourceIndex.build(self._raw_sources, "flat")
-        else:
-            idx = arg if isinstance(arg, SourceIndex) else SourceIndex.load(arg)
-            idx.check_matches(fingerprint(self._raw_sources), self.dim)
-            self.index = idx
-        return self.index
+        idx = arg if isinstance(arg, SourceIndex) else SourceIndex.load(arg)
+        idx.check_matches(fingerprint(self._raw_sources), self.dim)
+        self.index = idx
+        return idx
+
+    def _sorted_sources(self) -> np.ndarray:
+        """Normalised sources in cluster-layout order, float32 [S, d] (built once)."""
+        if self._sorted is None:
+            order = self.layout.order
+            out = np.empty((self.n_sources, self.dim), dtype=np.float32)
+            step = 65536
+            for a in range(0, order.size, step):
+                rows = order[a : a + step]
+                out[a : a + rows.size] = normalized_float32(self._raw_sources[rows])
+            self._sorted = out
+        return self._sorted
 
     # ------------------------------------------------------------------ mining
     def mine_all_negatives(self) -> dict[str, Any]:
@@ -285,7 +296,11 @@ class NegativeMiner:
             "tiers": per_tier,
             "shortfalls": {k_: int(v) for k_, v in short.items()},
             "timings_seconds": {k_: round(v, 4) for k_, v in timings.items()},
-            "index": {k_: v for k_, v in index.manifest.items() if k_ != "versions"},
+            "index": (
+                {"factory": "Flat", "exact": True, "built": "in memory, cluster-ordered"}
+                if index is None
+                else {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
+            ),
             "validation_ok": None if report is None else report.ok,
         }
         self.last_stats = stats
@@ -298,34 +313,19 @@ class NegativeMiner:
         return normalized_float32(self._raw_questions[uq]), inv
 
     def _search_tier3(
-        self, index: SourceIndex, combo_cluster: np.ndarray, combo_question: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, index: SourceIndex | None, combo_cluster: np.ndarray, combo_question: np.ndarray,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         qvec, rows = self._question_vectors(combo_question)
+        args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives, k)
         with _progress(self.show_progress, combo_question.size, "tier 3 search", "query") as bar:
-            if index.is_exact:
+            if index is None:
                 return exact_outside_cluster(
-                    index.vectors(),
-                    qvec,
-                    rows,
-                    combo_cluster,
-                    combo_question,
-                    self.layout,
-                    self.positives,
-                    k,
-                    progress=bar.update,
+                    self._sorted_sources(), *args, progress=bar.update, cluster_sorted=True
                 )
-            return overfetch_outside_cluster(
-                index.search,
-                index.ntotal,
-                qvec,
-                rows,
-                combo_cluster,
-                combo_question,
-                self.layout,
-                self.positives,
-                k,
-                progress=bar.update,
-            )
+            if index.is_exact:
+                return exact_outside_cluster(index.vectors(), *args, progress=bar.update)
+            return overfetch_outside_cluster(index.search, index.ntotal, *args, progress=bar.update)
 
     def _sample_rows(
         self, p0: int, p1: int, t3: np.ndarray, counts: tuple[int, int, int, int]
@@ -354,9 +354,12 @@ class NegativeMiner:
     def _cosines(self, ids: np.ndarray) -> np.ndarray:
         """Cosine of each negative to its pair's question, float32 [P, n_neg]."""
         out = np.empty(ids.shape, dtype=np.float32)
-        index = self.index
-        exact = index is not None and index.is_exact
-        vecs = index.vectors() if exact else None
+        if self._sorted is not None:
+            vecs, where = self._sorted, self.layout.rank
+        elif self.index is not None and self.index.is_exact:
+            vecs, where = self.index.vectors(), None
+        else:
+            vecs = where = None
         step = 16384
         for p0 in range(0, ids.shape[0], step):
             p1 = min(p0 + step, ids.shape[0])
@@ -365,7 +368,10 @@ class NegativeMiner:
             blk = ids[p0:p1]
             for j in range(blk.shape[1]):
                 col = blk[:, j]
-                sv = vecs[col] if exact else normalized_float32(self._raw_sources[col])
+                if vecs is None:
+                    sv = normalized_float32(self._raw_sources[col])
+                else:
+                    sv = vecs[col if where is None else where[col]]
                 out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
         return out
 

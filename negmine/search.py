@@ -15,7 +15,9 @@ out of eligible sources:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -54,13 +56,17 @@ def exact_outside_cluster(
     positives: PositiveSets,
     k: int,
     progress: Callable[[int], None] | None = None,
+    cluster_sorted: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products outside each query's cluster.
 
     Parameters
     ----------
     vectors : float32 [S, d]
-        L2-normalised sources, C-contiguous.
+        L2-normalised sources, C-contiguous: in source-id order, or in layout
+        order (``vectors[i]`` is source ``layout.order[i]``) when
+        ``cluster_sorted``. Sorted storage turns the skipped cluster into one
+        contiguous column range per block, which is much cheaper to mask.
     queries : float32 [Q', d]
         L2-normalised question vectors.
     query_rows : int64 [M]
@@ -75,6 +81,8 @@ def exact_outside_cluster(
     k : int
     progress : callable, optional
         Called with the number of queries finished after each block.
+    cluster_sorted : bool
+        See ``vectors``.
 
     Returns
     -------
@@ -86,65 +94,102 @@ def exact_outside_cluster(
     import faiss
 
     n_q = query_rows.shape[0]
-    n_s = vectors.shape[0]
     out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
     out_i = np.full((n_q, k), -1, dtype=np.int64)
     if k == 0 or n_q == 0:
         return out_d, out_i
-    chunk = min(SOURCE_CHUNK, n_s)
-    buf = np.empty(QUERY_BLOCK * chunk, dtype=np.float32)
-    # The heap updates are light; FAISS's OpenMP threads would only fight the
-    # BLAS threads of the matrix product for the two cores.
+    # FAISS's OpenMP threads would spin against numpy's BLAS threads between
+    # calls; instead each heap update runs single-threaded on a share of the
+    # rows in plain threads (the FAISS call releases the GIL).
     n_threads = faiss.omp_get_max_threads()
+    n_workers = max(1, min(os.cpu_count() or 1, 8))
     faiss.omp_set_num_threads(1)
     try:
-        _exact_blocks(vectors, queries, query_rows, query_cluster, query_question, layout,
-                      positives, k, buf, chunk, out_d, out_i, progress)  # fmt: skip
+        with ThreadPoolExecutor(n_workers) as pool:
+            kernel = _BlockKernel(vectors, layout, positives, k, cluster_sorted, pool, n_workers)
+            for b0 in range(0, n_q, QUERY_BLOCK):
+                b1 = min(b0 + QUERY_BLOCK, n_q)
+                d, i = kernel.run(
+                    queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
+                )
+                out_d[b0:b1] = d
+                out_i[b0:b1] = i
+                if progress is not None:
+                    progress(b1 - b0)
     finally:
         faiss.omp_set_num_threads(n_threads)
     return out_d, out_i
 
 
-def _exact_blocks(
-    vectors, queries, query_rows, query_cluster, query_question, layout, positives, k, buf,
-    chunk, out_d, out_i, progress,
-) -> None:  # fmt: skip
-    import faiss
+class _BlockKernel:
+    """One block of queries against all sources, chunk by chunk."""
 
-    n_q = query_rows.shape[0]
-    n_s = vectors.shape[0]
-    for b0 in range(0, n_q, QUERY_BLOCK):
-        b1 = min(b0 + QUERY_BLOCK, n_q)
-        nb = b1 - b0
-        xq = queries[query_rows[b0:b1]]
-        cl = query_cluster[b0:b1]
-        # Runs of equal cluster inside the block (one range to mask per run).
-        brk = np.flatnonzero(np.diff(cl)) + 1
-        run_start = np.concatenate([[0], brk])
-        run_end = np.concatenate([brk, [nb]])
-        run_members = [
-            layout.order[layout.offsets[c] : layout.offsets[c + 1]] for c in cl[run_start]
-        ]
-        owner, pos = csr_expand(positives.offsets, query_question[b0:b1])
-        pos_src = positives.sources[pos]
-        heap, dist, ids = _new_heap(nb, k)
-        for s0 in range(0, n_s, chunk):
-            s1 = min(s0 + chunk, n_s)
-            ns = s1 - s0
-            scores = buf[: nb * ns].reshape(nb, ns)
-            np.matmul(xq, vectors[s0:s1].T, out=scores)
-            for r0, r1, members in zip(run_start, run_end, run_members, strict=True):
+    def __init__(self, vectors, layout, positives, k, cluster_sorted, pool, n_workers):
+        self.vectors = vectors
+        self.layout = layout
+        self.positives = positives
+        self.k = k
+        self.sorted = cluster_sorted
+        self.pool = pool
+        self.n_workers = n_workers
+        self.chunk = min(SOURCE_CHUNK, vectors.shape[0])
+        self.buf = np.empty(QUERY_BLOCK * self.chunk, dtype=np.float32)
+
+    def _mask_runs(self, scores, s0, s1, runs) -> None:
+        lay = self.layout
+        for r0, r1, c in runs:
+            if self.sorted:
+                lo = max(int(lay.offsets[c]), s0)
+                hi = min(int(lay.offsets[c + 1]), s1)
+                if hi > lo:
+                    scores[r0:r1, lo - s0 : hi - s0] = -np.inf
+            else:
+                members = lay.order[lay.offsets[c] : lay.offsets[c + 1]]
                 lo, hi = np.searchsorted(members, [s0, s1])
                 if hi > lo:
                     scores[r0:r1][:, members[lo:hi] - s0] = -np.inf
-            in_chunk = (pos_src >= s0) & (pos_src < s1)
-            scores[owner[in_chunk], pos_src[in_chunk] - s0] = -np.inf
-            heap.addn(ns, faiss.swig_ptr(scores), s0, 0, nb)
+
+    def run(self, xq, cl, qq):
+        import faiss
+
+        nb = xq.shape[0]
+        n_s = self.vectors.shape[0]
+        # Runs of equal cluster inside the block: one range to mask per run.
+        brk = np.flatnonzero(np.diff(cl)) + 1
+        starts = np.concatenate([[0], brk])
+        ends = np.concatenate([brk, [nb]])
+        runs = list(zip(starts.tolist(), ends.tolist(), cl[starts].tolist(), strict=True))
+        owner, at = csr_expand(self.positives.offsets, qq)
+        pos_col = self.positives.sources[at]
+        if self.sorted:
+            pos_col = self.layout.rank[pos_col]
+        heap, dist, ids = _new_heap(nb, self.k)
+        step = -(-nb // self.n_workers)
+        for s0 in range(0, n_s, self.chunk):
+            s1 = min(s0 + self.chunk, n_s)
+            ns = s1 - s0
+            scores = self.buf[: nb * ns].reshape(nb, ns)
+            np.matmul(xq, self.vectors[s0:s1].T, out=scores)
+            self._mask_runs(scores, s0, s1, runs)
+            hit = (pos_col >= s0) & (pos_col < s1)
+            scores[owner[hit], pos_col[hit] - s0] = -np.inf
+            jobs = [
+                self.pool.submit(
+                    heap.addn,
+                    ns,
+                    faiss.swig_ptr(scores[r0 : r0 + step]),
+                    s0,
+                    r0,
+                    min(step, nb - r0),
+                )
+                for r0 in range(0, nb, step)
+            ]
+            for job in jobs:
+                job.result()
         heap.reorder()
-        out_d[b0:b1] = dist
-        out_i[b0:b1] = ids
-        if progress is not None:
-            progress(nb)
+        if self.sorted:
+            ids = np.where(ids >= 0, self.layout.order[np.maximum(ids, 0)], -1)
+        return dist, ids
 
 
 def overfetch_outside_cluster(

@@ -148,3 +148,22 @@ def test_save_round_trip(tmp_path, corpus):
         sum(t["count"] for t in manifest["stats"]["tiers"].values())
         == res["hard_negatives"].numel()
     )
+
+
+def test_saved_index_round_trip_and_fingerprint(tmp_path, corpus):
+    from negmine import SourceIndex
+
+    built = SourceIndex.build(corpus["source_embeddings"])
+    built.save(tmp_path / "idx")
+    q = np.ascontiguousarray(corpus["source_embeddings"][:5] / 3, dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for mmap in (False, True):
+        loaded = SourceIndex.load(tmp_path / "idx", mmap=mmap)
+        for a, b in zip(built.search(q, 4), loaded.search(q, 4), strict=True):
+            assert np.array_equal(a, b)
+    res = NegativeMiner(**corpus, n_neg=6).mine_all_negatives()
+    again = NegativeMiner(**corpus, n_neg=6, index=tmp_path / "idx").mine_all_negatives()
+    assert torch.equal(res["hard_negatives"], again["hard_negatives"])
+    f16 = dict(corpus, source_embeddings=corpus["source_embeddings"].astype(np.float16))
+    with pytest.raises(ValueError, match="other embeddings"):
+        NegativeMiner(**f16, n_neg=6, index=tmp_path / "idx").mine_all_negatives()
