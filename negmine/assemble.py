@@ -23,17 +23,68 @@ import numpy as np
 from .layout import ClusterLayout, PositiveSets, csr_expand
 from .tiers import complement_domain, sample_domain, union_domain
 
-__all__ = ["STAGES", "fill_rows"]
+__all__ = ["RNG_BLOCK", "STAGES", "block_uniforms", "fill_rows"]
 
 #: Sampling steps and the stream id of each (uniforms are keyed by it).
 STAGES = {"tier1": 1, "tier2": 2, "distant": 3, "outside": 4, "anywhere": 5}
+#: Pairs per random stream. Fixed: the output must not depend on batching.
+RNG_BLOCK = 1024
+
+
+def block_uniforms(
+    seed: int, p0: int, p1: int, counts: tuple[int, int, int, int]
+) -> Callable[[int, int], np.ndarray]:
+    """The random numbers of pairs ``p0:p1``, keyed by (seed, block of RNG_BLOCK pairs).
+
+    Every block has one stream for the three common steps, drawn in a fixed
+    order and shape (``[RNG_BLOCK, n1]``, ``[RNG_BLOCK, n1 + n2]``,
+    ``[RNG_BLOCK, n_neg]``), and one stream per rare step, so a pair's numbers
+    never depend on which other pairs are processed with it.
+
+    Returns
+    -------
+    callable ``(stage, width) -> float64 [p1 - p0, >= width]``
+    """
+    n1, n2, n3, n4 = counts
+    n_neg = n1 + n2 + n3 + n4
+    common = {STAGES["tier1"]: n1, STAGES["tier2"]: n1 + n2, STAGES["distant"]: n_neg}
+    blocks = range(p0 // RNG_BLOCK, -(-p1 // RNG_BLOCK))
+    off = p0 - blocks.start * RNG_BLOCK
+    cache: dict[int, np.ndarray] = {}
+
+    def uniforms(stage: int, width: int) -> np.ndarray:
+        if stage not in cache:
+            if stage in common:
+                parts: dict[int, list[np.ndarray]] = {st: [] for st in common}
+                for b in blocks:
+                    gen = np.random.default_rng([seed, b])
+                    for st, w in common.items():
+                        parts[st].append(gen.random((RNG_BLOCK, w)))
+                for st in common:
+                    cache[st] = np.concatenate(parts[st])[off : off + p1 - p0]
+            else:
+                cache[stage] = np.concatenate(
+                    [np.random.default_rng([seed, b, stage]).random((RNG_BLOCK, n_neg))
+                     for b in blocks]
+                )[off : off + p1 - p0]  # fmt: skip
+        u = cache[stage]
+        if u.shape[1] < width:
+            raise ValueError(f"stage {stage} needs {width} numbers per row; has {u.shape[1]}")
+        return u
+
+    return uniforms
+
+
 _OWN, _ADJ, _FAR = 1, 2, 4
 
 
 def _relation(src_cluster: np.ndarray, row_cluster: np.ndarray, row_adj: np.ndarray) -> np.ndarray:
-    """1 (own cluster), 2 (adjacent) or 4 (distant) per point; inputs [E], [E], [E, a]."""
-    in_adj = (src_cluster[:, None] == row_adj).any(axis=1) if row_adj.shape[1] else False
-    return np.where(src_cluster == row_cluster, _OWN, np.where(in_adj, _ADJ, _FAR))
+    """1 (own cluster), 2 (adjacent) or 4 (distant) per point.
+
+    ``src_cluster`` [R, w], ``row_cluster`` [R], ``row_adj`` [R, a] -> [R, w].
+    """
+    in_adj = (src_cluster[:, :, None] == row_adj[:, None, :]).any(axis=2)
+    return np.where(src_cluster == row_cluster[:, None], _OWN, np.where(in_adj, _ADJ, _FAR))
 
 
 def fill_rows(
@@ -80,9 +131,20 @@ def fill_rows(
     # Excluded points: (row, layout position, relation to the row).
     owner, at = csr_expand(positives.offsets, question)
     pos_src = positives.sources[at]
-    ex_row = [owner]
-    ex_pos = [layout.rank[pos_src]]
-    ex_rel = [_relation(layout.source_cluster[pos_src], cluster[owner], adj[owner])]
+    excluded: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {_OWN: [], _ADJ: [], _FAR: []}
+
+    def exclude(r: np.ndarray, src: np.ndarray, rel: np.ndarray | int) -> None:
+        lpos = layout.rank[src]
+        if np.ndim(rel) == 0:
+            excluded[int(rel)].append((r, lpos))
+            return
+        for key, lst in excluded.items():
+            m = rel == key
+            if m.any():
+                lst.append((r[m], lpos[m]))
+
+    pos_rel = _relation(layout.source_cluster[pos_src][:, None], cluster[owner], adj[owner])
+    exclude(owner, pos_src, pos_rel[:, 0])
 
     def put(
         sel: np.ndarray, new: np.ndarray, label: int | np.ndarray, rel: np.ndarray | int
@@ -106,28 +168,27 @@ def fill_rows(
             fill[sel] += ok.sum(axis=1)
         else:
             return
-        ex_row.append(r)
-        ex_pos.append(layout.rank[vals])
-        ex_rel.append(np.broadcast_to(rel, ok.shape)[ok] if np.ndim(rel) else np.full(r.size, rel))
+        exclude(r, vals, rel if np.ndim(rel) == 0 else rel[ok])
 
     def draw(sel, domain, k, stage, rel_mask, width):
-        er = np.concatenate(ex_row)
-        keep = (np.concatenate(ex_rel) & rel_mask) > 0
-        local = np.full(rows, -1, dtype=np.int64)
-        local[sel] = np.arange(sel.size)
-        er = local[er[keep]]
-        ep = np.concatenate(ex_pos)[keep]
-        inside = er >= 0
-        u = uniforms(stage, width)[sel]
-        lpos, got = sample_domain(domain[0], domain[1], k, er[inside], ep[inside], u)
+        parts = [p for key, lst in excluded.items() if key & rel_mask for p in lst]
+        er = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        ep = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        u = uniforms(stage, width)
+        if sel.size != rows:
+            local = np.full(rows, -1, dtype=np.int64)
+            local[sel] = np.arange(sel.size)
+            er = local[er]
+            inside = er >= 0
+            er, ep, u = er[inside], ep[inside], u[sel]
+        lpos, got = sample_domain(domain[0], domain[1], k, er, ep, u)
         return np.where(lpos >= 0, layout.order[np.maximum(lpos, 0)], -1), got
 
     every = np.arange(rows)
     short: dict[str, int] = {}
     if n3:
-        t3c = layout.source_cluster[np.maximum(tier3, 0)]
-        rel3 = _relation(t3c.reshape(-1), np.repeat(cluster, n3), np.repeat(adj, n3, axis=0))
-        put(every, tier3, 3, rel3.reshape(tier3.shape))
+        rel3 = _relation(layout.source_cluster[np.maximum(tier3, 0)], cluster, adj)
+        put(every, tier3, 3, rel3)
         need3 = n3 - (tier3 >= 0).sum(axis=1)
     else:
         need3 = np.zeros(rows, dtype=np.int64)
@@ -158,10 +219,8 @@ def fill_rows(
     if sel.size:  # distant clusters exhausted: anything outside the pair's cluster
         dom = complement_domain(layout.offsets, cluster[sel, None], layout.n_sources)
         new, got = draw(sel, dom, need[sel], STAGES["outside"], _ADJ | _FAR, n_neg)
-        rel = _relation(layout.source_cluster[np.maximum(new, 0)].reshape(-1),
-                        np.repeat(cluster[sel], new.shape[1]),
-                        np.repeat(adj[sel], new.shape[1], axis=0))  # fmt: skip
-        put(sel, new, 4, rel.reshape(new.shape))
+        rel = _relation(layout.source_cluster[np.maximum(new, 0)], cluster[sel], adj[sel])
+        put(sel, new, 4, rel)
         need[sel] -= got
     short["outside"] = int(need.sum())
 

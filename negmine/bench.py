@@ -96,9 +96,8 @@ def _child_workload(name: str) -> dict[str, Any]:
 
 
 def _child_tiers(n_pairs: int) -> dict[str, Any]:
-    from .assemble import fill_rows
+    from .assemble import block_uniforms, fill_rows
     from .layout import ClusterLayout, PositiveSets, adjacent_clusters
-    from .miner import RNG_BLOCK
     from .synth import make_corpus
 
     corpus = make_corpus(200_000, 1000, n_pairs, 16, seed=1)
@@ -110,21 +109,13 @@ def _child_tiers(n_pairs: int) -> dict[str, Any]:
     # Tier-3 stand-ins: the first sources after the pair's cluster in layout order.
     after = layout.offsets[cl + 1][:, None] + np.arange(_PROPORTIONS[2])
     t3 = layout.order[after % layout.n_sources]
-    step = 65536
+    step = 16384  # the miner's default batch_size
+    counts = tuple(_PROPORTIONS)
     t0 = time.perf_counter()
     for p0 in range(0, n_pairs, step):
         p1 = min(p0 + step, n_pairs)
-        blocks = range(p0 // RNG_BLOCK, -(-p1 // RNG_BLOCK))
-
-        def uniforms(stage: int, width: int, blocks=blocks, p0=p0, p1=p1) -> np.ndarray:
-            u = np.concatenate(
-                [np.random.default_rng([0, b, stage]).random((RNG_BLOCK, width)) for b in blocks]
-            )
-            off = p0 - blocks.start * RNG_BLOCK
-            return u[off : off + p1 - p0]
-
-        fill_rows(layout, positives, pairs[p0:p1, 0], cl[p0:p1], t3[p0:p1],
-                  tuple(_PROPORTIONS), uniforms)  # fmt: skip
+        uniforms = block_uniforms(0, p0, p1, counts)
+        fill_rows(layout, positives, pairs[p0:p1, 0], cl[p0:p1], t3[p0:p1], counts, uniforms)
     secs = time.perf_counter() - t0
     return {"tiers_pairs": n_pairs, "tiers_124_s": round(secs, 3)}
 

@@ -44,7 +44,7 @@ def _add_mining_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adjacent-k", type=int, default=3, help="adjacent clusters (default 3)")
     g.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     g.add_argument(
-        "--batch-size", type=int, default=65536, help="pairs per step; memory only (default 65536)"
+        "--batch-size", type=int, default=16384, help="pairs per step; memory only (default 16384)"
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import as_numpy, check_embeddings, check_ids, fail, normalized_float32
-from .assemble import fill_rows
+from .assemble import RNG_BLOCK, block_uniforms, fill_rows
 from .config import TIER_NAMES, MiningConfig
 from .index import SourceIndex, fingerprint
 from .layout import ClusterLayout, PositiveSets, adjacent_clusters
@@ -26,9 +26,6 @@ from .search import exact_outside_cluster, overfetch_outside_cluster
 __all__ = ["RNG_BLOCK", "NegativeMiner", "mine_negatives"]
 
 log = logging.getLogger(__name__)
-
-#: Pairs per random stream. Fixed: the output must not depend on batching.
-RNG_BLOCK = 1024
 
 
 class NegativeMiner:
@@ -79,7 +76,7 @@ class NegativeMiner:
         adjacent_k: int = 3,
         random_seed: int = 42,
         show_progress: bool = False,
-        batch_size: int = 65536,
+        batch_size: int = 16384,
         index: SourceIndex | str | os.PathLike | None = None,
         validate: bool = True,
     ):
@@ -331,16 +328,6 @@ class NegativeMiner:
         self, p0: int, p1: int, t3: np.ndarray, counts: tuple[int, int, int, int]
     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         """Fill pairs ``p0:p1``; ``t3`` int64 [R, n3] are their tier-3 ids (-1 = none)."""
-        seed = self.config.random_seed
-        blocks = range(p0 // RNG_BLOCK, -(-p1 // RNG_BLOCK))
-        off = p0 - blocks.start * RNG_BLOCK
-
-        def uniforms(stage: int, width: int) -> np.ndarray:
-            parts = [
-                np.random.default_rng([seed, b, stage]).random((RNG_BLOCK, width)) for b in blocks
-            ]
-            return np.concatenate(parts)[off : off + p1 - p0]
-
         return fill_rows(
             self.layout,
             self.positives,
@@ -348,7 +335,7 @@ class NegativeMiner:
             self.pair_cluster[p0:p1],
             t3,
             counts,
-            uniforms,
+            block_uniforms(self.config.random_seed, p0, p1, counts),
         )
 
     def _cosines(self, ids: np.ndarray) -> np.ndarray:

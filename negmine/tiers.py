@@ -94,11 +94,12 @@ def complement_domain(
         The gaps between the excluded ranges.
     """
     starts, lens = union_domain(offsets, clusters)
-    # Empty ranges sort to the end so they cannot split a gap.
-    key = np.where(lens > 0, starts, n_sources)
-    idx = np.argsort(key, axis=1, kind="stable")
-    s = np.take_along_axis(key, idx, axis=1)
-    e = s + np.take_along_axis(lens, idx, axis=1)
+    # Sort the ranges by start (one packed key); empty ranges sort to the end
+    # so they cannot split a gap.
+    key = np.where(lens > 0, starts, n_sources) * (1 << 32) + lens
+    key.sort(axis=1)
+    s = key >> 32
+    e = s + (key & 0xFFFFFFFF)
     rows = clusters.shape[0]
     gap_start = np.concatenate([np.zeros((rows, 1), np.int64), e], axis=1)
     gap_end = np.concatenate([s, np.full((rows, 1), n_sources, np.int64)], axis=1)
