@@ -5,7 +5,7 @@ Every message has one form: "`name` must <rule>; got <value>. <how to fix>".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -20,7 +20,9 @@ __all__ = [
 _CHUNK_ROWS = 65536
 
 
-def fail(name: str, rule: str, got: Any, fix: str = "", exc: type[Exception] = ValueError):
+def fail(
+    name: str, rule: str, got: Any, fix: str = "", exc: type[Exception] = ValueError
+) -> NoReturn:
     """Raise ``exc`` with the project's one message form."""
     msg = f"`{name}` must {rule}; got {got}."
     if fix:
@@ -52,7 +54,6 @@ def as_numpy(x: Any, name: str) -> np.ndarray:
         f"an object of type {type(x).__name__}",
         exc=TypeError,
     )
-    raise AssertionError  # unreachable
 
 
 def _shape_str(a: np.ndarray) -> str:

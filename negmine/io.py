@@ -163,7 +163,6 @@ def _json_text(obj: Any, name: str) -> str:
             "Convert the offending value to a plain Python type.",
             exc=type(e),
         )
-        raise AssertionError from e  # unreachable
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -236,7 +235,6 @@ def load_pt_tensor(path: str | os.PathLike[str]) -> np.ndarray:
             "weights_only=False. Re-save the data as a tensor: "
             "torch.save(torch.as_tensor(array), path).",
         )
-        raise AssertionError from e  # unreachable
     except OSError:
         raise
     except Exception as e:
@@ -246,7 +244,6 @@ def load_pt_tensor(path: str | os.PathLike[str]) -> np.ndarray:
             f"an unreadable file ({type(e).__name__}: {e})",
             "Check that the file is complete and really a .pt file.",
         )
-        raise AssertionError from e  # unreachable
     if not isinstance(obj, torch.Tensor):
         if isinstance(obj, Mapping):
             keys = ", ".join(repr(k) for k in list(obj)[:5])
@@ -279,7 +276,7 @@ def _to_tensor(a: np.ndarray, name: str) -> Any:
             # Read-only inputs (memmaps) are only read by torch.save.
             warnings.filterwarnings("ignore", message=".*not writable.*")
             return torch.from_numpy(a)
-    except TypeError as e:
+    except TypeError:
         fail(
             name,
             "have a dtype torch supports (bool, integer, float or complex)",
@@ -287,7 +284,6 @@ def _to_tensor(a: np.ndarray, name: str) -> Any:
             "Convert it with .astype(...) first.",
             exc=TypeError,
         )
-        raise AssertionError from e  # unreachable
 
 
 def save_pt_tensor(path: str | os.PathLike[str], array: Any) -> None:
@@ -506,7 +502,6 @@ def load_outputs(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "The directory is incomplete or not a negmine output directory; "
             "re-run the mining step that writes it.",
         )
-        raise AssertionError  # unreachable
     listed = _listed_files(manifest)
     if listed:
         wanted = {k: (v["file"], v) for k, v in listed.items()}
