@@ -30,6 +30,8 @@ __all__ = ["QUERY_BLOCK", "SOURCE_CHUNK", "exact_outside_cluster", "overfetch_ou
 QUERY_BLOCK = 1024
 #: Sources per matrix product.
 SOURCE_CHUNK = 32768
+#: Columns per candidate group of the top-k prefilter.
+GROUP = 16
 
 
 def _new_heap(n: int, k: int):
@@ -149,8 +151,62 @@ class _BlockKernel:
                 if hi > lo:
                     scores[r0:r1][:, members[lo:hi] - s0] = -np.inf
 
-    def run(self, xq, cl, qq):
+    def _push(self, heap, scores: np.ndarray, s0: int, step: int) -> None:
+        """Offer a score block [nb, ns] (columns ``s0 + j``) to the running top-k heap.
+
+        The columns are split into ``GROUP`` strided groups of ``L`` columns
+        (column ``t * L + l`` is in group ``l``). Each row's k best elements lie
+        in the k groups with the largest maxima, so a SIMD max over the groups
+        and a heap over the ``L`` maxima leave ``k * GROUP`` candidates per row
+        for the exact heap: far less work than heaping every score.
+        """
         import faiss
+
+        nb, ns = scores.shape
+        k = self.k
+        n_l = ns // GROUP
+        if n_l < 4 * k:
+            jobs = [
+                self.pool.submit(
+                    heap.addn,
+                    ns,
+                    faiss.swig_ptr(scores[r0 : r0 + step]),
+                    s0,
+                    r0,
+                    min(step, nb - r0),
+                )
+                for r0 in range(0, nb, step)
+            ]
+            for job in jobs:
+                job.result()
+            return
+        jobs = [
+            self.pool.submit(self._push_groups, heap, scores[r0 : r0 + step], s0, r0)
+            for r0 in range(0, nb, step)
+        ]
+        for job in jobs:
+            job.result()
+
+    def _push_groups(self, heap, scores: np.ndarray, s0: int, i0: int) -> None:
+        """Group-max prefilter of :meth:`_push` for heap rows ``i0 : i0 + len(scores)``."""
+        import faiss
+
+        nb, ns = scores.shape
+        k = self.k
+        n_l = ns // GROUP
+        gmax = scores[:, : n_l * GROUP].reshape(nb, GROUP, n_l).max(axis=1)
+        gheap, _, group = _new_heap(nb, k)
+        gheap.addn(n_l, faiss.swig_ptr(gmax), 0, 0, nb)
+        cols = (np.maximum(group, 0)[:, :, None] + n_l * np.arange(GROUP)).reshape(nb, k * GROUP)
+        vals = np.take_along_axis(scores, cols, axis=1)
+        vals[np.repeat(group < 0, GROUP, axis=1)] = -np.inf
+        cols += s0
+        heap.addn_with_ids(k * GROUP, faiss.swig_ptr(vals), faiss.swig_ptr(cols), k * GROUP, i0, nb)
+        if n_l * GROUP < ns:
+            tail = np.ascontiguousarray(scores[:, n_l * GROUP :])
+            heap.addn(tail.shape[1], faiss.swig_ptr(tail), s0 + n_l * GROUP, i0, nb)
+
+    def run(self, xq, cl, qq):
 
         nb = xq.shape[0]
         n_s = self.vectors.shape[0]
@@ -173,19 +229,7 @@ class _BlockKernel:
             self._mask_runs(scores, s0, s1, runs)
             hit = (pos_col >= s0) & (pos_col < s1)
             scores[owner[hit], pos_col[hit] - s0] = -np.inf
-            jobs = [
-                self.pool.submit(
-                    heap.addn,
-                    ns,
-                    faiss.swig_ptr(scores[r0 : r0 + step]),
-                    s0,
-                    r0,
-                    min(step, nb - r0),
-                )
-                for r0 in range(0, nb, step)
-            ]
-            for job in jobs:
-                job.result()
+            self._push(heap, scores, s0, step)
         heap.reorder()
         if self.sorted:
             ids = np.where(ids >= 0, self.layout.order[np.maximum(ids, 0)], -1)

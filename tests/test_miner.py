@@ -85,12 +85,14 @@ def test_exact_and_overfetch_kernels_agree_with_reference():
         assert list(i_over[r]) == list(ref_ids)
 
 
-def test_exact_kernel_across_chunks(monkeypatch):
-    """Blocks and chunks smaller than the data: the merge across them is exact."""
+@pytest.mark.parametrize("chunk", [50, 200])
+def test_exact_kernel_across_chunks(monkeypatch, chunk):
+    """Blocks and chunks smaller than the data: the merge across them is exact,
+    with (chunk 200) and without (chunk 50) the group-max prefilter."""
     import negmine.search as search
 
     monkeypatch.setattr(search, "QUERY_BLOCK", 16)
-    monkeypatch.setattr(search, "SOURCE_CHUNK", 50)
+    monkeypatch.setattr(search, "SOURCE_CHUNK", chunk)
     corpus = small_corpus(n_sources=430, n_clusters=7, n_questions=70, seed=2)
     res = _mine(corpus, tier_proportions=[1, 1, 6, 4])
     ref = tier3_reference(corpus, 6)
