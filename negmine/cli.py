@@ -46,6 +46,14 @@ def _add_mining_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--batch-size", type=int, default=16384, help="pairs per step; memory only (default 16384)"
     )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: reuse its finished blocks (same inputs and settings)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -144,15 +152,13 @@ def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) ->
         index=getattr(args, "index", None),
     )
     t0 = time.perf_counter()
-    ids, tiers, scores, stats = miner.mine_arrays()
-    seconds = time.perf_counter() - t0
-    if out is not None:
-        tensors = {"hard_negatives": ids, "negative_tiers": tiers, "negative_scores": scores}
-        from .io import save_outputs
-
-        save_outputs(out, tensors, miner.manifest())
+    if out is None:
+        miner.mine_arrays()
+    else:
+        miner.mine_to(out, overwrite=args.overwrite, resume=args.resume)
         log.info("wrote %s", out)
-    stats["seconds"] = seconds
+    stats = dict(miner.last_stats or {})
+    stats["seconds"] = time.perf_counter() - t0
     return stats
 
 

@@ -26,6 +26,9 @@ import numpy as np
 from ._checks import as_numpy, fail
 
 __all__ = [
+    "check_output_dir",
+    "replace_dir",
+    "staging_dir",
     "MANIFEST_NAME",
     "TENSOR_FILES_KEY",
     "atomic_path",
@@ -77,6 +80,98 @@ def _fsync_dir(path: Path) -> None:
         logger.debug("cannot fsync directory %s", path)
     finally:
         os.close(fd)
+
+
+def _exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``.
+
+    Returns False where the call is not available (other systems, old kernels
+    or file systems that lack it).
+    """
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
+
+
+def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the complete directory ``new`` at ``target``, replacing what was there.
+
+    A reader of ``target`` sees either the old directory or the new one, never a
+    mix: where ``target`` exists the two are exchanged atomically
+    (``renameat2(RENAME_EXCHANGE)``), then the old one is deleted. Without that
+    call the old directory is renamed aside first, which leaves a moment in
+    which ``target`` does not exist (but is never half-written).
+
+    Parameters
+    ----------
+    new : path
+        A complete directory on the same file system as ``target``.
+    target : path
+    """
+    import shutil
+
+    new, target = Path(new), Path(target)
+    parent = target.parent
+    if not target.exists():
+        os.rename(new, target)
+    elif _exchange_paths(new, target):
+        shutil.rmtree(new)
+    else:
+        aside = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(target, aside)
+        os.rename(new, target)
+        shutil.rmtree(aside)
+    _fsync_dir(parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(target: Path) -> None:
+    """Delete staging or set-aside directories of ``target`` left by dead processes."""
+    import shutil
+
+    for kind in ("staging", "old"):
+        for p in target.parent.glob(f".{target.name}.{kind}-*"):
+            try:
+                pid = int(p.name.rsplit("-", 2)[-2])
+            except ValueError:
+                continue
+            if p.is_dir() and not _pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def staging_dir(target: str | os.PathLike[str]) -> Path:
+    """A new empty hidden directory beside ``target`` to build its replacement in.
+
+    Leftovers of processes that died before their swap are removed first.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
+    d = target.parent / f".{target.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    d.mkdir()
+    return d
 
 
 @contextlib.contextmanager
@@ -353,11 +448,47 @@ def _safe_name(name: str) -> bool:
     return bool(name) and Path(name).name == name and name not in (".", "..")
 
 
+def check_output_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse an output directory that a new run must not replace.
+
+    A missing or empty directory is fine; one holding an earlier run needs
+    ``overwrite=True``; one holding files negmine did not write is refused.
+    Called before mining starts, so nobody waits hours to learn it.
+    """
+    d = Path(out_dir)
+    if d.exists() and not d.is_dir():
+        fail("output_dir", "be a directory", f"{str(d)!r}, which is a file")
+    if d.is_dir():
+        present = sorted(p.name for p in d.iterdir())
+        if present and not overwrite:
+            fail(
+                "output_dir",
+                "be new or empty unless overwrite=True",
+                f"{str(d)!r} holding {', '.join(present[:5])}",
+                "Pass overwrite=True (--overwrite) to replace the earlier run, or choose "
+                "another directory.",
+                exc=FileExistsError,
+            )
+        old, _ = _read_manifest(d)
+        ours = {MANIFEST_NAME} | {e["file"] for e in _listed_files(old or {}).values()}
+        ours |= {f"{k}.pt" for k in (*REQUIRED_OUTPUTS, *OPTIONAL_OUTPUTS)}
+        foreign = [n for n in present if n not in ours]
+        if foreign:
+            fail(
+                "output_dir",
+                "hold only negmine outputs to be replaced",
+                f"{str(d)!r} also holding {', '.join(foreign[:5])}",
+                "Move those files away or choose another directory.",
+                exc=FileExistsError,
+            )
+    return d
+
+
 def save_outputs(
     out_dir: str | os.PathLike[str],
     tensors: Mapping[str, Any],
     manifest: Mapping[str, Any],
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write mining results: one ``.pt`` per tensor, then ``manifest.json``.
 
@@ -375,8 +506,9 @@ def save_outputs(
         ``"tensor_files"`` entry recording each tensor's file, dtype and shape
         (that key is reserved).
     overwrite : bool
-        If False, refuse (``FileExistsError``) when ``manifest.json`` or any
-        of the tensor files already exists.
+        If False, refuse (``FileExistsError``) when ``out_dir`` exists and is
+        not empty. With True, a directory holding only negmine outputs is
+        replaced; one holding other files is still refused.
 
     Returns
     -------
@@ -385,10 +517,10 @@ def save_outputs(
 
     Notes
     -----
-    Every file is written atomically and the manifest comes last, so a
-    directory with a manifest is complete. When overwriting, the old manifest
-    is removed first (the directory reads as incomplete until the new one
-    lands) and tensor files that only the old manifest listed are removed.
+    The new directory is built beside ``out_dir`` (every file flushed, the
+    manifest last) and then swapped in atomically: a reader sees the old run or
+    the new one, and a process killed at any moment leaves the old outputs
+    intact. Only a directory holding nothing but negmine outputs is replaced.
     """
     if not isinstance(tensors, Mapping):
         fail(
@@ -424,46 +556,41 @@ def save_outputs(
     full_manifest[TENSOR_FILES_KEY] = record
     text = _json_text(full_manifest, "manifest") + "\n"
 
-    d = Path(out_dir)
-    if d.exists() and not d.is_dir():
-        fail("out_dir", "be a directory", f"{str(d)!r}, which is a file")
-    d.mkdir(parents=True, exist_ok=True)
-    man_path = d / MANIFEST_NAME
-    if not overwrite:
-        clash = [
-            n for n in [MANIFEST_NAME, *(r["file"] for r in record.values())] if (d / n).exists()
-        ]
-        if clash:
-            fail(
-                "out_dir",
-                "not hold earlier outputs when overwrite=False",
-                f"{str(d)!r} with {', '.join(clash)}",
-                "Pass overwrite=True or choose another directory.",
-                exc=FileExistsError,
-            )
-
-    old, _ = _read_manifest(d)
-    if man_path.exists():
-        man_path.unlink()
-        _fsync_dir(d)
+    d = check_output_dir(out_dir, overwrite)
 
     import torch
 
-    for key, t in converted.items():
-        with atomic_path(d / record[key]["file"]) as tmp:
-            torch.save(t, tmp)
+    # Build the whole new directory aside, then swap it in: until the swap the
+    # old outputs stay intact, and a reader never sees a mix of runs.
+    stage = staging_dir(d)
+    try:
+        for key, t in converted.items():
+            with atomic_path(stage / record[key]["file"]) as tmp:
+                torch.save(t, tmp)
+        atomic_write_bytes(stage / MANIFEST_NAME, text.encode("utf-8"))
+        pause_point("before-swap")
+        replace_dir(stage, d)
+    except BaseException:
+        import shutil
 
-    if old is not None:
-        new_files = {r["file"] for r in record.values()}
-        for entry in _listed_files(old).values():
-            name = entry["file"]
-            if _safe_name(name) and name not in new_files and (d / name).is_file():
-                (d / name).unlink()
-                logger.debug("removed stale output %s", d / name)
-
-    atomic_write_bytes(man_path, text.encode("utf-8"))
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     logger.debug("saved outputs %s to %s", sorted(record), d)
     return d
+
+
+def pause_point(name: str) -> None:
+    """Fault-injection hook for the kill tests: sleep here when asked to.
+
+    ``NEGMINE_PAUSE_AT=<name>`` makes the process print ``paused:<name>`` to
+    stderr and sleep 30 s at that point, so a test can kill it exactly there.
+    """
+    if os.environ.get("NEGMINE_PAUSE_AT") == name:
+        import sys
+        import time
+
+        print(f"paused:{name}", file=sys.stderr, flush=True)
+        time.sleep(30)
 
 
 def load_outputs(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,12 +7,14 @@ depends on neither ``batch_size`` nor thread count.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,12 +22,21 @@ from ._checks import as_numpy, check_embeddings, check_ids, fail, normalized_flo
 from .assemble import RNG_BLOCK, block_uniforms, fill_rows
 from .config import TIER_NAMES, MiningConfig
 from .index import SourceIndex, fingerprint
+from .io import pause_point
 from .layout import ClusterLayout, PositiveSets, adjacent_clusters
-from .search import exact_outside_cluster, overfetch_outside_cluster
+from .search import QUERY_BLOCK, exact_outside_cluster, overfetch_outside_cluster
 
-__all__ = ["RNG_BLOCK", "NegativeMiner", "mine_negatives"]
+__all__ = ["PAIR_BLOCK", "RNG_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
+
+if TYPE_CHECKING:
+    from .runs import Checkpoints
 
 log = logging.getLogger(__name__)
+
+#: Tier-3 queries per checkpointed block (a multiple of the search's query block).
+T3_BLOCK = 4 * QUERY_BLOCK
+#: Pairs per checkpointed block (a multiple of the random-stream block).
+PAIR_BLOCK = 64 * RNG_BLOCK
 
 
 class NegativeMiner:
@@ -212,48 +223,93 @@ class NegativeMiner:
             "negative_scores": torch.from_numpy(scores),
         }
 
-    def mine_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Like :meth:`mine_all_negatives`, as numpy arrays plus the statistics dict."""
+    def mine_arrays(
+        self, checkpoints: Checkpoints | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Like :meth:`mine_all_negatives`, as numpy arrays plus the statistics dict.
+
+        Parameters
+        ----------
+        checkpoints : negmine.runs.Checkpoints, optional
+            Where finished blocks are stored and, on resume, found.
+        """
         t_start = time.perf_counter()
         cfg = self.config
-        n1, n2, n3, n4 = cfg.tier_counts
+        counts = cfg.tier_counts
+        n3 = counts[2]
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
         index = self._ensure_index()
         timings["index"] = time.perf_counter() - t0
 
-        # Tier 3 once per distinct (cluster, question), grouped by cluster.
+        # Tier 3 once per distinct (cluster, question), grouped by cluster, in
+        # fixed blocks of queries.
         t0 = time.perf_counter()
         key = self.pair_cluster * self.n_questions + self.pair_question
         uniq, combo_of_pair = np.unique(key, return_inverse=True)
         combo_cluster = uniq // self.n_questions
         combo_question = uniq - combo_cluster * self.n_questions
-        _t3_scores, t3_ids = self._search_tier3(index, combo_cluster, combo_question, n3)
+        t3_ids = np.empty((uniq.size, n3), dtype=np.int64)
+        qvec, rows = self._question_vectors(combo_question)
+        with _progress(self.show_progress, uniq.size, "tier 3 search", "query") as bar:
+            for g, c0 in enumerate(range(0, uniq.size, T3_BLOCK)):
+                c1 = min(c0 + T3_BLOCK, uniq.size)
+                done = checkpoints.load("tier3", g) if checkpoints else None
+                if done is None:
+                    sl = slice(c0, c1)
+                    _, ids = self._search_tier3(
+                        index, qvec, rows[sl], combo_cluster[sl], combo_question[sl], n3
+                    )
+                    done = {"ids": ids}
+                    if checkpoints:
+                        checkpoints.save("tier3", g, done)
+                        pause_point(f"after-tier3-{g}")
+                t3_ids[c0:c1] = done["ids"]
+                bar.update(c1 - c0)
         timings["tier3_search"] = time.perf_counter() - t0
 
+        # Tiers 1, 2, 4 and the cosines, in fixed blocks of pairs.
         t0 = time.perf_counter()
         n_p = self.pair_question.size
         out_ids = np.empty((n_p, cfg.n_neg), dtype=np.int64)
         out_tiers = np.empty((n_p, cfg.n_neg), dtype=np.int64)
+        out_scores = np.empty((n_p, cfg.n_neg), dtype=np.float32)
         short = dict.fromkeys(("tier1", "tier2", "tier3", "distant", "outside"), 0)
         step = -(-self.batch_size // RNG_BLOCK) * RNG_BLOCK
         with _progress(self.show_progress, n_p, "sampling tiers 1, 2, 4") as bar:
-            for p0 in range(0, n_p, step):
-                p1 = min(p0 + step, n_p)
-                ids, tiers, sh = self._sample_rows(
-                    p0, p1, t3_ids[combo_of_pair[p0:p1]], (n1, n2, n3, n4)
-                )
-                out_ids[p0:p1] = ids
-                out_tiers[p0:p1] = tiers
-                for k_, v in sh.items():
+            for g, b0 in enumerate(range(0, n_p, PAIR_BLOCK)):
+                b1 = min(b0 + PAIR_BLOCK, n_p)
+                done = checkpoints.load("pairs", g) if checkpoints else None
+                if done is None:
+                    sh = dict.fromkeys(short, 0)
+                    for p0 in range(b0, b1, step):
+                        p1 = min(p0 + step, b1)
+                        ids, tiers, s_ = self._sample_rows(
+                            p0, p1, t3_ids[combo_of_pair[p0:p1]], counts
+                        )
+                        out_ids[p0:p1] = ids
+                        out_tiers[p0:p1] = tiers
+                        for k_, v in s_.items():
+                            sh[k_] += v
+                    out_scores[b0:b1] = self._cosines(out_ids[b0:b1], self.pair_question[b0:b1])
+                    done = {
+                        "ids": out_ids[b0:b1],
+                        "tiers": out_tiers[b0:b1],
+                        "scores": out_scores[b0:b1],
+                        "short": np.array([sh[k_] for k_ in short], dtype=np.int64),
+                    }
+                    if checkpoints:
+                        checkpoints.save("pairs", g, done)
+                        pause_point(f"after-pairs-{g}")
+                else:
+                    out_ids[b0:b1] = done["ids"]
+                    out_tiers[b0:b1] = done["tiers"]
+                    out_scores[b0:b1] = done["scores"]
+                for k_, v in zip(short, done["short"].tolist(), strict=True):
                     short[k_] += v
-                bar.update(p1 - p0)
-        timings["sampling"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        out_scores = self._cosines(out_ids)
-        timings["scores"] = time.perf_counter() - t0
+                bar.update(b1 - b0)
+        timings["sampling_and_scores"] = time.perf_counter() - t0
 
         report = None
         if self.validate:
@@ -310,19 +366,15 @@ class NegativeMiner:
         return normalized_float32(self._raw_questions[uq]), inv
 
     def _search_tier3(
-        self, index: SourceIndex | None, combo_cluster: np.ndarray, combo_question: np.ndarray,
-        k: int,
+        self, index: SourceIndex | None, qvec: np.ndarray, rows: np.ndarray,
+        combo_cluster: np.ndarray, combo_question: np.ndarray, k: int,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        qvec, rows = self._question_vectors(combo_question)
         args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives, k)
-        with _progress(self.show_progress, combo_question.size, "tier 3 search", "query") as bar:
-            if index is None:
-                return exact_outside_cluster(
-                    self._sorted_sources(), *args, progress=bar.update, cluster_sorted=True
-                )
-            if index.is_exact:
-                return exact_outside_cluster(index.vectors(), *args, progress=bar.update)
-            return overfetch_outside_cluster(index.search, index.ntotal, *args, progress=bar.update)
+        if index is None:
+            return exact_outside_cluster(self._sorted_sources(), *args, cluster_sorted=True)
+        if index.is_exact:
+            return exact_outside_cluster(index.vectors(), *args)
+        return overfetch_outside_cluster(index.search, index.ntotal, *args)
 
     def _sample_rows(
         self, p0: int, p1: int, t3: np.ndarray, counts: tuple[int, int, int, int]
@@ -338,8 +390,8 @@ class NegativeMiner:
             block_uniforms(self.config.random_seed, p0, p1, counts),
         )
 
-    def _cosines(self, ids: np.ndarray) -> np.ndarray:
-        """Cosine of each negative to its pair's question, float32 [P, n_neg]."""
+    def _cosines(self, ids: np.ndarray, questions: np.ndarray) -> np.ndarray:
+        """Cosine of each negative ``ids`` [R, n_neg] to its row's question, float32."""
         out = np.empty(ids.shape, dtype=np.float32)
         if self._sorted is not None:
             vecs, where = self._sorted, self.layout.rank
@@ -350,11 +402,10 @@ class NegativeMiner:
         step = 16384
         for p0 in range(0, ids.shape[0], step):
             p1 = min(p0 + step, ids.shape[0])
-            qv, inv = self._question_vectors(self.pair_question[p0:p1])
+            qv, inv = self._question_vectors(questions[p0:p1])
             qv = qv[inv]
-            blk = ids[p0:p1]
-            for j in range(blk.shape[1]):
-                col = blk[:, j]
+            for j in range(ids.shape[1]):
+                col = ids[p0:p1, j]
                 if vecs is None:
                     sv = normalized_float32(self._raw_sources[col])
                 else:
@@ -362,8 +413,83 @@ class NegativeMiner:
                 out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
         return out
 
+    # ------------------------------------------------------------------ durable runs
+    def run_key(self) -> str:
+        """sha256 of everything the output depends on: inputs, settings, index.
+
+        ``batch_size``, progress and thread count are left out: the output does
+        not depend on them.
+        """
+        import hashlib
+
+        from . import __version__
+        from .runs import hash_arrays
+
+        h = hashlib.sha256(f"negmine-run:{__version__}:".encode())
+        cfg = self.config.to_dict()
+        index = self._ensure_index()
+        desc = "exact" if index is None else json.dumps(index.manifest, sort_keys=True)
+        h.update(json.dumps({"config": cfg, "index": desc}, sort_keys=True).encode())
+        hash_arrays(
+            h,
+            {
+                "sources": self._raw_sources,
+                "questions": self._raw_questions,
+                "pair_question": self.pair_question,
+                "pair_source": self.pair_source,
+                "pair_cluster": self.pair_cluster,
+                "source_cluster": self.layout.source_cluster,
+                "adjacent": self.layout.adjacent,
+            },
+        )
+        return "sha256:" + h.hexdigest()
+
+    def mine_to(
+        self, output_dir: str | os.PathLike, *, overwrite: bool = False, resume: bool = False
+    ) -> dict[str, Any]:
+        """Mine every pair and write the outputs to ``output_dir``, durably.
+
+        Finished blocks are checkpointed beside ``output_dir`` (see
+        :mod:`negmine.runs`); the outputs are built aside and swapped in only
+        when complete, so a killed run never leaves half-written outputs and
+        never harms an earlier run's.
+
+        Parameters
+        ----------
+        output_dir : path
+        overwrite : bool
+            Replace an earlier run's outputs (refused otherwise, before any work).
+        resume : bool
+            Reuse the finished blocks of an interrupted run of the same inputs
+            and settings; the result is byte-identical to an uninterrupted run.
+
+        Returns
+        -------
+        dict
+            As :meth:`mine_all_negatives`.
+        """
+        import torch
+
+        from .io import check_output_dir
+        from .runs import Checkpoints, partial_dir
+
+        check_output_dir(output_dir, overwrite)
+        ckpt = Checkpoints(partial_dir(output_dir), self.run_key(), resume)
+        ids, tiers, scores, stats = self.mine_arrays(checkpoints=ckpt)
+        stats["checkpoint_blocks"] = {"reused": ckpt.reused, "computed": ckpt.computed}
+        res = {
+            "hard_negatives": torch.from_numpy(ids),
+            "negative_tiers": torch.from_numpy(tiers),
+            "negative_scores": torch.from_numpy(scores),
+        }
+        self.save(output_dir, res, overwrite=overwrite)
+        ckpt.finish()
+        return res
+
     # ------------------------------------------------------------------ output
-    def save(self, output_dir: str | os.PathLike, results: dict[str, Any], overwrite: bool = True):
+    def save(
+        self, output_dir: str | os.PathLike, results: dict[str, Any], overwrite: bool = False
+    ) -> Path:
         """Write ``hard_negatives.pt``, ``negative_tiers.pt``, ``negative_scores.pt``
         and ``manifest.json`` (last) into ``output_dir``, each atomically.
 
@@ -431,12 +557,16 @@ def mine_negatives(
     tier_proportions: Any = None,
     adjacent_k: int = 3,
     random_seed: int = 42,
+    overwrite: bool = False,
+    resume: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Mine negatives in one call and optionally save them to ``output_dir``.
 
     Takes the arguments of :class:`NegativeMiner` and returns the dict of
-    :meth:`NegativeMiner.mine_all_negatives`.
+    :meth:`NegativeMiner.mine_all_negatives`. With ``output_dir`` the run is
+    durable (:meth:`NegativeMiner.mine_to`): ``overwrite`` replaces an earlier
+    run's outputs, ``resume`` continues an interrupted run.
     """
     miner = NegativeMiner(
         source_embeddings,
@@ -451,7 +581,6 @@ def mine_negatives(
         random_seed=random_seed,
         **kwargs,
     )
-    res = miner.mine_all_negatives()
     if output_dir is not None:
-        miner.save(output_dir, res)
-    return res
+        return miner.mine_to(output_dir, overwrite=overwrite, resume=resume)
+    return miner.mine_all_negatives()

@@ -606,8 +606,9 @@ def test_unsaveable_tensor_leaves_no_manifest(tmp_path):
         load_outputs(tmp_path)
 
 
-def test_failure_mid_write_removes_old_manifest(tmp_path, monkeypatch):
-    save_outputs(tmp_path, make_outputs(0), {"run": 1})
+def test_failure_mid_write_keeps_the_old_run(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    save_outputs(out, make_outputs(0), {"run": 1})
     calls = []
     real_save = torch.save
 
@@ -619,13 +620,27 @@ def test_failure_mid_write_removes_old_manifest(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", flaky)
     with pytest.raises(OSError, match="disk full"):
-        save_outputs(tmp_path, make_outputs(1), {"run": 2})
-    # The first tensor is new, the rest old: without a manifest this cannot be
-    # mistaken for a complete result.
-    assert not (tmp_path / "manifest.json").exists()
-    assert leftovers(tmp_path) == []
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path))):
-        load_outputs(tmp_path)
+        save_outputs(out, make_outputs(1), {"run": 2}, overwrite=True)
+    # The new run never became visible: the old one is complete and untouched,
+    # and no staging directory is left beside it.
+    old = load_outputs(out)
+    assert old["manifest"]["run"] == 1
+    for key, val in make_outputs(0).items():
+        assert np.array_equal(old[key], np.asarray(val))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwrite_is_explicit_and_foreign_files_are_kept(tmp_path):
+    out = tmp_path / "out"
+    save_outputs(out, make_outputs(0), {"run": 1})
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_outputs(out, make_outputs(1), {"run": 2})
+    save_outputs(out, make_outputs(1), {"run": 2}, overwrite=True)
+    assert load_outputs(out)["manifest"]["run"] == 2
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        save_outputs(out, make_outputs(0), {"run": 3}, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_load_outputs_refuses_bad_dirs(tmp_path):
@@ -667,11 +682,11 @@ def test_load_outputs_detects_changed_or_missing_tensors(tmp_path):
 
 def test_overwrite_removes_stale_outputs_and_respects_flag(tmp_path):
     save_outputs(tmp_path, make_outputs(0), {"run": 1})
-    with pytest.raises(FileExistsError, match="overwrite=False"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         save_outputs(tmp_path, make_outputs(1), {"run": 2}, overwrite=False)
     assert load_outputs(tmp_path)["manifest"]["run"] == 1
     new = make_outputs(1, scores=False)
-    save_outputs(tmp_path, new, {"run": 2})
+    save_outputs(tmp_path, new, {"run": 2}, overwrite=True)
     assert not (tmp_path / "negative_scores.pt").exists()
     got = load_outputs(tmp_path)
     assert "negative_scores" not in got

@@ -1,0 +1,154 @@
+"""Nothing lost: real processes killed at real moments, then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from negmine.datasets import save_dataset
+from negmine.io import load_outputs
+from negmine.runs import partial_dir
+from negmine.synth import make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ("hard_negatives.pt", "negative_tiers.pt", "negative_scores.pt")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    # Several tier-3 blocks (4096 queries) and two pair blocks (65536 pairs).
+    corpus = make_corpus(6000, 30, 70000, 16, seed=3)
+    d = tmp_path_factory.mktemp("durable") / "data"
+    save_dataset(d, corpus)
+    return d
+
+
+def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "negmine.cli", "mine", str(data), "--out", str(out),
+            "--n-neg", "8", "--quiet", *extra]  # fmt: skip
+
+
+def _env(**kw: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.update(kw)
+    return env
+
+
+def _run(data: Path, out: Path, *extra: str) -> None:
+    proc = subprocess.run(_cmd(data, out, *extra), env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _kill_at(data: Path, out: Path, point: str, *extra: str) -> None:
+    """Start a run, wait until it reaches ``point``, SIGKILL it there."""
+    proc = subprocess.Popen(
+        _cmd(data, out, *extra), env=_env(NEGMINE_PAUSE_AT=point),
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = proc.stderr.readline()
+    try:
+        assert line.strip() == f"paused:{point}", line
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _bytes(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in FILES}
+
+
+def _stable(out: Path) -> dict:
+    m = json.loads((out / "manifest.json").read_text())
+    stats = m["stats"]
+    return {"config": m["config"], "tiers": stats["tiers"], "short": stats["shortfalls"]}
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    _run(data, out)
+    return out
+
+
+@pytest.mark.parametrize("point", ["after-tier3-1", "after-pairs-0", "before-swap"])
+def test_killed_then_resumed_is_byte_identical(data, reference, tmp_path, point):
+    out = tmp_path / "out"
+    _kill_at(data, out, point)
+    assert not (out / "manifest.json").exists()  # nothing half-written became visible
+    assert partial_dir(out).is_dir()
+    _run(data, out, "--resume")
+    assert _bytes(out) == _bytes(reference)
+    assert _stable(out) == _stable(reference)
+    reused = json.loads((out / "manifest.json").read_text())["stats"]["checkpoint_blocks"]
+    assert reused["reused"] > 0
+    assert not partial_dir(out).exists()  # cleaned once complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_killed_at_random_moments(data, reference, tmp_path):
+    out = tmp_path / "out"
+    for delay in (0.5, 1.5, 2.5):
+        proc = subprocess.Popen(_cmd(data, out, "--resume"), env=_env(),
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    _run(data, out, "--resume")
+    assert _bytes(out) == _bytes(reference)
+
+
+def test_overwrite_killed_before_swap_keeps_the_old_run(data, reference, tmp_path):
+    out = tmp_path / "out"
+    _run(data, out, "--seed", "7")
+    before = _bytes(out)
+    proc = subprocess.run(_cmd(data, out), env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr  # explicit, and refused early
+    _kill_at(data, out, "before-swap", "--overwrite")
+    assert _bytes(out) == before  # the old run is intact and complete
+    assert load_outputs(out)["manifest"]["seed"] == 7
+    _run(data, out, "--overwrite", "--resume")
+    assert _bytes(out) == _bytes(reference)
+
+
+def test_disk_full_leaves_nothing_wrong(data, reference, tmp_path):
+    out = tmp_path / "out"
+    # File-size limit of 64 KiB: the first large write fails (SIGXFSZ or EFBIG).
+    cmd = " ".join(f"'{c}'" for c in _cmd(data, out, "--resume"))
+    proc = subprocess.run(["bash", "-c", f"ulimit -f 64; exec {cmd}"], env=_env(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0
+    assert not (out / "manifest.json").exists()
+    _run(data, out, "--resume")
+    assert _bytes(out) == _bytes(reference)
+
+
+def test_resume_with_other_settings_starts_over(data, tmp_path):
+    out = tmp_path / "out"
+    _kill_at(data, out, "after-pairs-0")
+    _run(data, out, "--resume", "--seed", "5")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["seed"] == 5
+    assert m["stats"]["checkpoint_blocks"]["reused"] == 0
+
+
+def test_damaged_checkpoint_is_recomputed(data, reference, tmp_path):
+    out = tmp_path / "out"
+    _kill_at(data, out, "after-pairs-0")
+    block = partial_dir(out) / "pairs-000000.npz"
+    raw = bytearray(block.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    block.write_bytes(bytes(raw))
+    _run(data, out, "--resume")
+    assert _bytes(out) == _bytes(reference)
+    assert np.array_equal(
+        load_outputs(out)["hard_negatives"], load_outputs(reference)["hard_negatives"]
+    )
