@@ -40,14 +40,33 @@ def as_numpy(x: Any, name: str) -> np.ndarray:
         return x
     mod = type(x).__module__ or ""
     if mod.startswith("torch"):
-        t = x.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            t = t.float()
-        return t.numpy()
+        try:
+            t = x.detach()
+            if t.device.type != "cpu":
+                t = t.cpu()
+            if str(t.dtype) == "torch.bfloat16":
+                t = t.float()
+            # Lazily conjugated or negated views refuse .numpy(); materialise them.
+            return t.resolve_conj().resolve_neg().numpy()
+        except (TypeError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            fail(
+                name,
+                "be a dense CPU-readable torch tensor of a numpy-compatible dtype",
+                f"a tensor that cannot be read as a numpy array ({first})",
+                "Convert it first, e.g. with .to_dense().float().cpu().",
+                exc=TypeError,
+            )
     if isinstance(x, (list, tuple)):
-        return np.asarray(x)
+        try:
+            return np.asarray(x)
+        except (ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            fail(
+                name,
+                "be a rectangular array (every row of the same length)",
+                f"a {type(x).__name__} that numpy cannot turn into one ({first})",
+            )
     fail(
         name,
         "be a numpy array, numpy memmap or torch tensor",
@@ -144,7 +163,9 @@ def normalized_float32(a: np.ndarray) -> np.ndarray:
             np.sqrt(sq, out=sq)
             blk /= sq[:, None]
         if bad.any():
-            rows = np.asarray(raw[bad], dtype=np.float64)
+            # At least float64; wider (long double) inputs keep their own range,
+            # where a value past float64's maximum is still finite.
+            rows = np.asarray(raw[bad], dtype=np.result_type(raw.dtype, np.float64))
             rows /= np.abs(rows).max(axis=1, keepdims=True)
             rows /= np.linalg.norm(rows, axis=1, keepdims=True)
             blk[bad] = rows
@@ -181,7 +202,8 @@ def check_ids(
     numpy.ndarray of int64
     """
     a = as_numpy(x, name)
-    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+    # kind "i"/"u" only: numpy files timedelta64 under np.integer, and bool is no id.
+    if a.dtype.kind not in "iu":
         fail(
             name,
             "have an integer dtype",
@@ -192,13 +214,14 @@ def check_ids(
     if a.ndim != ndim or (width is not None and a.shape[-1] != width):
         want = f"[n, {width}]" if width is not None else ("[n]" if ndim == 1 else f"{ndim}-D")
         fail(name, f"have shape {want}", f"shape {_shape_str(a)}")
-    a = np.asarray(a, dtype=np.int64)
+    # Bounds are checked in the input's own dtype: casting first would wrap
+    # uint64 ids past 2**63 - 1 to negative numbers and misreport them.
     if a.size:
         lo = int(a.min())
         hi = int(a.max())
         if lo < 0 or hi >= upper:
             bad = lo if lo < 0 else hi
-            flat = int(np.flatnonzero(a.reshape(-1) == bad)[0])
+            flat = int(np.flatnonzero(np.asarray(a).reshape(-1) == bad)[0])
             where = np.unravel_index(flat, a.shape)
             where_s = ", ".join(str(int(i)) for i in where)
             fail(
@@ -206,4 +229,4 @@ def check_ids(
                 f"hold ids in [0, {upper}) where {upper_what}",
                 f"{bad} at [{where_s}]",
             )
-    return a
+    return np.asarray(a, dtype=np.int64)

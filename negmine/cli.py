@@ -56,12 +56,19 @@ def _add_mining_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="negmine", description="Mine tiered hard negatives for retrieval training."
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars, warnings only"
     )
@@ -302,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, OSError) as e:
+    except (ValueError, TypeError, ArithmeticError, OSError) as e:
         if args.debug:
             raise
         print(f"negmine {args.command}: error: {e}", file=sys.stderr)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ._checks import fail
 
@@ -53,10 +55,17 @@ def resolve_tier_counts(n_neg: int, tier_proportions: Sequence[float] | None) ->
             fail("tier_proportions", "hold finite non-negative numbers", repr(props))
     if all(isinstance(p, numbers.Integral) for p in props) and sum(props) == n_neg:
         return tuple(int(p) for p in props)
-    total = float(sum(props))
-    if total <= 0:
+    try:
+        weights = [float(p) for p in props]
+    except OverflowError:
+        fail("tier_proportions", "hold numbers within the float range", repr(props))
+    top = max(weights)
+    if not top > 0:
         fail("tier_proportions", "have a positive sum", repr(props))
-    quotas = [n_neg * float(p) / total for p in props]
+    # Scale by the largest weight first, so huge weights cannot overflow.
+    weights = [w / top for w in weights]
+    total = sum(weights)
+    quotas = [n_neg * w / total for w in weights]
     counts = [int(q) for q in quotas]
     left = n_neg - sum(counts)
     by_rem = sorted(range(4), key=lambda i: (-(quotas[i] - counts[i]), i))
@@ -101,11 +110,17 @@ class MiningConfig:
             fail("random_seed", "be a non-negative integer", self.random_seed)
         props = self.tier_proportions
         if props is not None:
-            if isinstance(props, (str, bytes)) or not hasattr(props, "__len__"):
+            if hasattr(props, "numpy") or isinstance(props, np.ndarray):
+                arr = np.asarray(props.numpy() if hasattr(props, "numpy") else props)
+                if arr.ndim != 1:
+                    fail("tier_proportions", "be a 1-D sequence of four numbers",
+                         f"an array of shape {list(arr.shape)}", exc=TypeError)  # fmt: skip
+                props = arr.tolist()
+            if isinstance(props, (str, bytes, Mapping)) or not hasattr(props, "__len__"):
                 fail(
                     "tier_proportions", "be a sequence of four numbers", repr(props), exc=TypeError
                 )
-            props = tuple(p.item() if hasattr(p, "item") else p for p in props)
+            props = tuple(p.item() if isinstance(p, np.generic) else p for p in props)
             object.__setattr__(self, "tier_proportions", props)
         object.__setattr__(self, "tier_counts", resolve_tier_counts(self.n_neg, props))
 

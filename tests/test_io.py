@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import pickle
-import re
 import subprocess
 import sys
 import warnings
@@ -638,7 +637,7 @@ def test_overwrite_is_explicit_and_foreign_files_are_kept(tmp_path):
     save_outputs(out, make_outputs(1), {"run": 2}, overwrite=True)
     assert load_outputs(out)["manifest"]["run"] == 2
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="notes.txt"):
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
         save_outputs(out, make_outputs(0), {"run": 3}, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
 
