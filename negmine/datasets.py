@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._checks import as_numpy, check_ids, fail
-from .io import _fsync_dir, _to_tensor, _torch_ready, atomic_path, load_pt_tensor
+from ._fs import fsync_dir
+from .io import _to_tensor, _torch_ready, atomic_path, load_pt_tensor
 
 __all__ = [
     "INPUT_NAMES",
@@ -501,7 +502,7 @@ def save_dataset(
         stale = p / JASPER_FILES["source_cluster_ids"]
         if "source_cluster_ids" not in ready and stale.exists():
             stale.unlink()
-            _fsync_dir(p)
+            fsync_dir(p)
             logger.info("removed stale %s", stale)
     logger.debug("saved %s dataset to %s", format, p)
     return p

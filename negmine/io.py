@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import as_numpy, fail
+from ._fs import fsync_dir, install_dir
 
 __all__ = [
     "check_output_dir",
@@ -66,75 +67,14 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes a rename durable on POSIX; directories cannot be opened this way on
-    # some platforms, where the rename is as durable as the OS makes it.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        logger.debug("cannot open directory %s to fsync it", path)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        logger.debug("cannot fsync directory %s", path)
-    finally:
-        os.close(fd)
-
-
-def _exchange_paths(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``.
-
-    Returns False where the call is not available (other systems, old kernels
-    or file systems that lack it).
-    """
-    import ctypes
-    import errno
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"cannot exchange {a} and {b}: {os.strerror(err)}")
-
-
 def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Put the complete directory ``new`` at ``target``, replacing what was there.
 
     A reader of ``target`` sees either the old directory or the new one, never a
-    mix: where ``target`` exists the two are exchanged atomically
-    (``renameat2(RENAME_EXCHANGE)``), then the old one is deleted. Without that
-    call the old directory is renamed aside first, which leaves a moment in
-    which ``target`` does not exist (but is never half-written).
-
-    Parameters
-    ----------
-    new : path
-        A complete directory on the same file system as ``target``.
-    target : path
+    mix (see :func:`negmine._fs.install_dir`).
     """
-    import shutil
-
-    new, target = Path(new), Path(target)
-    parent = target.parent
-    if not target.exists():
-        os.rename(new, target)
-    elif _exchange_paths(new, target):
-        shutil.rmtree(new)
-    else:
-        aside = parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(target, aside)
-        os.rename(new, target)
-        shutil.rmtree(aside)
-    _fsync_dir(parent)
+    target = Path(target)
+    install_dir(Path(new), target, target.exists())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -218,7 +158,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

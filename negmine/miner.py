@@ -184,7 +184,7 @@ class NegativeMiner:
         if self.index is not None or self._index_arg is None:
             return self.index
         arg = self._index_arg
-        idx = arg if isinstance(arg, SourceIndex) else SourceIndex.load(arg)
+        idx = arg if isinstance(arg, SourceIndex) else SourceIndex.load(arg, mmap=True)
         idx.check_matches(fingerprint(self._raw_sources), self.dim)
         self.index = idx
         return idx

@@ -152,3 +152,28 @@ def test_damaged_checkpoint_is_recomputed(data, reference, tmp_path):
     assert np.array_equal(
         load_outputs(out)["hard_negatives"], load_outputs(reference)["hard_negatives"]
     )
+
+
+def test_concurrent_miners_share_one_index_directory(data, tmp_path):
+    idx = tmp_path / "idx"
+    subprocess.run(
+        [sys.executable, "-m", "negmine.cli", "index", "build", str(data), "--out", str(idx),
+         "--quiet"],
+        env=_env(), check=True, capture_output=True,
+    )  # fmt: skip
+    before = (idx / "index.faiss").read_bytes()
+    procs = [
+        subprocess.Popen(
+            _cmd(data, tmp_path / f"out{i}", "--index", str(idx)),
+            env=_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    outs = [_bytes(tmp_path / f"out{i}") for i in range(3)]
+    assert outs[0] == outs[1] == outs[2]
+    assert (idx / "index.faiss").read_bytes() == before  # readers never write
