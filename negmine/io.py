@@ -507,6 +507,7 @@ def save_outputs(
         for key, t in converted.items():
             with atomic_path(stage / record[key]["file"]) as tmp:
                 torch.save(t, tmp)
+            pause_point("during-write")
         atomic_write_bytes(stage / MANIFEST_NAME, text.encode("utf-8"))
         pause_point("before-swap")
         replace_dir(stage, d)

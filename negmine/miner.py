@@ -163,6 +163,7 @@ class NegativeMiner:
         self._index_arg = index
         self.index: SourceIndex | None = None
         self._sorted: np.ndarray | None = None
+        self._run_key: str | None = None
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -473,8 +474,15 @@ class NegativeMiner:
         from .io import check_output_dir
         from .runs import Checkpoints, partial_dir
 
+        key = self.run_key()
+        if resume:
+            done = _completed_run(output_dir, key)
+            if done is not None:
+                log.info("%s already holds this run; nothing to do", output_dir)
+                return done
         check_output_dir(output_dir, overwrite)
-        ckpt = Checkpoints(partial_dir(output_dir), self.run_key(), resume)
+        ckpt = Checkpoints(partial_dir(output_dir), key, resume)
+        self._run_key = key
         ids, tiers, scores, stats = self.mine_arrays(checkpoints=ckpt)
         stats["checkpoint_blocks"] = {"reused": ckpt.reused, "computed": ckpt.computed}
         res = {
@@ -514,6 +522,7 @@ class NegativeMiner:
         return {
             "format": "negmine-output",
             "format_version": 1,
+            "run_key": self._run_key,
             "config": self.config.to_dict(),
             "seed": self.config.random_seed,
             "stats": self.last_stats,
@@ -524,6 +533,24 @@ class NegativeMiner:
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+def _completed_run(output_dir: str | os.PathLike, key: str) -> dict[str, Any] | None:
+    """The outputs in ``output_dir`` when they are a complete run with this key."""
+    import torch
+
+    from .io import load_outputs
+
+    if not (Path(output_dir) / "manifest.json").is_file():
+        return None
+    try:
+        done = load_outputs(output_dir)
+    except ValueError:
+        return None
+    if done["manifest"].get("run_key") != key:
+        return None
+    names = ("hard_negatives", "negative_tiers", "negative_scores")
+    return {k: torch.from_numpy(np.asarray(done[k])) for k in names if k in done}
 
 
 @contextmanager

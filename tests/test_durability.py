@@ -20,6 +20,7 @@ from negmine.synth import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("hard_negatives.pt", "negative_tiers.pt", "negative_scores.pt")
+_SECONDS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +76,13 @@ def _stable(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "out"
+    t0 = time.perf_counter()
     _run(data, out)
+    _SECONDS["reference"] = time.perf_counter() - t0
     return out
 
 
-@pytest.mark.parametrize("point", ["after-tier3-1", "after-pairs-0", "before-swap"])
+@pytest.mark.parametrize("point", ["after-tier3-1", "after-pairs-0", "during-write", "before-swap"])
 def test_killed_then_resumed_is_byte_identical(data, reference, tmp_path, point):
     out = tmp_path / "out"
     _kill_at(data, out, point)
@@ -96,7 +99,8 @@ def test_killed_then_resumed_is_byte_identical(data, reference, tmp_path, point)
 
 def test_killed_at_random_moments(data, reference, tmp_path):
     out = tmp_path / "out"
-    for delay in (0.5, 1.5, 2.5):
+    for share in (0.3, 0.6, 0.9):  # of an uninterrupted run's time
+        delay = share * _SECONDS["reference"]
         proc = subprocess.Popen(_cmd(data, out, "--resume"), env=_env(),
                                 stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(delay)
@@ -104,6 +108,10 @@ def test_killed_at_random_moments(data, reference, tmp_path):
         proc.wait()
     _run(data, out, "--resume")
     assert _bytes(out) == _bytes(reference)
+    # Resuming a run that is already complete does nothing, successfully.
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    _run(data, out, "--resume")
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
 
 
 def test_overwrite_killed_before_swap_keeps_the_old_run(data, reference, tmp_path):
