@@ -143,8 +143,11 @@ def check_embeddings(x: Any, name: str, d: int | None = None, d_from: str = "") 
     return a
 
 
-def normalized_float32(a: np.ndarray) -> np.ndarray:
-    """Return a new C-contiguous float32 copy of ``a`` with unit-norm rows.
+def normalized_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Return a C-contiguous float32 copy of ``a`` with unit-norm rows.
+
+    ``out`` (float32, C-contiguous, the shape of ``a``) receives the result
+    when given; fresh memory is slow to fault in on some machines.
 
     Works in row chunks, so a float64 or memory-mapped input never needs a
     second full-size temporary. Norms are taken in float32 and, for rows whose
@@ -152,7 +155,8 @@ def normalized_float32(a: np.ndarray) -> np.ndarray:
     scaling by the row's largest magnitude. Rows must be finite and non-zero
     (see :func:`check_embeddings`).
     """
-    out = np.empty(a.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(a.shape, dtype=np.float32)
     for start in range(0, a.shape[0], _CHUNK_ROWS):
         raw = np.asarray(a[start : start + _CHUNK_ROWS])
         blk = out[start : start + len(raw)]

@@ -24,7 +24,12 @@ from .config import TIER_NAMES, MiningConfig
 from .index import SourceIndex, fingerprint
 from .io import pause_point
 from .layout import ClusterLayout, PositiveSets, adjacent_clusters
-from .search import QUERY_BLOCK, exact_outside_cluster, overfetch_outside_cluster
+from .search import (
+    QUERY_BLOCK,
+    exact_outside_cluster,
+    overfetch_outside_cluster,
+    workspace_for,
+)
 
 __all__ = ["PAIR_BLOCK", "RNG_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
 
@@ -164,6 +169,7 @@ class NegativeMiner:
         self.index: SourceIndex | None = None
         self._sorted: np.ndarray | None = None
         self._run_key: str | None = None
+        self._workspace: np.ndarray | None = None
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -198,7 +204,7 @@ class NegativeMiner:
             step = 65536
             for a in range(0, order.size, step):
                 rows = order[a : a + step]
-                out[a : a + rows.size] = normalized_float32(self._raw_sources[rows])
+                normalized_float32(self._raw_sources[rows], out=out[a : a + rows.size])
             self._sorted = out
         return self._sorted
 
@@ -371,10 +377,14 @@ class NegativeMiner:
         combo_cluster: np.ndarray, combo_question: np.ndarray, k: int,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives, k)
-        if index is None:
-            return exact_outside_cluster(self._sorted_sources(), *args, cluster_sorted=True)
-        if index.is_exact:
-            return exact_outside_cluster(index.vectors(), *args)
+        if index is None or index.is_exact:
+            if self._workspace is None:
+                self._workspace = workspace_for(self.n_sources)
+            if index is None:
+                return exact_outside_cluster(
+                    self._sorted_sources(), *args, cluster_sorted=True, workspace=self._workspace
+                )
+            return exact_outside_cluster(index.vectors(), *args, workspace=self._workspace)
         return overfetch_outside_cluster(index.search, index.ntotal, *args)
 
     def _sample_rows(
@@ -401,16 +411,20 @@ class NegativeMiner:
         else:
             vecs = where = None
         step = 16384
+        # Gathers go into reused buffers: fresh memory is slow to fault in.
+        qbuf = np.empty((min(step, ids.shape[0]), self.dim), dtype=np.float32)
+        sbuf = np.empty_like(qbuf)
         for p0 in range(0, ids.shape[0], step):
             p1 = min(p0 + step, ids.shape[0])
-            qv, inv = self._question_vectors(questions[p0:p1])
-            qv = qv[inv]
+            uq, inv = self._question_vectors(questions[p0:p1])
+            qv = np.take(uq, inv, axis=0, out=qbuf[: p1 - p0])
             for j in range(ids.shape[1]):
                 col = ids[p0:p1, j]
                 if vecs is None:
-                    sv = normalized_float32(self._raw_sources[col])
+                    sv = normalized_float32(self._raw_sources[col], out=sbuf[: p1 - p0])
                 else:
-                    sv = vecs[col if where is None else where[col]]
+                    sv = np.take(vecs, col if where is None else where[col], axis=0,
+                                 out=sbuf[: p1 - p0])  # fmt: skip
                 out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
         return out
 

@@ -23,7 +23,13 @@ import numpy as np
 
 from .layout import ClusterLayout, PositiveSets, csr_expand
 
-__all__ = ["QUERY_BLOCK", "SOURCE_CHUNK", "exact_outside_cluster", "overfetch_outside_cluster"]
+__all__ = [
+    "QUERY_BLOCK",
+    "SOURCE_CHUNK",
+    "exact_outside_cluster",
+    "overfetch_outside_cluster",
+    "workspace_for",
+]
 
 #: Queries per matrix product. Fixed so that the arithmetic (and so any
 #: near-tie) never depends on how the caller batches the work.
@@ -59,6 +65,7 @@ def exact_outside_cluster(
     k: int,
     progress: Callable[[int], None] | None = None,
     cluster_sorted: bool = False,
+    workspace: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products outside each query's cluster.
 
@@ -85,6 +92,8 @@ def exact_outside_cluster(
         Called with the number of queries finished after each block.
     cluster_sorted : bool
         See ``vectors``.
+    workspace : float32 [QUERY_BLOCK * min(SOURCE_CHUNK, S)], optional
+        Score buffer to reuse across calls (see :func:`workspace_for`).
 
     Returns
     -------
@@ -108,7 +117,9 @@ def exact_outside_cluster(
     faiss.omp_set_num_threads(1)
     try:
         with ThreadPoolExecutor(n_workers) as pool:
-            kernel = _BlockKernel(vectors, layout, positives, k, cluster_sorted, pool, n_workers)
+            kernel = _BlockKernel(
+                vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace
+            )
             for b0 in range(0, n_q, QUERY_BLOCK):
                 b1 = min(b0 + QUERY_BLOCK, n_q)
                 d, i = kernel.run(
@@ -126,7 +137,7 @@ def exact_outside_cluster(
 class _BlockKernel:
     """One block of queries against all sources, chunk by chunk."""
 
-    def __init__(self, vectors, layout, positives, k, cluster_sorted, pool, n_workers):
+    def __init__(self, vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace):
         self.vectors = vectors
         self.layout = layout
         self.positives = positives
@@ -135,7 +146,9 @@ class _BlockKernel:
         self.pool = pool
         self.n_workers = n_workers
         self.chunk = min(SOURCE_CHUNK, vectors.shape[0])
-        self.buf = np.empty(QUERY_BLOCK * self.chunk, dtype=np.float32)
+        size = QUERY_BLOCK * self.chunk
+        ok = workspace is not None and workspace.dtype == np.float32 and workspace.size >= size
+        self.buf = workspace if ok else np.empty(size, dtype=np.float32)
 
     def _mask_runs(self, scores, s0, s1, runs) -> None:
         lay = self.layout
@@ -234,6 +247,11 @@ class _BlockKernel:
         if self.sorted:
             ids = np.where(ids >= 0, self.layout.order[np.maximum(ids, 0)], -1)
         return dist, ids
+
+
+def workspace_for(n_sources: int) -> np.ndarray:
+    """A score buffer for :func:`exact_outside_cluster` over ``n_sources`` sources."""
+    return np.empty(QUERY_BLOCK * min(SOURCE_CHUNK, n_sources), dtype=np.float32)
 
 
 def overfetch_outside_cluster(
