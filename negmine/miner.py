@@ -241,18 +241,36 @@ class NegativeMiner:
             Where finished blocks are stored and, on resume, found.
         """
         t_start = time.perf_counter()
-        cfg = self.config
-        counts = cfg.tier_counts
-        n3 = counts[2]
         timings: dict[str, float] = {}
-
         t0 = time.perf_counter()
         index = self._ensure_index()
         timings["index"] = time.perf_counter() - t0
 
-        # Tier 3 once per distinct (cluster, question), grouped by cluster, in
-        # fixed blocks of queries.
         t0 = time.perf_counter()
+        t3_ids, combo_of_pair = self._tier3_blocks(index, checkpoints)
+        timings["tier3_search"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ids, tiers, scores, short = self._pair_blocks(t3_ids, combo_of_pair, checkpoints)
+        timings["sampling_and_scores"] = time.perf_counter() - t0
+
+        ok = None
+        if self.validate:
+            t0 = time.perf_counter()
+            ok = self._validate(ids, tiers)
+            timings["validate"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        stats = self._stats(tiers, scores, short, timings, index, len(t3_ids), ok)
+        self.last_stats = stats
+        log.info("mined %d pairs in %.2f s", len(ids), timings["total"])
+        return ids, tiers, scores, stats
+
+    def _tier3_blocks(
+        self, index: SourceIndex | None, checkpoints: Checkpoints | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tier 3 once per distinct (cluster, question), grouped by cluster, in fixed
+        blocks of queries. Returns the ids [M, n3] and each pair's row in them [P]."""
+        n3 = self.config.tier_counts[2]
         key = self.pair_cluster * self.n_questions + self.pair_question
         uniq, combo_of_pair = np.unique(key, return_inverse=True)
         combo_cluster = uniq // self.n_questions
@@ -274,14 +292,16 @@ class NegativeMiner:
                         pause_point(f"after-tier3-{g}")
                 t3_ids[c0:c1] = done["ids"]
                 bar.update(c1 - c0)
-        timings["tier3_search"] = time.perf_counter() - t0
+        return t3_ids, combo_of_pair
 
-        # Tiers 1, 2, 4 and the cosines, in fixed blocks of pairs.
-        t0 = time.perf_counter()
-        n_p = self.pair_question.size
-        out_ids = np.empty((n_p, cfg.n_neg), dtype=np.int64)
-        out_tiers = np.empty((n_p, cfg.n_neg), dtype=np.int64)
-        out_scores = np.empty((n_p, cfg.n_neg), dtype=np.float32)
+    def _pair_blocks(
+        self, t3_ids: np.ndarray, combo_of_pair: np.ndarray, checkpoints: Checkpoints | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+        """Tiers 1, 2, 4 and the cosines, in fixed blocks of pairs."""
+        n_p, n_neg = self.pair_question.size, self.config.n_neg
+        out_ids = np.empty((n_p, n_neg), dtype=np.int64)
+        out_tiers = np.empty((n_p, n_neg), dtype=np.int64)
+        out_scores = np.empty((n_p, n_neg), dtype=np.float32)
         short = dict.fromkeys(("tier1", "tier2", "tier3", "distant", "outside"), 0)
         step = -(-self.batch_size // RNG_BLOCK) * RNG_BLOCK
         with _progress(self.show_progress, n_p, "sampling tiers 1, 2, 4") as bar:
@@ -293,7 +313,7 @@ class NegativeMiner:
                     for p0 in range(b0, b1, step):
                         p1 = min(p0 + step, b1)
                         ids, tiers, s_ = self._sample_rows(
-                            p0, p1, t3_ids[combo_of_pair[p0:p1]], counts
+                            p0, p1, t3_ids[combo_of_pair[p0:p1]], self.config.tier_counts
                         )
                         out_ids[p0:p1] = ids
                         out_tiers[p0:p1] = tiers
@@ -316,43 +336,43 @@ class NegativeMiner:
                 for k_, v in zip(short, done["short"].tolist(), strict=True):
                     short[k_] += v
                 bar.update(b1 - b0)
-        timings["sampling_and_scores"] = time.perf_counter() - t0
+        return out_ids, out_tiers, out_scores, short
 
-        report = None
-        if self.validate:
-            from .validate import validate_negatives
+    def _validate(self, ids: np.ndarray, tiers: np.ndarray) -> bool:
+        """Check the result against every rule; a violation is a bug, raised."""
+        from .validate import validate_negatives
 
-            t0 = time.perf_counter()
-            report = validate_negatives(
-                out_ids,
-                out_tiers,
-                pair_indices=np.stack([self.pair_question, self.pair_source], axis=1),
-                pair_cluster_ids=self.pair_cluster,
-                source_cluster_ids=self.layout.source_cluster,
-                adjacent=self.layout.adjacent,
-                adjacent_k=cfg.adjacent_k,
-                tier_proportions=list(cfg.tier_counts),
-            )
-            report.raise_if_failed()
-            timings["validate"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - t_start
+        report = validate_negatives(
+            ids,
+            tiers,
+            pair_indices=np.stack([self.pair_question, self.pair_source], axis=1),
+            pair_cluster_ids=self.pair_cluster,
+            source_cluster_ids=self.layout.source_cluster,
+            adjacent=self.layout.adjacent,
+            adjacent_k=self.config.adjacent_k,
+            tier_proportions=list(self.config.tier_counts),
+        )
+        report.raise_if_failed()
+        return report.ok
 
-        counts = np.bincount(out_tiers.reshape(-1), minlength=5)[1:]
+    def _stats(self, tiers, scores, short, timings, index, n_queries, ok) -> dict[str, Any]:
+        n_p = tiers.shape[0]
+        counts = np.bincount(tiers.reshape(-1), minlength=5)[1:]
         per_tier = {}
         for t in range(1, 5):
-            sel = out_tiers == t
+            sel = tiers == t
             per_tier[str(t)] = {
                 "name": TIER_NAMES[t],
-                "requested": int(cfg.tier_counts[t - 1] * n_p),
+                "requested": int(self.config.tier_counts[t - 1] * n_p),
                 "count": int(counts[t - 1]),
-                "mean_cosine": float(out_scores[sel].mean()) if sel.any() else None,
+                "mean_cosine": float(scores[sel].mean()) if sel.any() else None,
             }
-        stats = {
+        return {
             "n_pairs": int(n_p),
             "n_sources": self.n_sources,
             "n_questions": self.n_questions,
             "n_clusters": self.n_clusters,
-            "tier3_queries": int(uniq.size),
+            "tier3_queries": int(n_queries),
             "tiers": per_tier,
             "shortfalls": {k_: int(v) for k_, v in short.items()},
             "timings_seconds": {k_: round(v, 4) for k_, v in timings.items()},
@@ -361,11 +381,8 @@ class NegativeMiner:
                 if index is None
                 else {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
             ),
-            "validation_ok": None if report is None else report.ok,
+            "validation_ok": ok,
         }
-        self.last_stats = stats
-        log.info("mined %d pairs in %.2f s", n_p, timings["total"])
-        return out_ids, out_tiers, out_scores, stats
 
     def _question_vectors(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised vectors of the distinct ``questions`` and each entry's row in them."""
@@ -486,11 +503,11 @@ class NegativeMiner:
         import torch
 
         from .io import check_output_dir
-        from .runs import Checkpoints, partial_dir
+        from .runs import Checkpoints, completed_run, partial_dir
 
         key = self.run_key()
         if resume:
-            done = _completed_run(output_dir, key)
+            done = completed_run(output_dir, key)
             if done is not None:
                 log.info("%s already holds this run; nothing to do", output_dir)
                 return done
@@ -547,24 +564,6 @@ class NegativeMiner:
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-
-
-def _completed_run(output_dir: str | os.PathLike, key: str) -> dict[str, Any] | None:
-    """The outputs in ``output_dir`` when they are a complete run with this key."""
-    import torch
-
-    from .io import load_outputs
-
-    if not (Path(output_dir) / "manifest.json").is_file():
-        return None
-    try:
-        done = load_outputs(output_dir)
-    except ValueError:
-        return None
-    if done["manifest"].get("run_key") != key:
-        return None
-    names = ("hard_negatives", "negative_tiers", "negative_scores")
-    return {k: torch.from_numpy(np.asarray(done[k])) for k in names if k in done}
 
 
 @contextmanager

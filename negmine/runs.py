@@ -24,7 +24,7 @@ import numpy as np
 
 from .io import atomic_path, atomic_write_bytes
 
-__all__ = ["Checkpoints", "hash_arrays", "partial_dir"]
+__all__ = ["Checkpoints", "completed_run", "hash_arrays", "partial_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +116,21 @@ class Checkpoints:
     def finish(self) -> None:
         """Remove the checkpoints once the outputs are in place."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def completed_run(output_dir: str | os.PathLike, key: str) -> dict[str, Any] | None:
+    """The outputs in ``output_dir`` when they are a complete run with this key."""
+    import torch
+
+    from .io import load_outputs
+
+    if not (Path(output_dir) / "manifest.json").is_file():
+        return None
+    try:
+        done = load_outputs(output_dir)
+    except ValueError:
+        return None
+    if done["manifest"].get("run_key") != key:
+        return None
+    names = ("hard_negatives", "negative_tiers", "negative_scores")
+    return {k: torch.from_numpy(np.asarray(done[k])) for k in names if k in done}
