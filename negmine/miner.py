@@ -510,7 +510,8 @@ class NegativeMiner:
             done = completed_run(output_dir, key)
             if done is not None:
                 log.info("%s already holds this run; nothing to do", output_dir)
-                return done
+                self.last_stats = done[1].get("stats")
+                return done[0]
         check_output_dir(output_dir, overwrite)
         ckpt = Checkpoints(partial_dir(output_dir), key, resume)
         self._run_key = key

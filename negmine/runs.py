@@ -118,8 +118,11 @@ class Checkpoints:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def completed_run(output_dir: str | os.PathLike, key: str) -> dict[str, Any] | None:
-    """The outputs in ``output_dir`` when they are a complete run with this key."""
+def completed_run(
+    output_dir: str | os.PathLike, key: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(tensors, manifest)`` of ``output_dir`` when it holds a complete run with
+    this key, else None."""
     import torch
 
     from .io import load_outputs
@@ -133,4 +136,5 @@ def completed_run(output_dir: str | os.PathLike, key: str) -> dict[str, Any] | N
     if done["manifest"].get("run_key") != key:
         return None
     names = ("hard_negatives", "negative_tiers", "negative_scores")
-    return {k: torch.from_numpy(np.asarray(done[k])) for k in names if k in done}
+    tensors = {k: torch.from_numpy(np.asarray(done[k])) for k in names if k in done}
+    return tensors, done["manifest"]

@@ -110,7 +110,12 @@ def test_killed_at_random_moments(data, reference, tmp_path):
     assert _bytes(out) == _bytes(reference)
     # Resuming a run that is already complete does nothing, successfully.
     mtime = (out / "manifest.json").stat().st_mtime_ns
-    _run(data, out, "--resume")
+    proc = subprocess.run(
+        [c for c in _cmd(data, out, "--resume") if c != "--quiet"], env=_env(),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "already holds this run" in proc.stderr and "3 high-similarity" in proc.stdout
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
 
 
