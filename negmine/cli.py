@@ -47,6 +47,19 @@ def _add_mining_options(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=16384, help="pairs per step; memory only (default 16384)"
     )
     g.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        help="approximate tier 3: probe this many nearest clusters besides the pair's own "
+        "(default: exact)",
+    )
+    g.add_argument(
+        "--recall-sample",
+        type=int,
+        default=0,
+        help="with an approximate tier 3, measure its recall against exact on this many queries",
+    )
+    g.add_argument(
         "--overwrite", action="store_true", help="replace the outputs of an earlier run in --out"
     )
     g.add_argument(
@@ -139,6 +152,10 @@ def _print_stats(stats: dict[str, Any], seconds: float) -> None:
         mc = "-" if row["mean_cosine"] is None else f"{row['mean_cosine']:.3f}"
         name = f"{t} {row['name']}"
         print(f"{name:<18}{row['count']:>10}{row['requested']:>11}{mc:>10}")
+    rec = stats.get("tier3_recall")
+    if rec:
+        print(f"tier-3 recall@{rec['k']} against exact search: {rec['recall']:.4f} "
+              f"on {rec['sample']} queries ({stats['index'].get('factory')})")  # fmt: skip
     sf = {k: v for k, v in stats["shortfalls"].items() if v}
     print(f"shortfalls moved along the fallback: {sf or 'none'}")
     n = stats["n_pairs"]
@@ -157,6 +174,8 @@ def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) ->
         batch_size=args.batch_size,
         show_progress=not args.quiet,
         index=getattr(args, "index", None),
+        nprobe=args.nprobe,
+        recall_sample=args.recall_sample,
     )
     t0 = time.perf_counter()
     if out is None:

@@ -73,7 +73,15 @@ class NegativeMiner:
         Pairs sampled per step (rounded up to a multiple of 1024). Memory
         only: the output is the same for every value.
     index : SourceIndex or path, optional
-        A prebuilt source index. Default: an exact flat index built here.
+        A prebuilt source index. Default: exact search over the sources,
+        stored here in cluster order.
+    nprobe : int, optional
+        Approximate tier 3 without an index: search only the ``nprobe``
+        clusters whose centroids are nearest to the question, other than the
+        pair's own (see :mod:`negmine.probe`). ``None``: exact.
+    recall_sample : int
+        With an approximate tier 3, measure its recall against exact search on
+        this many tier-3 queries and record it in :attr:`last_stats`.
     validate : bool
         Check the result with :func:`negmine.validate_negatives` before
         returning it (raises ``ValidationError`` on a violation).
@@ -94,6 +102,8 @@ class NegativeMiner:
         show_progress: bool = False,
         batch_size: int = 16384,
         index: SourceIndex | str | os.PathLike | None = None,
+        nprobe: int | None = None,
+        recall_sample: int = 0,
         validate: bool = True,
     ):
         self.config = MiningConfig(
@@ -166,10 +176,19 @@ class NegativeMiner:
         adjacent = adjacent_clusters(cen, self.config.adjacent_k)
         self.layout = ClusterLayout.build(scl, n_c, adjacent)
         self._index_arg = index
+        for name, v, lo in (("nprobe", nprobe, 1), ("recall_sample", recall_sample, 0)):
+            if v is None and name == "nprobe":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                fail(name, f"be an integer >= {lo}", repr(v))
+        self.nprobe = None if nprobe is None else int(nprobe)
+        self.recall_sample = int(recall_sample)
+        self._centroids = normalized_float32(cen)
         self.index: SourceIndex | None = None
         self._sorted: np.ndarray | None = None
         self._run_key: str | None = None
         self._workspace: np.ndarray | None = None
+        self._recall: dict[str, Any] | None = None
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -292,7 +311,23 @@ class NegativeMiner:
                         pause_point(f"after-tier3-{g}")
                 t3_ids[c0:c1] = done["ids"]
                 bar.update(c1 - c0)
+        self._recall = None
+        if self.recall_sample and n3 and (self.nprobe is not None or index is not None):
+            self._recall = self._measure_recall(qvec, rows, combo_cluster, combo_question, t3_ids)
         return t3_ids, combo_of_pair
+
+    def _measure_recall(self, qvec, rows, combo_cluster, combo_question, t3_ids):
+        """Recall of the tier-3 ids against exact search on an even sample of queries."""
+        from .probe import recall_at_k
+
+        n = min(self.recall_sample, len(t3_ids))
+        pick = np.unique(np.linspace(0, len(t3_ids) - 1, n).astype(np.int64))
+        k = t3_ids.shape[1]
+        _, exact = self._search_tier3(
+            None, qvec, rows[pick], combo_cluster[pick], combo_question[pick], k, exact=True
+        )
+        recall = recall_at_k(t3_ids[pick], exact)
+        return {"k": k, "sample": int(pick.size), "recall": round(float(recall), 4)}
 
     def _pair_blocks(
         self, t3_ids: np.ndarray, combo_of_pair: np.ndarray, checkpoints: Checkpoints | None
@@ -376,13 +411,18 @@ class NegativeMiner:
             "tiers": per_tier,
             "shortfalls": {k_: int(v) for k_, v in short.items()},
             "timings_seconds": {k_: round(v, 4) for k_, v in timings.items()},
-            "index": (
-                {"factory": "Flat", "exact": True, "built": "in memory, cluster-ordered"}
-                if index is None
-                else {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
-            ),
+            "index": self._describe_search(index),
+            "tier3_recall": self._recall,
             "validation_ok": ok,
         }
+
+    def _describe_search(self, index: SourceIndex | None) -> dict[str, Any]:
+        if index is not None:
+            return {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
+        if self.nprobe is not None:
+            return {"factory": "clusters", "exact": False, "nprobe": self.nprobe,
+                    "built": "in memory, cluster-ordered"}  # fmt: skip
+        return {"factory": "Flat", "exact": True, "built": "in memory, cluster-ordered"}
 
     def _question_vectors(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised vectors of the distinct ``questions`` and each entry's row in them."""
@@ -391,9 +431,16 @@ class NegativeMiner:
 
     def _search_tier3(
         self, index: SourceIndex | None, qvec: np.ndarray, rows: np.ndarray,
-        combo_cluster: np.ndarray, combo_question: np.ndarray, k: int,
+        combo_cluster: np.ndarray, combo_question: np.ndarray, k: int, exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Tier-3 search of the given queries; ``exact`` forces the exact path."""
         args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives, k)
+        if index is None and self.nprobe is not None and not exact:
+            from .probe import probe_outside_cluster
+
+            return probe_outside_cluster(
+                self._sorted_sources(), self._centroids, *args, nprobe=self.nprobe
+            )
         if index is None or index.is_exact:
             if self._workspace is None:
                 self._workspace = workspace_for(self.n_sources)
@@ -460,7 +507,7 @@ class NegativeMiner:
         h = hashlib.sha256(f"negmine-run:{__version__}:".encode())
         cfg = self.config.to_dict()
         index = self._ensure_index()
-        desc = "exact" if index is None else json.dumps(index.manifest, sort_keys=True)
+        desc = json.dumps(self._describe_search(index), sort_keys=True)
         h.update(json.dumps({"config": cfg, "index": desc}, sort_keys=True).encode())
         hash_arrays(
             h,

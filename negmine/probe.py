@@ -1,0 +1,311 @@
+"""Approximate tier 3: search only the clusters nearest each question.
+
+:func:`probe_outside_cluster` treats the cluster layout as an inverted file:
+each query probes the ``nprobe`` clusters whose centroids are most similar to
+it (never its own cluster) and gets the exact top-``k`` over the sources of
+those clusters, minus its question's positives. Work per block of queries is
+inverted: each probed cluster is visited once, with one matrix product of the
+queries probing it against the cluster's contiguous slice of the
+cluster-sorted sources, so the cost scales with ``nprobe / C`` of the exact
+kernel's.
+
+:func:`recall_at_k` measures how much of an exact result an approximate one
+recovers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .layout import ClusterLayout, PositiveSets, csr_expand
+
+__all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "probe_outside_cluster", "recall_at_k"]
+
+#: Queries per block. Fixed so that which queries share a matrix product (and so
+#: any near-tie) never depends on how the caller batches the work.
+PROBE_BLOCK = 4096
+#: Floats in the reusable score buffer of one cluster's matrix product; larger
+#: products are split by query rows.
+SCORE_BUFFER = 1 << 22
+
+
+def _heap(dist: np.ndarray, ids: np.ndarray):
+    """A FAISS min-heap over rows of ``dist`` float32 [n, k] / ``ids`` int64 [n, k].
+
+    Both must be filled with ``-inf`` / ``-1``: all-equal rows already are valid
+    heaps, so no (multi-threaded) heapify is needed and a ``-inf`` score is
+    never admitted.
+    """
+    import faiss
+
+    heap = faiss.float_minheap_array_t()
+    heap.nh = dist.shape[0]
+    heap.k = dist.shape[1]
+    heap.val = faiss.swig_ptr(dist)
+    heap.ids = faiss.swig_ptr(ids)
+    return heap
+
+
+def _probe_sets(cscores: np.ndarray, nprobe: int) -> np.ndarray:
+    """The ``nprobe`` largest columns of each row, ties to the lower column.
+
+    Parameters
+    ----------
+    cscores : float32 [B, C]
+        Query x centroid scores, the own cluster already ``-inf``.
+    nprobe : int
+        In ``[1, C]``.
+
+    Returns
+    -------
+    int64 [B, nprobe]
+        Chosen clusters of each row, ascending cluster id.
+    """
+    nb, n_c = cscores.shape
+    if nprobe >= n_c:
+        return np.broadcast_to(np.arange(n_c, dtype=np.int64), (nb, n_c)).copy()
+    thresh = np.partition(cscores, n_c - nprobe, axis=1)[:, n_c - nprobe]
+    sel = cscores > thresh[:, None]
+    need = nprobe - sel.sum(axis=1)
+    eq = cscores == thresh[:, None]
+    # Only rows with more ties at the threshold than places need the cumsum.
+    tied = np.flatnonzero(eq.sum(axis=1) > need)
+    if tied.size:
+        eq[tied] &= np.cumsum(eq[tied], axis=1) <= need[tied, None]
+    sel |= eq
+    _, cols = np.nonzero(sel)
+    return cols.reshape(nb, nprobe).astype(np.int64, copy=False)
+
+
+def probe_outside_cluster(
+    vectors: np.ndarray,
+    centroids: np.ndarray,
+    queries: np.ndarray,
+    query_rows: np.ndarray,
+    query_cluster: np.ndarray,
+    query_question: np.ndarray,
+    layout: ClusterLayout,
+    positives: PositiveSets,
+    k: int,
+    nprobe: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner products over the ``nprobe`` nearest clusters but one's own.
+
+    For each query, the probe set is the ``nprobe`` clusters whose centroids
+    have the largest inner product with the query, its own cluster excluded
+    (ties go to the lower cluster id; an empty cluster may be probed and adds
+    nothing). The result is exact over the probe set: the ``k`` largest inner
+    products among the probed clusters' sources that are not positives of the
+    query's question. With ``nprobe >= C - 1`` it is the exact tier-3 result.
+
+    Parameters
+    ----------
+    vectors : float32 [S, d]
+        L2-normalised sources in layout order (``vectors[i]`` is source
+        ``layout.order[i]``), so cluster ``c`` is the contiguous rows
+        ``layout.offsets[c]:layout.offsets[c + 1]``.
+    centroids : float32 [C, d]
+        L2-normalised cluster centroids.
+    queries : float32 [Q', d]
+        L2-normalised question vectors.
+    query_rows : int64 [M]
+        Row of ``queries`` of each of the M queries.
+    query_cluster : int64 [M]
+        Cluster each query must skip (its pair's cluster).
+    query_question : int64 [M]
+        Question id of each query, for its positives.
+    layout : ClusterLayout
+    positives : PositiveSets
+    k : int
+        Results per query, >= 0.
+    nprobe : int
+        Clusters probed per query, >= 1; values above ``C - 1`` act as ``C - 1``.
+    progress : callable, optional
+        Called with the number of queries finished after each block.
+
+    Returns
+    -------
+    scores : float32 [M, k]
+        Descending (ties by lower source id); ``-inf`` where fewer than ``k``
+        probed sources are eligible.
+    ids : int64 [M, k]
+        Source ids, ``-1`` where fewer than ``k`` are eligible.
+
+    Notes
+    -----
+    Queries are processed in fixed blocks of :data:`PROBE_BLOCK`, so results
+    do not depend on how a caller slices the queries as long as the slices
+    are aligned to that block.
+    """
+    if nprobe < 1:
+        raise ValueError(f"`nprobe` must be >= 1; got {nprobe}.")
+    n_q = query_rows.shape[0]
+    n_c = centroids.shape[0]
+    out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
+    out_i = np.full((n_q, k), -1, dtype=np.int64)
+    n_probe = min(nprobe, n_c - 1)
+    if k == 0 or n_q == 0 or n_probe < 1:
+        if progress is not None and n_q:
+            progress(n_q)
+        return out_d, out_i
+    import faiss
+
+    kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe)
+    # The heap updates are small; FAISS's OpenMP threads would only spin
+    # against numpy's BLAS threads.
+    n_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        for b0 in range(0, n_q, PROBE_BLOCK):
+            b1 = min(b0 + PROBE_BLOCK, n_q)
+            d, i = kernel.run(
+                queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
+            )
+            out_d[b0:b1] = d
+            out_i[b0:b1] = i
+            if progress is not None:
+                progress(b1 - b0)
+    finally:
+        faiss.omp_set_num_threads(n_threads)
+    return out_d, out_i
+
+
+class _ProbeKernel:
+    """One block of queries against the sources of their probed clusters."""
+
+    def __init__(self, vectors, centroids, layout, positives, k, nprobe):
+        self.vectors = vectors
+        self.centroids = centroids
+        self.layout = layout
+        self.positives = positives
+        self.k = k
+        self.nprobe = nprobe
+        self.buf = np.empty(0, dtype=np.float32)
+        self.cand_d = np.empty(0, dtype=np.float32)
+        self.cand_i = np.empty(0, dtype=np.int64)
+        self.local = np.empty(0, dtype=np.int64)
+
+    def _scores(self, n: int) -> np.ndarray:
+        if self.buf.size < n:
+            self.buf = np.empty(max(n, SCORE_BUFFER), dtype=np.float32)
+        return self.buf[:n]
+
+    def run(self, xq, cl, qq):
+        import faiss
+
+        lay = self.layout
+        nb = xq.shape[0]
+        k, n_probe = self.k, self.nprobe
+        n_c = self.centroids.shape[0]
+        # Probe sets: one product with the centroids, own cluster never chosen.
+        cs = xq @ self.centroids.T
+        cs[np.arange(nb), cl] = -np.inf
+        probes = _probe_sets(cs, n_probe)
+        # Invert: (row, slot) pairs grouped by probed cluster.
+        flat_c = probes.reshape(-1)
+        by_c = np.argsort(flat_c, kind="stable")
+        pair_row = by_c // n_probe
+        pair_slot = by_c % n_probe
+        bounds = np.zeros(n_c + 1, dtype=np.int64)
+        np.cumsum(np.bincount(flat_c, minlength=n_c), out=bounds[1:])
+        # Positives of the block, as layout positions grouped by their cluster.
+        owner, at = csr_expand(self.positives.offsets, qq)
+        pos_src = self.positives.sources[at]
+        pos_col = lay.rank[pos_src]
+        by_pc = np.argsort(pos_col, kind="stable")
+        pos_col = pos_col[by_pc]
+        pos_row = owner[by_pc]
+        # Candidate buffer [B, nprobe, k] of layout positions.
+        size = nb * n_probe * k
+        if self.cand_d.size < size:
+            self.cand_d = np.empty(size, dtype=np.float32)
+            self.cand_i = np.empty(size, dtype=np.int64)
+        cand_d = self.cand_d[:size].reshape(nb, n_probe, k)
+        cand_i = self.cand_i[:size].reshape(nb, n_probe, k)
+        cand_d.fill(-np.inf)
+        cand_i.fill(-1)
+        if self.local.size < nb:
+            self.local = np.full(nb, -1, dtype=np.int64)
+        local = self.local
+        for c in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            lo, hi = int(lay.offsets[c]), int(lay.offsets[c + 1])
+            if hi == lo:
+                continue
+            rows = pair_row[bounds[c] : bounds[c + 1]]
+            slots = pair_slot[bounds[c] : bounds[c + 1]]
+            p0, p1 = np.searchsorted(pos_col, [lo, hi])
+            src = self.vectors[lo:hi]
+            width = hi - lo
+            step = max(1, SCORE_BUFFER // width)
+            for r0 in range(0, rows.size, step):
+                sub = rows[r0 : r0 + step]
+                n_sub = sub.size
+                scores = self._scores(n_sub * width).reshape(n_sub, width)
+                np.matmul(xq[sub], src.T, out=scores)
+                if p1 > p0:
+                    local[sub] = np.arange(n_sub)
+                    hit_row = local[pos_row[p0:p1]]
+                    ok = hit_row >= 0
+                    scores[hit_row[ok], pos_col[p0:p1][ok] - lo] = -np.inf
+                    local[sub] = -1
+                dist = np.full((n_sub, k), -np.inf, dtype=np.float32)
+                ids = np.full((n_sub, k), -1, dtype=np.int64)
+                _heap(dist, ids).addn(width, faiss.swig_ptr(scores), lo, 0, n_sub)
+                cand_d[sub, slots[r0 : r0 + step]] = dist
+                cand_i[sub, slots[r0 : r0 + step]] = ids
+        # Final top-k of each row's nprobe * k candidates.
+        flat_d = cand_d.reshape(nb, n_probe * k)
+        flat_i = cand_i.reshape(nb, n_probe * k)
+        flat_i = np.where(flat_i < 0, -1, lay.order[np.maximum(flat_i, 0)])
+        if n_probe > 1:
+            top = np.argpartition(flat_d, n_probe * k - k, axis=1)[:, n_probe * k - k :]
+            flat_d = np.take_along_axis(flat_d, top, axis=1)
+            flat_i = np.take_along_axis(flat_i, top, axis=1)
+        # Descending score, ties (and the -inf padding) by ascending id, -1 last.
+        id_key = np.where(flat_i >= 0, flat_i, np.iinfo(np.int64).max)
+        order = np.lexsort((id_key, -flat_d), axis=-1)
+        return (
+            np.take_along_axis(flat_d, order, axis=1),
+            np.take_along_axis(flat_i, order, axis=1),
+        )
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean fraction of each row's exact ids that the approximate row recovers.
+
+    Parameters
+    ----------
+    approx_ids : int64 [M, k_a]
+        Approximate result ids, ``-1`` padded.
+    exact_ids : int64 [M, k]
+        Exact result ids, ``-1`` padded; ids within a row are distinct.
+
+    Returns
+    -------
+    float
+        Mean over rows with at least one valid exact id of
+        ``|approx ∩ exact| / |valid exact ids|``; ``nan`` when no row has one.
+    """
+    approx_ids = np.asarray(approx_ids)
+    exact_ids = np.asarray(exact_ids)
+    if approx_ids.shape[0] != exact_ids.shape[0]:
+        raise ValueError(
+            f"`approx_ids` must have as many rows as `exact_ids`; got "
+            f"{approx_ids.shape[0]} and {exact_ids.shape[0]}."
+        )
+    n = exact_ids.shape[0]
+    found = np.zeros(n, dtype=np.int64)
+    valid = (exact_ids >= 0).sum(axis=1) if exact_ids.ndim == 2 else np.zeros(n, np.int64)
+    step = max(1, (1 << 22) // max(1, approx_ids.shape[1] * exact_ids.shape[1]))
+    for r0 in range(0, n, step):
+        e = exact_ids[r0 : r0 + step]
+        a = approx_ids[r0 : r0 + step]
+        hit = (a[:, :, None] == e[:, None, :]).any(axis=1) & (e >= 0)
+        found[r0 : r0 + step] = hit.sum(axis=1)
+    rows = valid > 0
+    if not rows.any():
+        return float("nan")
+    return float(np.mean(found[rows] / valid[rows]))

@@ -1,0 +1,232 @@
+"""The probed (inverted-file) tier-3 kernel against brute force and the exact kernel."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from reference import positives_of, small_corpus, unit
+
+import negmine.probe as probe_mod
+from negmine._checks import normalized_float32
+from negmine.layout import ClusterLayout, PositiveSets, adjacent_clusters
+from negmine.probe import probe_outside_cluster, recall_at_k
+from negmine.search import exact_outside_cluster
+from negmine.synth import make_corpus
+
+
+def _inputs(corpus: dict) -> dict:
+    """Kernel inputs the way the miner builds them: one query per distinct
+    (cluster, question), sorted by cluster then question."""
+    scl = corpus["source_cluster_ids"].astype(np.int64)
+    cent = corpus["centroid_embeddings"]
+    n_c = cent.shape[0]
+    pairs = corpus["pair_indices"]
+    n_q = corpus["question_embeddings"].shape[0]
+    layout = ClusterLayout.build(scl, n_c, adjacent_clusters(cent, 2))
+    key = np.unique(corpus["pair_cluster_ids"].astype(np.int64) * n_q + pairs[:, 0])
+    qc = key // n_q
+    qq = key - qc * n_q
+    return {
+        "vectors": normalized_float32(corpus["source_embeddings"])[layout.order],
+        "centroids": normalized_float32(cent),
+        "queries": normalized_float32(corpus["question_embeddings"]),
+        "query_rows": qq,
+        "query_cluster": qc,
+        "query_question": qq,
+        "layout": layout,
+        "positives": PositiveSets.from_pairs(pairs, n_q),
+    }
+
+
+def _probe(inp: dict, k: int, nprobe: int):
+    return probe_outside_cluster(**inp, k=k, nprobe=nprobe)
+
+
+def _exact(inp: dict, k: int):
+    args = {key: v for key, v in inp.items() if key != "centroids"}
+    return exact_outside_cluster(**args, k=k, cluster_sorted=True)
+
+
+def _reference(corpus: dict, inp: dict, k: int, nprobe: int):
+    """Brute force, one query at a time: probe set, then top-k over it."""
+    src = unit(corpus["source_embeddings"])
+    qry = unit(corpus["question_embeddings"])
+    cent = unit(corpus["centroid_embeddings"])
+    scl = corpus["source_cluster_ids"]
+    pos = positives_of(corpus["pair_indices"])
+    ids_out, scores_out = [], []
+    for q, c in zip(inp["query_question"], inp["query_cluster"], strict=True):
+        cs = cent @ qry[q]
+        ranked = [int(j) for j in np.argsort(-cs, kind="stable") if j != c]
+        probed = ranked[:nprobe]
+        ok = np.isin(scl, probed)
+        ok[list(pos[int(q)])] = False
+        cand = np.flatnonzero(ok)
+        sims = src[cand] @ qry[q]
+        top = np.argsort(-sims, kind="stable")[:k]
+        ids = np.full(k, -1, dtype=np.int64)
+        scores = np.full(k, -np.inf)
+        ids[: top.size] = cand[top]
+        scores[: top.size] = sims[top]
+        ids_out.append(ids)
+        scores_out.append(scores)
+    return np.array(ids_out), np.array(scores_out)
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("nprobe", [1, 2, 3, 7])
+def test_matches_brute_force(seed, k, nprobe):
+    corpus = small_corpus(n_sources=300, n_clusters=8, n_questions=80, seed=seed)
+    inp = _inputs(corpus)
+    d, i = _probe(inp, k, nprobe)
+    ref_i, ref_d = _reference(corpus, inp, k, nprobe)
+    assert d.dtype == np.float32 and i.dtype == np.int64
+    assert d.shape == i.shape == (len(inp["query_rows"]), k)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(d, ref_d, atol=1e-5)
+
+
+def test_small_clusters_pad_and_skip_positives():
+    """Probed clusters smaller than k and positives inside them: rows pad with
+    -1 / -inf and never hold a positive or an own-cluster source."""
+    corpus = small_corpus(n_sources=40, n_clusters=10, n_questions=30, seed=3, extra_positive=1)
+    inp = _inputs(corpus)
+    k = 12
+    for nprobe in (1, 2, 9):
+        d, i = _probe(inp, k, nprobe)
+        ref_i, ref_d = _reference(corpus, inp, k, nprobe)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_allclose(d, ref_d, atol=1e-5)
+        if nprobe == 1:
+            assert (i == -1).any()
+        assert np.all(np.isneginf(d) == (i == -1))
+        pos = positives_of(corpus["pair_indices"])
+        scl = corpus["source_cluster_ids"]
+        for r, (q, c) in enumerate(zip(inp["query_question"], inp["query_cluster"], strict=True)):
+            row = i[r][i[r] >= 0]
+            assert not set(row.tolist()) & pos[int(q)]
+            assert not (scl[row] == c).any()
+
+
+def test_empty_cluster_may_be_probed():
+    corpus = small_corpus(n_sources=200, n_clusters=6, n_questions=40, seed=9)
+    # Move cluster 2's sources to cluster 3, leaving cluster 2 empty (its centroid stays).
+    corpus["source_cluster_ids"] = np.where(
+        corpus["source_cluster_ids"] == 2, 3, corpus["source_cluster_ids"]
+    )
+    inp = _inputs(corpus)
+    assert inp["layout"].sizes[2] == 0
+    for nprobe in (1, 2, 5):
+        d, i = _probe(inp, 4, nprobe)
+        ref_i, ref_d = _reference(corpus, inp, 4, nprobe)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_allclose(d, ref_d, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 6])
+def test_all_clusters_equals_exact_kernel(k):
+    corpus = small_corpus(n_sources=500, n_clusters=6, n_questions=90, seed=11)
+    inp = _inputs(corpus)
+    d_e, i_e = _exact(inp, k)
+    for nprobe in (5, 50):
+        d, i = _probe(inp, k, nprobe)
+        np.testing.assert_array_equal(i, i_e)
+        np.testing.assert_allclose(d, d_e, atol=1e-5)
+
+
+def test_block_size_does_not_change_output(monkeypatch):
+    corpus = small_corpus(n_sources=600, n_clusters=9, n_questions=150, seed=4)
+    inp = _inputs(corpus)
+    base = _probe(inp, 5, 3)
+    monkeypatch.setattr(probe_mod, "PROBE_BLOCK", 16)
+    monkeypatch.setattr(probe_mod, "SCORE_BUFFER", 64)  # also split each cluster's product
+    seen = []
+    small = probe_outside_cluster(**inp, k=5, nprobe=3, progress=seen.append)
+    assert sum(seen) == len(inp["query_rows"]) and max(seen) == 16
+    np.testing.assert_array_equal(small[1], base[1])
+    np.testing.assert_allclose(small[0], base[0], atol=1e-6)
+
+
+def test_degenerate_arguments():
+    corpus = small_corpus(n_sources=100, n_clusters=4, n_questions=20, seed=1)
+    inp = _inputs(corpus)
+    m = len(inp["query_rows"])
+    d, i = _probe(inp, 0, 2)
+    assert d.shape == i.shape == (m, 0)
+    with pytest.raises(ValueError, match="nprobe"):
+        _probe(inp, 3, 0)
+    empty = dict(inp, query_rows=inp["query_rows"][:0], query_cluster=inp["query_cluster"][:0],
+                 query_question=inp["query_question"][:0])  # fmt: skip
+    d, i = _probe(empty, 3, 2)
+    assert d.shape == (0, 3)
+
+
+def test_recall_rises_with_nprobe():
+    corpus = make_corpus(20000, 50, 3000, 64, seed=0)
+    inp = _inputs(corpus)
+    k = 10
+    _, i_e = _exact(inp, k)
+    recalls = [recall_at_k(_probe(inp, k, p)[1], i_e) for p in (1, 2, 4, 8, 16)]
+    print("recall@10 at nprobe 1, 2, 4, 8, 16:", [round(r, 4) for r in recalls])
+    assert all(b >= a for a, b in itertools.pairwise(recalls))
+    assert recalls[0] < 0.9  # one probe is not enough: the test can tell
+    assert recalls[-1] >= 0.97
+    assert recall_at_k(_probe(inp, k, 49)[1], i_e) == 1.0
+
+
+def test_recall_at_k_by_hand():
+    exact = np.array([[1, 2, 3], [4, 5, -1], [-1, -1, -1], [7, 8, 9]])
+    approx = np.array([[3, 1, 10], [5, -1, -1], [1, 2, 3], [-1, -1, -1]])
+    # rows: 2/3, 1/2, skipped, 0/3
+    assert recall_at_k(approx, exact) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert recall_at_k(exact, exact) == 1.0
+    # -1 in both never counts as a match
+    assert recall_at_k(np.array([[-1, 4]]), np.array([[4, -1]])) == 1.0
+    assert np.isnan(recall_at_k(approx[2:3], exact[2:3]))
+    # a wider approximate result is allowed
+    assert recall_at_k(np.array([[9, 8, 7, 1]]), np.array([[1, 2]])) == 0.5
+
+
+def test_centroid_ties_go_to_lower_cluster():
+    corpus = small_corpus(n_sources=300, n_clusters=8, n_questions=80, seed=6)
+    cent = corpus["centroid_embeddings"]
+    cent[5] = cent[2]
+    cent[6] = cent[2]  # three identical centroids: exact ties in every row
+    inp = _inputs(corpus)
+    for nprobe in (1, 2, 3, 4):
+        d, i = _probe(inp, 5, nprobe)
+        ref_i, ref_d = _reference(corpus, inp, 5, nprobe)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_allclose(d, ref_d, atol=1e-5)
+
+
+def test_miner_with_nprobe_passes_the_rules_and_reports_recall():
+    from reference import check_rows
+
+    from negmine import NegativeMiner
+
+    corpus = small_corpus(n_sources=500, n_clusters=8, n_questions=120, seed=9)
+    exact = NegativeMiner(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2]).mine_all_negatives()
+    full = NegativeMiner(
+        **corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], nprobe=7, recall_sample=50
+    )
+    res = full.mine_all_negatives()
+    for key in ("hard_negatives", "negative_tiers"):
+        assert np.array_equal(res[key].numpy(), exact[key].numpy())
+    assert full.last_stats["tier3_recall"]["recall"] == 1.0
+    assert full.last_stats["index"]["factory"] == "clusters"
+    narrow = NegativeMiner(
+        **corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], nprobe=1, recall_sample=1000
+    )
+    res = narrow.mine_all_negatives()
+    check_rows(res, corpus, adjacent_k=3)
+    rec = narrow.last_stats["tier3_recall"]
+    assert rec["sample"] == len(
+        np.unique(corpus["pair_cluster_ids"] * 1000 + corpus["pair_indices"][:, 0])
+    )
+    assert 0.0 < rec["recall"] < 1.0
+    with pytest.raises(ValueError, match="`nprobe` must be an integer >= 1"):
+        NegativeMiner(**corpus, nprobe=0)
