@@ -124,6 +124,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="comma-separated among 20k, 100k, 1m (default 20k,100k)",
     )
     p.add_argument("--tiers-pairs", type=int, default=1_000_000, help="pairs for the tier timing")
+    p.add_argument(
+        "--nprobe",
+        default="",
+        metavar="N,N,...",
+        help="also time the approximate tier 3 at these nprobe values, with its recall",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
     p = sub.add_parser("index", help="build or inspect a source index")
@@ -259,7 +265,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    results = run(names, tiers_pairs=args.tiers_pairs)
+    nprobes = [int(x) for x in args.nprobe.split(",") if x.strip()]
+    results = run(names, tiers_pairs=args.tiers_pairs, nprobes=nprobes)
     if args.json is not None:
         from .io import atomic_write_json
 

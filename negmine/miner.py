@@ -313,7 +313,9 @@ class NegativeMiner:
                 bar.update(c1 - c0)
         self._recall = None
         if self.recall_sample and n3 and (self.nprobe is not None or index is not None):
+            t0 = time.perf_counter()
             self._recall = self._measure_recall(qvec, rows, combo_cluster, combo_question, t3_ids)
+            self._recall["seconds"] = round(time.perf_counter() - t0, 4)
         return t3_ids, combo_of_pair
 
     def _measure_recall(self, qvec, rows, combo_cluster, combo_question, t3_ids):
