@@ -140,6 +140,9 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--spec", default="flat", help="'flat' or a FAISS factory string")
     i = isub.add_parser("info", parents=[common], help="print an index manifest")
     i.add_argument("path", type=Path)
+    ls = isub.add_parser("list", parents=[common], help="list the indexes in a store")
+    ls.add_argument("store", type=Path, nargs="?", default=Path("indexes"),
+                    help="store directory (default: indexes)")  # fmt: skip
     return parser
 
 
@@ -304,7 +307,21 @@ def _cmd_index(args: argparse.Namespace) -> int:
     if args.index_command == "info":
         print(json.dumps(read_manifest(args.path), indent=2, sort_keys=True))
         return 0
-    print("negmine index: choose an action: build or info", file=sys.stderr)
+    if args.index_command == "list":
+        if not args.store.is_dir():
+            raise ValueError(f"`store` must be a directory; got '{args.store}'.")
+        print(f"{'name':<24}{'factory':<16}{'ntotal':>10}{'d':>6}{'MB':>9}  created")
+        for d in sorted(p for p in args.store.iterdir() if (p / "manifest.json").is_file()):
+            try:
+                m = read_manifest(d)
+            except ValueError as e:
+                print(f"{d.name:<24}unreadable: {e}")
+                continue
+            mb = m.get("index_bytes", 0) / 2**20
+            print(f"{d.name:<24}{m['factory']:<16}{m['ntotal']:>10}{m['d']:>6}{mb:>9.1f}  "
+                  f"{m.get('created', '?')}")  # fmt: skip
+        return 0
+    print("negmine index: choose an action: build, info or list", file=sys.stderr)
     return 2
 
 
