@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .layout import ClusterLayout, PositiveSets, csr_expand
+from .search import faiss_single_threaded, heap_over, run_query_blocks
 
 __all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "probe_outside_cluster", "recall_at_k"]
 
@@ -29,23 +30,6 @@ PROBE_BLOCK = 4096
 #: Floats in the reusable score buffer of one cluster's matrix product; larger
 #: products are split by query rows.
 SCORE_BUFFER = 1 << 22
-
-
-def _heap(dist: np.ndarray, ids: np.ndarray):
-    """A FAISS min-heap over rows of ``dist`` float32 [n, k] / ``ids`` int64 [n, k].
-
-    Both must be filled with ``-inf`` / ``-1``: all-equal rows already are valid
-    heaps, so no (multi-threaded) heapify is needed and a ``-inf`` score is
-    never admitted.
-    """
-    import faiss
-
-    heap = faiss.float_minheap_array_t()
-    heap.nh = dist.shape[0]
-    heap.k = dist.shape[1]
-    heap.val = faiss.swig_ptr(dist)
-    heap.ids = faiss.swig_ptr(ids)
-    return heap
 
 
 def _probe_sets(cscores: np.ndarray, nprobe: int) -> np.ndarray:
@@ -151,25 +135,10 @@ def probe_outside_cluster(
         if progress is not None and n_q:
             progress(n_q)
         return out_d, out_i
-    import faiss
-
     kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe)
-    # The heap updates are small; FAISS's OpenMP threads would only spin
-    # against numpy's BLAS threads.
-    n_threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        for b0 in range(0, n_q, PROBE_BLOCK):
-            b1 = min(b0 + PROBE_BLOCK, n_q)
-            d, i = kernel.run(
-                queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
-            )
-            out_d[b0:b1] = d
-            out_i[b0:b1] = i
-            if progress is not None:
-                progress(b1 - b0)
-    finally:
-        faiss.omp_set_num_threads(n_threads)
+    with faiss_single_threaded():
+        run_query_blocks(kernel.run, PROBE_BLOCK, queries, query_rows, query_cluster,
+                         query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
 
 
@@ -253,7 +222,7 @@ class _ProbeKernel:
                     local[sub] = -1
                 dist = np.full((n_sub, k), -np.inf, dtype=np.float32)
                 ids = np.full((n_sub, k), -1, dtype=np.int64)
-                _heap(dist, ids).addn(width, faiss.swig_ptr(scores), lo, 0, n_sub)
+                heap_over(dist, ids).addn(width, faiss.swig_ptr(scores), lo, 0, n_sub)
                 cand_d[sub, slots[r0 : r0 + step]] = dist
                 cand_i[sub, slots[r0 : r0 + step]] = ids
         # Final top-k of each row's nprobe * k candidates.

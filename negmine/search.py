@@ -16,8 +16,9 @@ out of eligible sources:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -40,18 +41,62 @@ SOURCE_CHUNK = 32768
 GROUP = 16
 
 
-def _new_heap(n: int, k: int):
+def heap_over(dist: np.ndarray, ids: np.ndarray):
+    """A FAISS min-heap over rows of ``dist`` float32 [n, k] / ``ids`` int64 [n, k].
+
+    Both must be filled with ``-inf`` / ``-1``: all-equal rows already are valid
+    heaps, so no (multi-threaded) heapify is needed, and a ``-inf`` score is
+    never admitted.
+    """
     import faiss
 
-    dist = np.full((n, k), -np.inf, dtype=np.float32)
-    ids = np.full((n, k), -1, dtype=np.int64)
     heap = faiss.float_minheap_array_t()
-    heap.nh = n
-    heap.k = k
+    heap.nh = dist.shape[0]
+    heap.k = dist.shape[1]
     heap.val = faiss.swig_ptr(dist)
     heap.ids = faiss.swig_ptr(ids)
-    heap.heapify()
-    return heap, dist, ids
+    return heap
+
+
+def _new_heap(n: int, k: int):
+    dist = np.full((n, k), -np.inf, dtype=np.float32)
+    ids = np.full((n, k), -1, dtype=np.int64)
+    return heap_over(dist, ids), dist, ids
+
+
+@contextmanager
+def faiss_single_threaded() -> Iterator[None]:
+    """Run FAISS calls on one OpenMP thread: its threads would otherwise spin
+    against numpy's BLAS threads between calls."""
+    import faiss
+
+    n_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(n_threads)
+
+
+def run_query_blocks(
+    run: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    block: int,
+    queries: np.ndarray,
+    query_rows: np.ndarray,
+    query_cluster: np.ndarray,
+    query_question: np.ndarray,
+    out_d: np.ndarray,
+    out_i: np.ndarray,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Feed fixed blocks of queries to ``run(xq, clusters, questions)``; fill the outputs."""
+    for b0 in range(0, query_rows.shape[0], block):
+        b1 = min(b0 + block, query_rows.shape[0])
+        out_d[b0:b1], out_i[b0:b1] = run(
+            queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
+        )
+        if progress is not None:
+            progress(b1 - b0)
 
 
 def exact_outside_cluster(
@@ -102,35 +147,21 @@ def exact_outside_cluster(
     ids : int64 [M, k]
         Source ids, ``-1`` where fewer than ``k`` are eligible.
     """
-    import faiss
 
     n_q = query_rows.shape[0]
     out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
     out_i = np.full((n_q, k), -1, dtype=np.int64)
     if k == 0 or n_q == 0:
         return out_d, out_i
-    # FAISS's OpenMP threads would spin against numpy's BLAS threads between
-    # calls; instead each heap update runs single-threaded on a share of the
-    # rows in plain threads (the FAISS call releases the GIL).
-    n_threads = faiss.omp_get_max_threads()
+    # Each heap update runs single-threaded on a share of the rows in plain
+    # threads (the FAISS call releases the GIL).
     n_workers = max(1, min(os.cpu_count() or 1, 8))
-    faiss.omp_set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(n_workers) as pool:
-            kernel = _BlockKernel(
-                vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace
-            )
-            for b0 in range(0, n_q, QUERY_BLOCK):
-                b1 = min(b0 + QUERY_BLOCK, n_q)
-                d, i = kernel.run(
-                    queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
-                )
-                out_d[b0:b1] = d
-                out_i[b0:b1] = i
-                if progress is not None:
-                    progress(b1 - b0)
-    finally:
-        faiss.omp_set_num_threads(n_threads)
+    with faiss_single_threaded(), ThreadPoolExecutor(n_workers) as pool:
+        kernel = _BlockKernel(
+            vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace
+        )
+        run_query_blocks(kernel.run, QUERY_BLOCK, queries, query_rows, query_cluster,
+                         query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
 
 
