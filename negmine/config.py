@@ -11,10 +11,23 @@ import numpy as np
 
 from ._checks import fail
 
-__all__ = ["TIER_NAMES", "MiningConfig", "resolve_tier_counts"]
+__all__ = ["FILTER_NAMES", "TIER_NAMES", "TIER3_SAMPLING", "MiningConfig", "resolve_tier_counts"]
 
 #: Tier label -> name.
 TIER_NAMES = {1: "in-cluster", 2: "adjacent", 3: "high-similarity", 4: "random"}
+
+#: The candidate filters, in the order a rejected candidate is attributed to them
+#: (a candidate several filters reject counts for the first one only).
+FILTER_NAMES = (
+    "max_score",
+    "relative_margin",
+    "absolute_margin",
+    "near_duplicate_threshold",
+    "tier3_rank_window",
+)
+
+#: How tier 3 picks its negatives from the rank window.
+TIER3_SAMPLING = ("top", "random")
 
 
 def resolve_tier_counts(n_neg: int, tier_proportions: Sequence[float] | None) -> tuple[int, ...]:
@@ -88,12 +101,40 @@ class MiningConfig:
         Adjacent clusters per cluster (tier 2), >= 0.
     random_seed : int
         Seed of every random tier; output is a pure function of the inputs and it.
+    max_score : float or None
+        Tier 3 skips sources whose cosine to the question is above this value,
+        in [-1, 1]. ``None``: off.
+    relative_margin : float or None
+        Tier 3 skips sources whose cosine to the question is above
+        ``(1 - relative_margin) * p``, where ``p`` is the question's *lowest*
+        cosine to any of its positive sources; in [0, 1] (0.05 keeps what
+        scores at most 95 % of the positive). ``None``: off.
+    absolute_margin : float or None
+        Tier 3 skips sources whose cosine to the question is above
+        ``p - absolute_margin`` (``p`` as above); in [0, 2]. ``None``: off.
+    near_duplicate_threshold : float or None
+        Every tier skips sources whose cosine to one of the question's
+        positive sources is above this value, in [-1, 1]. ``None``: off.
+    tier3_rank_window : (int, int) or None
+        ``(lo, hi)``: tier 3 draws from ranks ``lo <= rank < hi`` of the
+        eligible sources (0 = most similar), ``hi - lo >= n3`` (the tier-3
+        count). ``None``: ``(0, n3)``.
+    tier3_sampling : {"top", "random"}
+        ``"top"`` takes ranks ``lo .. lo + n3 - 1``; ``"random"`` draws ``n3``
+        of the window's ranks uniformly without replacement (needs
+        ``tier3_rank_window``).
     """
 
     n_neg: int = 12
     tier_proportions: tuple[float, ...] | None = None
     adjacent_k: int = 3
     random_seed: int = 42
+    max_score: float | None = None
+    relative_margin: float | None = None
+    absolute_margin: float | None = None
+    near_duplicate_threshold: float | None = None
+    tier3_rank_window: tuple[int, int] | None = None
+    tier3_sampling: str = "top"
     tier_counts: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +164,78 @@ class MiningConfig:
             props = tuple(p.item() if isinstance(p, np.generic) else p for p in props)
             object.__setattr__(self, "tier_proportions", props)
         object.__setattr__(self, "tier_counts", resolve_tier_counts(self.n_neg, props))
+        self._check_filters()
+
+    def _check_filters(self) -> None:
+        ranges = {
+            "max_score": (-1.0, 1.0, "a cosine"),
+            "relative_margin": (0.0, 1.0, "a fraction of the positive's score, e.g. 0.05"),
+            "absolute_margin": (0.0, 2.0, "a cosine difference, e.g. 0.05"),
+            "near_duplicate_threshold": (-1.0, 1.0, "a cosine, e.g. 0.95"),
+        }
+        for name, (lo, hi, what) in ranges.items():
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                fail(name, f"be a number in [{lo:g}, {hi:g}] or None", repr(v), exc=TypeError)
+            v = float(v)
+            if not lo <= v <= hi:  # NaN fails too
+                fail(name, f"be in [{lo:g}, {hi:g}] ({what})", v, "Pass None to turn it off.")
+            object.__setattr__(self, name, v)
+        n3 = self.tier_counts[2]
+        win = self.tier3_rank_window
+        if win is not None:
+            if hasattr(win, "tolist"):
+                win = win.tolist()
+            if isinstance(win, (str, bytes, Mapping)) or not hasattr(win, "__len__"):
+                fail("tier3_rank_window", "be a pair (lo, hi) of integers", repr(win),
+                     exc=TypeError)  # fmt: skip
+            win = tuple(win)
+            if len(win) != 2 or any(
+                isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in win
+            ):
+                fail("tier3_rank_window", "be a pair (lo, hi) of integers", repr(win),
+                     exc=TypeError)  # fmt: skip
+            lo, hi = int(win[0]), int(win[1])
+            if lo < 0 or hi <= lo or hi - lo < n3:
+                fail(
+                    "tier3_rank_window",
+                    f"be (lo, hi) with 0 <= lo < hi and hi - lo >= n3 = {n3} (the tier-3 "
+                    "negatives per pair, which the window must hold)",
+                    f"({lo}, {hi})",
+                    f"For example ({lo}, {lo + max(n3, 1)}).",
+                )
+            object.__setattr__(self, "tier3_rank_window", (lo, hi))
+        if self.tier3_sampling not in TIER3_SAMPLING:
+            fail("tier3_sampling", "be 'top' or 'random'", repr(self.tier3_sampling))
+        if self.tier3_sampling == "random" and win is None:
+            fail(
+                "tier3_sampling",
+                "be 'top' unless `tier3_rank_window` is set (random draws from the window)",
+                "'random'",
+                "Pass tier3_rank_window=(lo, hi) as well.",
+            )
+
+    @property
+    def filters(self) -> dict[str, Any]:
+        """The active filters (see :data:`FILTER_NAMES`) and their settings."""
+        out = {}
+        for name in FILTER_NAMES:
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = list(v) if name == "tier3_rank_window" else v
+        return out
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The tier-3 rank window ``(lo, hi)``, ``(0, n3)`` when not set."""
+        return self.tier3_rank_window or (0, self.tier_counts[2])
+
+    @property
+    def tier3_filtered(self) -> bool:
+        """Whether tier 3 needs the filtered search (any filter or a window)."""
+        return bool(self.filters)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view."""
@@ -131,4 +244,7 @@ class MiningConfig:
             None if self.tier_proportions is None else list(self.tier_proportions)
         )
         d["tier_counts"] = list(self.tier_counts)
+        d["tier3_rank_window"] = (
+            None if self.tier3_rank_window is None else list(self.tier3_rank_window)
+        )
         return d
