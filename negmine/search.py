@@ -8,6 +8,8 @@ out of eligible sources:
   excluded cluster's columns and the question's positives are set to ``-inf``
   in the score block, and FAISS's C++ heap keeps the running top-k. No
   re-search is ever needed and the cost stays close to the bare matrix product.
+  Per-query score thresholds (the score filters of :mod:`negmine.filters`) are
+  masked the same way, and the scores above them counted.
 * :func:`overfetch_outside_cluster` — for any FAISS index: search with a
   larger k, drop same-cluster and positive hits, and re-search only the rows
   that came up short with a larger k.
@@ -111,6 +113,7 @@ def exact_outside_cluster(
     progress: Callable[[int], None] | None = None,
     cluster_sorted: bool = False,
     workspace: np.ndarray | None = None,
+    score_cut: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products outside each query's cluster.
 
@@ -139,6 +142,11 @@ def exact_outside_cluster(
         See ``vectors``.
     workspace : float32 [QUERY_BLOCK * min(SOURCE_CHUNK, S)], optional
         Score buffer to reuse across calls (see :func:`workspace_for`).
+    score_cut : (float32 [M, T], int64 [M, T]), optional
+        Per-query score thresholds, non-increasing along a row, and an output
+        array: scores above a row's last threshold are excluded like the
+        skipped cluster, and ``counts[:, j]`` receives how many sources outside
+        the cluster and not positives scored above threshold ``j``.
 
     Returns
     -------
@@ -160,9 +168,23 @@ def exact_outside_cluster(
         kernel = _BlockKernel(
             vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace
         )
-        run_query_blocks(kernel.run, QUERY_BLOCK, queries, query_rows, query_cluster,
+        run = kernel.run if score_cut is None else _with_cut(kernel.run, *score_cut)
+        run_query_blocks(run, QUERY_BLOCK, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
+
+
+def _with_cut(run, thresholds: np.ndarray, counts: np.ndarray):
+    """``run(xq, cl, qq)`` of consecutive query blocks, each with its rows of the cut."""
+    at = [0]
+
+    def run_block(xq, cl, qq):
+        b0 = at[0]
+        b1 = at[0] = b0 + xq.shape[0]
+        counts[b0:b1] = 0
+        return run(xq, cl, qq, thresholds[b0:b1], counts[b0:b1])
+
+    return run_block
 
 
 class _BlockKernel:
@@ -180,6 +202,7 @@ class _BlockKernel:
         size = QUERY_BLOCK * self.chunk
         ok = workspace is not None and workspace.dtype == np.float32 and workspace.size >= size
         self.buf = workspace if ok else np.empty(size, dtype=np.float32)
+        self.over = np.empty(0, dtype=bool)
 
     def _mask_runs(self, scores, s0, s1, runs) -> None:
         lay = self.layout
@@ -250,7 +273,17 @@ class _BlockKernel:
             tail = np.ascontiguousarray(scores[:, n_l * GROUP :])
             heap.addn(tail.shape[1], faiss.swig_ptr(tail), s0 + n_l * GROUP, i0, nb)
 
-    def run(self, xq, cl, qq):
+    def _cut(self, scores: np.ndarray, thr: np.ndarray, counts: np.ndarray) -> None:
+        """Count the scores above each threshold column; mask those above the last."""
+        for j in range(thr.shape[1] - 1):
+            counts[:, j] += np.count_nonzero(scores > thr[:, j : j + 1], axis=1)
+        if self.over.size < scores.size:
+            self.over = np.empty(scores.size, dtype=bool)
+        over = np.greater(scores, thr[:, -1:], out=self.over[: scores.size].reshape(scores.shape))
+        counts[:, -1] += np.count_nonzero(over, axis=1)
+        np.putmask(scores, over, -np.inf)
+
+    def run(self, xq, cl, qq, thr=None, counts=None):
 
         nb = xq.shape[0]
         n_s = self.vectors.shape[0]
@@ -273,6 +306,8 @@ class _BlockKernel:
             self._mask_runs(scores, s0, s1, runs)
             hit = (pos_col >= s0) & (pos_col < s1)
             scores[owner[hit], pos_col[hit] - s0] = -np.inf
+            if thr is not None:
+                self._cut(scores, thr, counts)
             self._push(heap, scores, s0, step)
         heap.reorder()
         if self.sorted:
