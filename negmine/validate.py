@@ -21,6 +21,13 @@ label     tier               the id's source cluster must be
 
 Every row must also hold ids in ``[0, S)``, no positive of ``q`` (a source of
 any pair whose question is ``q``) and no id twice.
+
+With ``near_duplicate_threshold`` (and the source embeddings) the validator
+also checks that no row holds a source whose cosine to a positive of its
+question is above the threshold, and the tier-4 rule above counts only the
+distant sources that are neither positives nor such near-duplicates. Cosines
+are recomputed here from the embeddings, with a tolerance of
+:data:`NEAR_TOLERANCE` for float32 round-off.
 """
 
 from __future__ import annotations
@@ -32,10 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import as_numpy, check_embeddings, check_ids, fail
+from ._checks import as_numpy, check_embeddings, check_ids, fail, normalized_float32
 from .layout import adjacent_clusters, csr_expand
 
-__all__ = ["TIER_NAMES", "ValidationError", "ValidationReport", "validate_negatives"]
+__all__ = [
+    "NEAR_TOLERANCE",
+    "TIER_NAMES",
+    "ValidationError",
+    "ValidationReport",
+    "validate_negatives",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +60,9 @@ _N_EXAMPLES = 5
 # Questions with at most this many positives are checked by comparing columns;
 # rows of questions with more use a sorted-key lookup.
 _FEW_POSITIVES = 32
+#: Cosine round-off allowed around ``near_duplicate_threshold``.
+NEAR_TOLERANCE = 1e-6
+_ROWS = 16384
 
 
 class ValidationError(ValueError):
@@ -93,8 +109,8 @@ class ValidationReport:
         For each violated rule (same order as ``errors``), a short key and the
         number of offending entries (1 for whole-array rules such as dtype).
         Keys: ``shape``, ``dtype``, ``n_neg``, ``id_range``, ``label_value``,
-        ``positive``, ``duplicate``, ``tier1``, ``tier2``, ``tier3``,
-        ``tier4_own``, ``tier4_adjacent``.
+        ``positive``, ``near_duplicate``, ``duplicate``, ``tier1``, ``tier2``,
+        ``tier3``, ``tier4_own``, ``tier4_adjacent``.
     """
 
     n_pairs: int
@@ -443,6 +459,70 @@ def _later_duplicates(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return later
 
 
+class _NearDuplicates:
+    """Cosines of sources to the positives of questions (dense question ranks)."""
+
+    def __init__(self, sources: np.ndarray, threshold: float, offsets, pos_sources):
+        self.sources = sources
+        self.threshold = threshold
+        self.offsets = offsets
+        self.pos_sources = pos_sources
+
+    def _vecs(self, ids: np.ndarray) -> np.ndarray:
+        return normalized_float32(np.asarray(self.sources[ids]))
+
+    def row_max(self, ids: np.ndarray, qd: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Largest cosine of ``ids[r, j]`` [R, K] to a positive of row r's question
+        ``qd[r]``, where ``mask``; -inf elsewhere. Each id and positive is
+        gathered once per row block."""
+        out = np.full(ids.shape, -np.inf, dtype=np.float32)
+        for r0 in range(0, ids.shape[0], _ROWS):
+            r1 = min(r0 + _ROWS, ids.shape[0])
+            starts = self.offsets[qd[r0:r1]]
+            counts = self.offsets[qd[r0:r1] + 1] - starts
+            slots = [
+                (rows, self._vecs(self.pos_sources[starts[rows] + j]))
+                for j in range(int(counts.max(initial=0)))
+                for rows in [np.flatnonzero(counts > j)]
+            ]
+            for c in range(ids.shape[1]):
+                live = np.flatnonzero(mask[r0:r1, c])
+                if not live.size:
+                    continue
+                vec = np.zeros((r1 - r0, self.sources.shape[1]), dtype=np.float32)
+                vec[live] = self._vecs(ids[r0 + live, c])
+                best = out[r0:r1, c]
+                for rows, pvec in slots:
+                    cos = np.einsum("ij,ij->i", vec[rows], pvec)
+                    best[rows] = np.maximum(best[rows], np.where(mask[r0 + rows, c], cos, -np.inf))
+        return out
+
+    def near_counts(
+        self, qd: np.ndarray, clusters: np.ndarray, src_cluster: np.ndarray, adj: np.ndarray
+    ) -> np.ndarray:
+        """Per row: sources of the distant clusters of ``clusters[r]`` whose cosine to
+        a positive of question ``qd[r]`` is above ``threshold - NEAR_TOLERANCE``
+        (a positive counts too: its cosine to itself is 1). One product of the
+        distant sources with the rows' positives per cluster, not per row."""
+        out = np.zeros(qd.size, dtype=np.int64)
+        cut = self.threshold - NEAR_TOLERANCE
+        for c in np.unique(clusters).tolist():
+            sel = np.flatnonzero(clusters == c)
+            skip = adj[c][adj[c] >= 0]
+            far = np.flatnonzero((src_cluster != c) & ~np.isin(src_cluster, skip))
+            uq, inv = np.unique(qd[sel], return_inverse=True)
+            owner, at = csr_expand(self.offsets, uq)
+            pvec = self._vecs(self.pos_sources[at])
+            first = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
+            per_q = np.zeros(uq.size, dtype=np.int64)
+            for s0 in range(0, far.size, _ROWS):
+                sims = self._vecs(far[s0 : s0 + _ROWS]) @ pvec.T
+                hit = np.logical_or.reduceat(sims > cut, first, axis=1)
+                per_q[owner[first]] += hit.sum(axis=0)
+            out[sel] = per_q[inv]
+        return out
+
+
 def _adjacent_mask(adj: np.ndarray, owner_cluster: np.ndarray, cl: np.ndarray) -> np.ndarray:
     """True where ``cl`` [R, K] is adjacent to ``owner_cluster`` [R]."""
     hit = np.zeros(cl.shape, dtype=bool)
@@ -464,6 +544,8 @@ def validate_negatives(
     adjacent: Any = None,
     tier_proportions: Sequence[int] | np.ndarray | None = None,
     raise_on_error: bool = False,
+    source_embeddings: Any = None,
+    near_duplicate_threshold: float | None = None,
 ) -> ValidationReport:
     """Check mined hard negatives and their tier labels against every rule.
 
@@ -495,6 +577,12 @@ def validate_negatives(
         ``n_neg``, otherwise an ``n_neg`` error is reported.
     raise_on_error : bool, default False
         Raise :class:`ValidationError` instead of returning a failed report.
+    source_embeddings : array-like, float, shape [S, d], optional
+        Needed with ``near_duplicate_threshold``.
+    near_duplicate_threshold : float, optional
+        The miner's near-duplicate filter: no row may hold a source whose
+        cosine to a positive of its question is above it, and the tier-4 rule
+        does not expect such sources in the row.
 
     Returns
     -------
@@ -538,6 +626,20 @@ def validate_negatives(
             f"length {pair_cluster.size}",
         )
     per_row = _check_proportions(tier_proportions)
+    near_src = None
+    if near_duplicate_threshold is not None:
+        t = near_duplicate_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)):
+            fail("near_duplicate_threshold", "be a number in [-1, 1] or None", repr(t),
+                 exc=TypeError)  # fmt: skip
+        if not -1 <= t <= 1:
+            fail("near_duplicate_threshold", "be in [-1, 1]", t)
+        if source_embeddings is None:
+            fail("source_embeddings", "be given with `near_duplicate_threshold`", "None")
+        near_src = check_embeddings(source_embeddings, "source_embeddings")
+        if near_src.shape[0] != n_src:
+            fail("source_embeddings", f"have one row per source (S = {n_src})",
+                 f"{near_src.shape[0]} rows")  # fmt: skip
 
     n_neg = hn.shape[1] if hn.ndim == 2 else (tiers.shape[1] if tiers.ndim == 2 else 0)
     report = ValidationReport(n_pairs=n_pairs, n_neg=int(n_neg))
@@ -618,7 +720,10 @@ def validate_negatives(
         )
 
     if ids is not None and valid is not None:
-        _check_entries(report, ids, valid, labels, label_ok, pairs, pair_cluster, src_cluster, adj)
+        near = None if near_src is None else (near_src, float(near_duplicate_threshold))
+        _check_entries(
+            report, ids, valid, labels, label_ok, pairs, pair_cluster, src_cluster, adj, near
+        )
 
     if raise_on_error:
         report.raise_if_failed()
@@ -635,8 +740,9 @@ def _check_entries(
     pair_cluster: np.ndarray,
     src_cluster: np.ndarray,
     adj: np.ndarray,
+    near_args: tuple[np.ndarray, float] | None = None,
 ) -> None:
-    """The per-entry rules: positives, duplicates and the tier of each id."""
+    """The per-entry rules: positives, near-duplicates, duplicates and the tier of each id."""
     n_src = int(src_cluster.size)
     n_clusters = int(adj.shape[0])
     safe = np.where(valid, ids, 0)
@@ -664,6 +770,24 @@ def _check_entries(
                 "Exclude every positive of the question when mining.",
             ),
         )
+
+    near = None
+    if near_args is not None:
+        near = _NearDuplicates(near_args[0], near_args[1], pos_offsets, pos_sources)
+        best = near.row_max(safe, qd, valid & ~is_pos)
+        is_near = best > near.threshold + NEAR_TOLERANCE
+        if is_near.any():
+            n, got = _entries_got(is_near, ids, lambda r, j: f"cosine {float(best[r, j]):.6f}")
+            report._add(
+                "near_duplicate",
+                n,
+                _message(
+                    "hard_negatives",
+                    "not hold a near-duplicate of a positive of the row's question (cosine "
+                    f"above near_duplicate_threshold = {near.threshold})",
+                    got,
+                ),
+            )
 
     later = _later_duplicates(ids, valid)
     if later.any():
@@ -736,6 +860,9 @@ def _check_entries(
     n_pos_distant = np.bincount(owner[p_distant], minlength=rows.size)
     need = distant_total[c_rows] - n_pos_distant
 
+    if near is not None:
+        # Near-duplicates (positives among them) are not expected in the row.
+        need = distant_total[c_rows] - near.near_counts(qd[rows], c_rows, src_cluster, adj)
     in_row = valid[rows] & ~own[rows] & ~in_adj[rows] & ~is_pos[rows] & ~later[rows]
     have = in_row.sum(axis=1)
     short = np.zeros(ids.shape[0], dtype=bool)
