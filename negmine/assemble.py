@@ -12,6 +12,17 @@ id already in the row):
 
 Each excluded point carries its relation to the row (own cluster, adjacent,
 distant), so a step only looks at the exclusions that can fall in its domain.
+
+With a near-duplicate test (``reject``), every sampling step checks what it
+drew: rejected ids become exclusions of the row and the rows that lost ids draw
+again, only those rows and only what they lost, from their own stream for that
+round. Tiers 1 and 2 redraw at most :data:`MAX_ROUNDS` times and then pass what
+is missing on, as for any shortfall. The steps of tier 4 and the last resort
+redraw until the row is full or their domain is used up (each round removes at
+least one source from the domain), so tier 4 widens past the distant clusters
+only when every distant source that is neither a positive nor a near-duplicate
+is in the row, and a row is refused only when every such source of the corpus
+is.
 """
 
 from __future__ import annotations
@@ -23,12 +34,66 @@ import numpy as np
 from .layout import ClusterLayout, PositiveSets, csr_expand
 from .tiers import complement_domain, sample_domain, union_domain
 
-__all__ = ["RNG_BLOCK", "STAGES", "block_uniforms", "fill_rows"]
+__all__ = [
+    "COUNTER_KEYS",
+    "MAX_ROUNDS",
+    "RNG_BLOCK",
+    "SHORT_KEYS",
+    "STAGES",
+    "RowsUnfillable",
+    "block_uniforms",
+    "fill_rows",
+    "redraw_stage",
+]
 
 #: Sampling steps and the stream id of each (uniforms are keyed by it).
-STAGES = {"tier1": 1, "tier2": 2, "distant": 3, "outside": 4, "anywhere": 5}
+#: ``tier3_window`` draws tier 3 from its rank window (keyed by blocks of
+#: tier-3 queries, not pairs).
+STAGES = {"tier1": 1, "tier2": 2, "distant": 3, "outside": 4, "anywhere": 5, "tier3_window": 6}
 #: Pairs per random stream. Fixed: the output must not depend on batching.
 RNG_BLOCK = 1024
+#: Redraw rounds after near-duplicates were rejected, in tiers 1 and 2.
+MAX_ROUNDS = 16
+#: Shortfalls passed on by each step (keys of :func:`fill_rows`'s counts).
+SHORT_KEYS = ("tier1", "tier2", "tier3", "distant", "outside")
+#: The other counts :func:`fill_rows` returns, summed over its rows:
+#: ``fallback<t>`` slots of tier t's quota filled by another tier;
+#: ``near_dup<t>`` near-duplicates drawn and rejected by steps labelled t;
+#: ``near_dup_short`` quota slots of tiers 1, 2, 4 that fell back because of them.
+COUNTER_KEYS = (
+    "fallback1",
+    "fallback2",
+    "fallback3",
+    "fallback4",
+    "near_dup1",
+    "near_dup2",
+    "near_dup4",
+    "near_dup_short",
+)
+_REDRAW_BASE = 16
+
+
+def redraw_stage(step: str, round_: int) -> int:
+    """Stream id of redraw round ``round_ >= 1`` of sampling step ``step``."""
+    return _REDRAW_BASE + 8 * (round_ - 1) + STAGES[step]
+
+
+class RowsUnfillable(ValueError):
+    """A row ran out of sources that are neither positives nor near-duplicates.
+
+    Attributes
+    ----------
+    row : int
+        The first such row (index into the rows given to :func:`fill_rows`).
+    have : int
+        Ids it holds.
+    """
+
+    def __init__(self, row: int, have: int):
+        super().__init__(f"row {row} holds only {have} ids that are neither positives nor "
+                         "near-duplicates")  # fmt: skip
+        self.row = row
+        self.have = have
 
 
 def block_uniforms(
@@ -53,6 +118,14 @@ def block_uniforms(
     cache: dict[int, np.ndarray] = {}
 
     def uniforms(stage: int, width: int) -> np.ndarray:
+        if stage >= _REDRAW_BASE:  # redraw rounds: many, small, not kept
+            u = np.concatenate(
+                [np.random.default_rng([seed, b, stage]).random((RNG_BLOCK, n_neg))
+                 for b in blocks]
+            )[off : off + p1 - p0]  # fmt: skip
+            if u.shape[1] < width:
+                raise ValueError(f"stage {stage} needs {width} numbers per row; has {u.shape[1]}")
+            return u
         if stage not in cache:
             if stage in common:
                 parts: dict[int, list[np.ndarray]] = {st: [] for st in common}
@@ -95,6 +168,7 @@ def fill_rows(
     tier3: np.ndarray,
     counts: tuple[int, int, int, int],
     uniforms: Callable[[int, int], np.ndarray],
+    reject: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Assemble rows of negatives.
 
@@ -110,6 +184,9 @@ def fill_rows(
         Requested negatives of tiers 1-4 per row.
     uniforms : callable ``(stage, width) -> float64 [R, width]``
         The rows' random numbers for a sampling step (see :data:`STAGES`).
+    reject : callable ``(rows int64 [m], ids int64 [m]) -> bool [m]``, optional
+        The near-duplicate test: True where source ``ids[i]`` must not go into
+        row ``rows[i]``. Sampled ids it rejects are excluded and redrawn.
 
     Returns
     -------
@@ -117,8 +194,14 @@ def fill_rows(
         Source ids, columns ordered by tier label (stable).
     tiers : int64 [R, n_neg]
         Label of each id: where it really came from.
-    short : dict
-        Shortfalls passed on by each step, summed over the rows.
+    counts : dict
+        Summed over the rows: the shortfall passed on by each step
+        (:data:`SHORT_KEYS`) and the counts of :data:`COUNTER_KEYS`.
+
+    Raises
+    ------
+    RowsUnfillable
+        With ``reject``, when a row cannot be filled with ids it accepts.
     """
     n1, n2, n3, n4 = counts
     n_neg = n1 + n2 + n3 + n4
@@ -184,6 +267,60 @@ def fill_rows(
         lpos, got = sample_domain(domain[0], domain[1], k, er, ep, u)
         return np.where(lpos >= 0, layout.order[np.maximum(lpos, 0)], -1), got
 
+    removed = dict.fromkeys((1, 2, 4), 0)
+
+    def take(sel, domain, k, step, rel_mask, width, label, rel_of, rounds):
+        """Draw ``k`` ids per row of ``sel`` from ``domain`` and put them.
+
+        Returns, int64 [sel.size] each: what each row got, what its first draw
+        got (``min(k, room)``: the room before any near-duplicate was seen) and
+        how many near-duplicates it rejected.
+        """
+        new, got = draw(sel, domain, k, STAGES[step], rel_mask, width)
+        if reject is None:
+            put(sel, new, label, rel_of(sel, new))
+            return got, got, np.zeros_like(got)
+        first = got.copy()
+        n_rejected = np.zeros_like(got)
+        idx = np.arange(sel.size)
+        r_no = 0
+        while True:
+            rows_now = sel[idx]
+            rel = rel_of(rows_now, new)
+            bad = np.zeros(new.shape, dtype=bool)
+            rr, cc = np.nonzero(new >= 0)
+            if rr.size:
+                bad[rr, cc] = reject(rows_now[rr], new[rr, cc])
+            lost = bad.sum(axis=1)
+            if lost.any():
+                br, bc = np.nonzero(bad)
+                exclude(rows_now[br], new[br, bc], rel if np.ndim(rel) == 0 else rel[br, bc])
+                new = np.where(bad, -1, new)
+                removed[label] += int(lost.sum())
+            put(rows_now, new, label, rel)
+            got[idx] -= lost
+            n_rejected[idx] += lost
+            r_no += 1
+            more = np.flatnonzero(lost)
+            if not more.size or (rounds is not None and r_no > rounds):
+                return got, first, n_rejected
+            idx = idx[more]
+            dom = (domain[0][idx], domain[1][idx])
+            new, extra = draw(sel[idx], dom, lost[more], redraw_stage(step, r_no), rel_mask,
+                              n_neg)  # fmt: skip
+            got[idx] += extra
+
+    def own_fallback(n: int, got: np.ndarray, first: np.ndarray) -> tuple[int, int]:
+        """Quota slots of a tier (n per row) filled elsewhere, and those due to rejections."""
+        fb = np.maximum(n - got, 0)
+        return int(fb.sum()), int((fb - np.maximum(n - first, 0)).sum())
+
+    def scalar(rel: int) -> Callable[[np.ndarray, np.ndarray], int]:
+        return lambda _sel, _new: rel
+
+    def relation_of(sel: np.ndarray, new: np.ndarray) -> np.ndarray:
+        return _relation(layout.source_cluster[np.maximum(new, 0)], cluster[sel], adj[sel])
+
     every = np.arange(rows)
     short: dict[str, int] = {}
     if n3:
@@ -196,45 +333,59 @@ def fill_rows(
 
     k1 = np.full(rows, n1, dtype=np.int64)
     dom = union_domain(layout.offsets, cluster[:, None])
-    new, got = draw(every, dom, k1, STAGES["tier1"], _OWN, n1)
-    put(every, new, 1, _OWN)
+    got, first, _ = take(every, dom, k1, "tier1", _OWN, n1, 1, scalar(_OWN), MAX_ROUNDS)
     need1 = k1 - got
     short["tier1"] = int(need1.sum())
+    fb1, nd_short = own_fallback(n1, got, first)
 
     k2 = n2 + need1
-    new, got = draw(every, union_domain(layout.offsets, adj), k2, STAGES["tier2"], _ADJ, n1 + n2)
-    put(every, new, 2, _ADJ)
+    dom = union_domain(layout.offsets, adj)
+    got, first, _ = take(every, dom, k2, "tier2", _ADJ, n1 + n2, 2, scalar(_ADJ), MAX_ROUNDS)
     need2 = k2 - got
     short["tier2"] = int(need2.sum())
+    fb2, nd2 = own_fallback(n2, got, first)
+    nd_short += nd2
 
     k4 = n4 + need2 + need3
     own_adj = np.concatenate([cluster[:, None], adj], axis=1)
     dom = complement_domain(layout.offsets, own_adj, layout.n_sources)
-    new, got = draw(every, dom, k4, STAGES["distant"], _FAR, n_neg)
-    put(every, new, 4, _FAR)
-    need = k4 - got
+    got4, _, rej4 = take(every, dom, k4, "distant", _FAR, n_neg, 4, scalar(_FAR), None)
+    need = k4 - got4
     short["distant"] = int(need.sum())
+    # Without near-duplicates tier 4 would have had the room outside the
+    # pair's cluster as it stood when tier 4 began: what the distant step drew
+    # (kept or rejected) plus what the outside step's first draw found.
+    room4 = got4 + rej4
 
     sel = np.flatnonzero(need)
     if sel.size:  # distant clusters exhausted: anything outside the pair's cluster
         dom = complement_domain(layout.offsets, cluster[sel, None], layout.n_sources)
-        new, got = draw(sel, dom, need[sel], STAGES["outside"], _ADJ | _FAR, n_neg)
-        rel = _relation(layout.source_cluster[np.maximum(new, 0)], cluster[sel], adj[sel])
-        put(sel, new, 4, rel)
+        got, first, _ = take(sel, dom, need[sel], "outside", _ADJ | _FAR, n_neg, 4,
+                             relation_of, None)  # fmt: skip
+        room4[sel] += first
+        got4[sel] += got
         need[sel] -= got
     short["outside"] = int(need.sum())
+    fb4, nd4 = own_fallback(n4, got4, np.minimum(k4, room4))
+    nd_short += nd4
 
     sel = np.flatnonzero(need)
     if sel.size:  # only the pair's own cluster is left
         dom = union_domain(layout.offsets, cluster[sel, None])
-        new, got = draw(sel, dom, need[sel], STAGES["anywhere"], _OWN, n_neg)
-        put(sel, new, 1, _OWN)
+        got, _, _ = take(sel, dom, need[sel], "anywhere", _OWN, n_neg, 1, scalar(_OWN), None)
         need[sel] -= got
     if need.any():
+        bad_row = int(np.flatnonzero(need)[0])
+        if reject is not None:
+            raise RowsUnfillable(bad_row, n_neg - int(need[bad_row]))
         raise RuntimeError(
-            f"row {int(np.flatnonzero(need)[0])} could not be filled: fewer than n_neg "
+            f"row {bad_row} could not be filled: fewer than n_neg "
             "non-positive sources; the caller must check feasibility first"
         )
+    short.update(
+        fallback1=fb1, fallback2=fb2, fallback3=short["tier3"], fallback4=fb4,
+        near_dup1=removed[1], near_dup2=removed[2], near_dup4=removed[4], near_dup_short=nd_short,
+    )  # fmt: skip
     if rows and (tiers == tiers[:1]).all():
         perm = np.argsort(tiers[0], kind="stable")  # one pattern for all rows
         return ids[:, perm], tiers[:, perm], short

@@ -31,6 +31,53 @@ def _proportions(text: str) -> list[float]:
     return [int(v) if v.is_integer() else v for v in vals]
 
 
+class _RankWindow(argparse.Action):
+    """``--tier3-rank-window LO HI`` or ``LO:HI`` -> (lo, hi)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parts = values[0].split(":") if len(values) == 1 else list(values)
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            window = (int(parts[0]), int(parts[1]))
+        except ValueError:
+            parser.error(
+                f"argument {option_string}: expected two integers, LO HI or LO:HI such as "
+                f"5:50; got {' '.join(values)!r}"
+            )
+        setattr(namespace, self.dest, window)
+
+
+def _add_filter_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters (all off by default; see README, Filters)")
+    g.add_argument(
+        "--max-score", type=float, default=None, metavar="COS",
+        help="tier 3 skips sources with cosine to the question above COS",
+    )  # fmt: skip
+    g.add_argument(
+        "--relative-margin", type=float, default=None, metavar="M",
+        help="tier 3 skips sources with cosine to the question above (1 - M) x the question's "
+        "lowest positive cosine (0.05: at most 95%% of the positive's)",
+    )  # fmt: skip
+    g.add_argument(
+        "--absolute-margin", type=float, default=None, metavar="M",
+        help="tier 3 skips sources with cosine to the question above the question's lowest "
+        "positive cosine minus M",
+    )  # fmt: skip
+    g.add_argument(
+        "--near-duplicate-threshold", type=float, default=None, metavar="COS",
+        help="every tier skips sources with cosine above COS to one of the question's positives",
+    )  # fmt: skip
+    g.add_argument(
+        "--tier3-rank-window", nargs="+", action=_RankWindow, default=None, metavar=("LO", "HI"),
+        help="tier 3 draws from eligible ranks LO <= rank < HI (also written LO:HI)",
+    )  # fmt: skip
+    g.add_argument(
+        "--tier3-sampling", choices=("top", "random"), default="top",
+        help="take the window's best ranks (top, default) or draw uniformly from it (random)",
+    )  # fmt: skip
+
+
 def _add_mining_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mining")
     g.add_argument("--n-neg", type=int, default=12, help="negatives per pair (default 12)")
@@ -67,6 +114,7 @@ def _add_mining_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted run: reuse its finished blocks (same inputs and settings)",
     )
+    _add_filter_options(p)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,12 +203,26 @@ def _setup_logging(args: argparse.Namespace) -> None:
     log.propagate = False
 
 
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _print_stats(stats: dict[str, Any], seconds: float) -> None:
-    print(f"{'tier':<18}{'count':>10}{'requested':>11}{'mean cos':>10}")
+    print(f"{'tier':<18}{'count':>10}{'requested':>11}{'fallback':>10}{'mean cos':>10}"
+          f"{'cos to pos':>12}")  # fmt: skip
     for t, row in stats["tiers"].items():
-        mc = "-" if row["mean_cosine"] is None else f"{row['mean_cosine']:.3f}"
         name = f"{t} {row['name']}"
-        print(f"{name:<18}{row['count']:>10}{row['requested']:>11}{mc:>10}")
+        cp = row.get("cosine_positive", {}).get("mean")
+        print(f"{name:<18}{row['count']:>10}{row['requested']:>11}{row.get('fallback', 0):>10}"
+              f"{_fmt(row['mean_cosine']):>10}{_fmt(cp):>12}")  # fmt: skip
+    pc = stats.get("positive_cosine")
+    if pc and pc.get("mean") is not None:
+        print(f"question to its positive: mean {pc['mean']:.3f}, "
+              f"5-95% {pc['q05']:.3f}..{pc['q95']:.3f}")  # fmt: skip
+    for name, f in (stats.get("filters") or {}).items():
+        rm = f["removed"]
+        print(f"filter {name}={f['value']}: removed {rm['1']}/{rm['2']}/{rm['3']}/{rm['4']} "
+              f"(tiers 1/2/3/4), {f['shortfall']} slots to a fallback tier")  # fmt: skip
     rec = stats.get("tier3_recall")
     if rec:
         print(f"tier-3 recall@{rec['k']} against exact search: {rec['recall']:.4f} "
@@ -185,6 +247,12 @@ def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) ->
         index=getattr(args, "index", None),
         nprobe=args.nprobe,
         recall_sample=args.recall_sample,
+        max_score=args.max_score,
+        relative_margin=args.relative_margin,
+        absolute_margin=args.absolute_margin,
+        near_duplicate_threshold=args.near_duplicate_threshold,
+        tier3_rank_window=args.tier3_rank_window,
+        tier3_sampling=args.tier3_sampling,
     )
     t0 = time.perf_counter()
     if out is None:
@@ -229,6 +297,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         centroid_embeddings=a["centroid_embeddings"],
         adjacent_k=adjacent_k,
         tier_proportions=config.get("tier_counts"),
+        source_embeddings=a["source_embeddings"],
+        near_duplicate_threshold=config.get("near_duplicate_threshold"),
     )
     print(report.summary())
     if report.ok:

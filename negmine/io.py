@@ -54,7 +54,7 @@ REQUIRED_OUTPUTS: tuple[str, ...] = ("hard_negatives", "negative_tiers")
 
 #: Outputs :func:`load_outputs` reads when present (manifests without a
 #: ``tensor_files`` record).
-OPTIONAL_OUTPUTS: tuple[str, ...] = ("negative_scores",)
+OPTIONAL_OUTPUTS: tuple[str, ...] = ("negative_scores", "positive_scores")
 
 
 # --------------------------------------------------------------------------
@@ -438,7 +438,8 @@ def save_outputs(
         Output directory; created (with parents) if needed.
     tensors : mapping of str to array
         Usually ``hard_negatives`` int [Q, k], ``negative_tiers`` int [Q, k]
-        and optionally ``negative_scores`` float [Q, k]. Each is written as
+        and optionally ``negative_scores`` float [Q, k] and ``positive_scores``
+        float [Q]. Each is written as
         ``<key>.pt`` holding one tensor. Integer arrays are written as int64;
         other dtypes are kept.
     manifest : mapping
@@ -546,7 +547,8 @@ def load_outputs(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     -------
     dict
         ``"hard_negatives"`` int64 [Q, k], ``"negative_tiers"`` int64 [Q, k],
-        ``"negative_scores"`` float [Q, k] when written, any other tensors the
+        ``"negative_scores"`` float [Q, k] and ``"positive_scores"`` float [Q]
+        when written (older outputs lack the latter), any other tensors the
         manifest lists, and ``"manifest"`` (the parsed manifest dict).
 
     Raises

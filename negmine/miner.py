@@ -19,8 +19,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._checks import as_numpy, check_embeddings, check_ids, fail, normalized_float32
-from .assemble import RNG_BLOCK, block_uniforms, fill_rows
-from .config import TIER_NAMES, MiningConfig
+from .assemble import (
+    COUNTER_KEYS,
+    RNG_BLOCK,
+    SHORT_KEYS,
+    STAGES,
+    RowsUnfillable,
+    block_uniforms,
+    fill_rows,
+)
+from .config import FILTER_NAMES, TIER_NAMES, MiningConfig
+from .filters import COLUMN, Cosines, filtered_tier3, score_thresholds
 from .index import SourceIndex, fingerprint
 from .io import pause_point
 from .layout import ClusterLayout, PositiveSets, adjacent_clusters
@@ -85,6 +94,29 @@ class NegativeMiner:
     validate : bool
         Check the result with :func:`negmine.validate_negatives` before
         returning it (raises ``ValidationError`` on a violation).
+    max_score : float, optional
+        Tier 3 skips sources whose cosine to the question is above it.
+    relative_margin : float, optional
+        Tier 3 skips sources whose cosine to the question is above
+        ``(1 - relative_margin) * p``, ``p`` the question's lowest cosine to
+        one of its positive sources (0.05: at most 95 % of the positive's).
+    absolute_margin : float, optional
+        Tier 3 skips sources whose cosine to the question is above
+        ``p - absolute_margin``.
+    near_duplicate_threshold : float, optional
+        Every tier skips sources whose cosine to one of the question's positive
+        sources is above it.
+    tier3_rank_window : (int, int), optional
+        ``(lo, hi)``: tier 3 draws from ranks ``lo <= rank < hi`` of the
+        eligible sources (outside the cluster, not positives, passing the
+        filters above), 0 the most similar.
+    tier3_sampling : {"top", "random"}
+        Take the window's first ``n3`` ranks, or ``n3`` of them uniformly.
+
+    Notes
+    -----
+    All filters are off by default; see :mod:`negmine.filters` for their exact
+    semantics and how the removed candidates and shortfalls are counted.
     """
 
     def __init__(
@@ -105,12 +137,24 @@ class NegativeMiner:
         nprobe: int | None = None,
         recall_sample: int = 0,
         validate: bool = True,
+        max_score: float | None = None,
+        relative_margin: float | None = None,
+        absolute_margin: float | None = None,
+        near_duplicate_threshold: float | None = None,
+        tier3_rank_window: tuple[int, int] | None = None,
+        tier3_sampling: str = "top",
     ):
         self.config = MiningConfig(
             n_neg=n_neg,
             tier_proportions=tier_proportions,
             adjacent_k=adjacent_k,
             random_seed=random_seed,
+            max_score=max_score,
+            relative_margin=relative_margin,
+            absolute_margin=absolute_margin,
+            near_duplicate_threshold=near_duplicate_threshold,
+            tier3_rank_window=tier3_rank_window,
+            tier3_sampling=tier3_sampling,
         )
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
             fail("batch_size", "be a positive integer", repr(batch_size), exc=TypeError)
@@ -189,6 +233,8 @@ class NegativeMiner:
         self._run_key: str | None = None
         self._workspace: np.ndarray | None = None
         self._recall: dict[str, Any] | None = None
+        self._cos = Cosines(self._gather_sources, d, self.positives)
+        self._positive_scores: np.ndarray | None = None
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -237,17 +283,24 @@ class NegativeMiner:
             ``hard_negatives`` int64 tensor [P, n_neg] of source ids,
             ``negative_tiers`` int64 tensor [P, n_neg] of tier labels 1-4,
             ``negative_scores`` float32 tensor [P, n_neg], the cosine of each
-            negative to the pair's question. Statistics of the run are kept in
-            :attr:`last_stats`.
+            negative to the pair's question, ``positive_scores`` float32
+            tensor [P], the cosine of each pair's question to its source.
+            Statistics of the run are kept in :attr:`last_stats`.
         """
+        ids, tiers, scores, _stats = self.mine_arrays()
+        return self._results(ids, tiers, scores)
+
+    def _results(self, ids: np.ndarray, tiers: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
         import torch
 
-        ids, tiers, scores, _stats = self.mine_arrays()
-        return {
+        res = {
             "hard_negatives": torch.from_numpy(ids),
             "negative_tiers": torch.from_numpy(tiers),
             "negative_scores": torch.from_numpy(scores),
         }
+        if self._positive_scores is not None:
+            res["positive_scores"] = torch.from_numpy(self._positive_scores)
+        return res
 
     def mine_arrays(
         self, checkpoints: Checkpoints | None = None
@@ -266,11 +319,12 @@ class NegativeMiner:
         timings["index"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        t3_ids, combo_of_pair = self._tier3_blocks(index, checkpoints)
+        t3_ids, combo_of_pair, t3_filters = self._tier3_blocks(index, checkpoints)
         timings["tier3_search"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        ids, tiers, scores, short = self._pair_blocks(t3_ids, combo_of_pair, checkpoints)
+        ids, tiers, scores, extra = self._pair_blocks(t3_ids, combo_of_pair, checkpoints)
+        self._positive_scores = extra["positive_scores"]
         timings["sampling_and_scores"] = time.perf_counter() - t0
 
         ok = None
@@ -279,22 +333,25 @@ class NegativeMiner:
             ok = self._validate(ids, tiers)
             timings["validate"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
-        stats = self._stats(tiers, scores, short, timings, index, len(t3_ids), ok)
+        stats = self._stats(tiers, scores, extra, t3_filters, timings, index, len(t3_ids), ok)
         self.last_stats = stats
         log.info("mined %d pairs in %.2f s", len(ids), timings["total"])
         return ids, tiers, scores, stats
 
     def _tier3_blocks(
         self, index: SourceIndex | None, checkpoints: Checkpoints | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tier 3 once per distinct (cluster, question), grouped by cluster, in fixed
-        blocks of queries. Returns the ids [M, n3] and each pair's row in them [P]."""
+        blocks of queries. Returns the ids [M, n3], each pair's row in them [P] and
+        the filter counts int64 [2, 5] (removed, shortfall; weighted by pairs)."""
         n3 = self.config.tier_counts[2]
         key = self.pair_cluster * self.n_questions + self.pair_question
         uniq, combo_of_pair = np.unique(key, return_inverse=True)
         combo_cluster = uniq // self.n_questions
         combo_question = uniq - combo_cluster * self.n_questions
         t3_ids = np.empty((uniq.size, n3), dtype=np.int64)
+        filt = np.zeros((2, len(FILTER_NAMES)), dtype=np.int64)
+        pairs_of = np.bincount(combo_of_pair, minlength=uniq.size)
         qvec, rows = self._question_vectors(combo_question)
         with _progress(self.show_progress, uniq.size, "tier 3 search", "query") as bar:
             for g, c0 in enumerate(range(0, uniq.size, T3_BLOCK)):
@@ -302,21 +359,78 @@ class NegativeMiner:
                 done = checkpoints.load("tier3", g) if checkpoints else None
                 if done is None:
                     sl = slice(c0, c1)
-                    _, ids = self._search_tier3(
-                        index, qvec, rows[sl], combo_cluster[sl], combo_question[sl], n3
+                    ids, removed, short = self._tier3_ids(
+                        index, qvec, rows[sl], combo_cluster[sl], combo_question[sl], c0
                     )
                     done = {"ids": ids}
+                    if removed is not None:
+                        w = pairs_of[sl]
+                        done["filters"] = np.stack([w @ removed, w @ short])
                     if checkpoints:
                         checkpoints.save("tier3", g, done)
                         pause_point(f"after-tier3-{g}")
                 t3_ids[c0:c1] = done["ids"]
+                if "filters" in done:
+                    filt += done["filters"]
                 bar.update(c1 - c0)
         self._recall = None
         if self.recall_sample and n3 and (self.nprobe is not None or index is not None):
             t0 = time.perf_counter()
             self._recall = self._measure_recall(qvec, rows, combo_cluster, combo_question, t3_ids)
             self._recall["seconds"] = round(time.perf_counter() - t0, 4)
-        return t3_ids, combo_of_pair
+        return t3_ids, combo_of_pair, filt
+
+    def _tier3_ids(
+        self, index: SourceIndex | None, qvec: np.ndarray, rows: np.ndarray,
+        combo_cluster: np.ndarray, combo_question: np.ndarray, c0: int = 0,
+        exact: bool = False, keep_window: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
+        """Tier-3 ids of queries ``c0, c0 + 1, ...`` under the filters and the window.
+
+        Returns
+        -------
+        ids : int64 [n, n3]
+            ``-1`` where short; ``[n, hi - lo]`` (the whole window) with ``keep_window``.
+        removed, short : int64 [n, 5] or None
+            Per query and filter (see :func:`negmine.filters.filtered_tier3`);
+            None when tier 3 is not filtered.
+        """
+        cfg = self.config
+        n3 = cfg.tier_counts[2]
+        if not cfg.tier3_filtered or n3 == 0:
+            _, ids = self._search_tier3(
+                index, qvec, rows, combo_cluster, combo_question, n3, exact=exact
+            )
+            return ids, None, None
+        settings = cfg.filters
+        if "relative_margin" in settings or "absolute_margin" in settings:
+            floor = self._cos.positive_floor(qvec[rows], combo_question)
+        else:
+            floor = np.zeros(rows.size, dtype=np.float32)
+        thresholds, columns = score_thresholds(settings, floor)
+        near = None
+        if cfg.near_duplicate_threshold is not None:
+            cut = cfg.near_duplicate_threshold
+
+            def near(sel: np.ndarray, ids: np.ndarray) -> np.ndarray:
+                return self._cos.max_to_positives(combo_question[sel], ids) > cut
+
+        u = None
+        if cfg.tier3_sampling == "random" and not keep_window:
+            u = block_uniforms(cfg.random_seed, c0, c0 + rows.size, cfg.tier_counts)(
+                STAGES["tier3_window"], n3
+            )
+
+        def search(sel, k, score_cut):
+            return self._search_tier3(
+                index, qvec, rows[sel], combo_cluster[sel], combo_question[sel], k,
+                exact=exact, score_cut=score_cut,
+            )  # fmt: skip
+
+        return filtered_tier3(
+            search, rows.size, n3, cfg.window, self.n_sources, thresholds, columns, near, u,
+            keep_window,
+        )  # fmt: skip
 
     def _measure_recall(self, qvec, rows, combo_cluster, combo_question, t3_ids):
         """Recall of the tier-3 ids against exact search on an even sample of queries."""
@@ -324,22 +438,33 @@ class NegativeMiner:
 
         n = min(self.recall_sample, len(t3_ids))
         pick = np.unique(np.linspace(0, len(t3_ids) - 1, n).astype(np.int64))
-        k = t3_ids.shape[1]
-        _, exact = self._search_tier3(
-            None, qvec, rows[pick], combo_cluster[pick], combo_question[pick], k, exact=True
-        )
-        recall = recall_at_k(t3_ids[pick], exact)
+        args = (qvec, rows[pick], combo_cluster[pick], combo_question[pick])
+        # A random draw from the window is measured on the window itself.
+        whole = self.config.tier3_sampling == "random"
+        approx = t3_ids[pick]
+        if whole:
+            approx, _, _ = self._tier3_ids(self.index, *args, keep_window=True)
+        exact, _, _ = self._tier3_ids(None, *args, exact=True, keep_window=whole)
+        k = approx.shape[1]
+        recall = recall_at_k(approx, exact)
         return {"k": k, "sample": int(pick.size), "recall": round(float(recall), 4)}
 
     def _pair_blocks(
         self, t3_ids: np.ndarray, combo_of_pair: np.ndarray, checkpoints: Checkpoints | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-        """Tiers 1, 2, 4 and the cosines, in fixed blocks of pairs."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Tiers 1, 2, 4 and the cosines, in fixed blocks of pairs.
+
+        Returns ids, tiers, scores [P, n_neg] and a dict: ``short`` (the counts
+        of :func:`fill_rows`), ``pos_neg`` float32 [P, n_neg] (cosine of each
+        negative to the pair's source) and ``positive_scores`` float32 [P].
+        """
         n_p, n_neg = self.pair_question.size, self.config.n_neg
         out_ids = np.empty((n_p, n_neg), dtype=np.int64)
         out_tiers = np.empty((n_p, n_neg), dtype=np.int64)
         out_scores = np.empty((n_p, n_neg), dtype=np.float32)
-        short = dict.fromkeys(("tier1", "tier2", "tier3", "distant", "outside"), 0)
+        out_pos_neg = np.empty((n_p, n_neg), dtype=np.float32)
+        out_pos = np.empty(n_p, dtype=np.float32)
+        short = dict.fromkeys(SHORT_KEYS + COUNTER_KEYS, 0)
         step = -(-self.batch_size // RNG_BLOCK) * RNG_BLOCK
         with _progress(self.show_progress, n_p, "sampling tiers 1, 2, 4") as bar:
             for g, b0 in enumerate(range(0, n_p, PAIR_BLOCK)):
@@ -356,11 +481,16 @@ class NegativeMiner:
                         out_tiers[p0:p1] = tiers
                         for k_, v in s_.items():
                             sh[k_] += v
-                    out_scores[b0:b1] = self._cosines(out_ids[b0:b1], self.pair_question[b0:b1])
+                    out_scores[b0:b1], out_pos_neg[b0:b1] = self._cosines(
+                        out_ids[b0:b1], self.pair_question[b0:b1], self.pair_source[b0:b1]
+                    )
+                    out_pos[b0:b1] = self._positive_cosines(b0, b1)
                     done = {
                         "ids": out_ids[b0:b1],
                         "tiers": out_tiers[b0:b1],
                         "scores": out_scores[b0:b1],
+                        "pos_neg": out_pos_neg[b0:b1],
+                        "pos": out_pos[b0:b1],
                         "short": np.array([sh[k_] for k_ in short], dtype=np.int64),
                     }
                     if checkpoints:
@@ -370,10 +500,13 @@ class NegativeMiner:
                     out_ids[b0:b1] = done["ids"]
                     out_tiers[b0:b1] = done["tiers"]
                     out_scores[b0:b1] = done["scores"]
+                    out_pos_neg[b0:b1] = done["pos_neg"]
+                    out_pos[b0:b1] = done["pos"]
                 for k_, v in zip(short, done["short"].tolist(), strict=True):
                     short[k_] += v
                 bar.update(b1 - b0)
-        return out_ids, out_tiers, out_scores, short
+        extra = {"short": short, "pos_neg": out_pos_neg, "positive_scores": out_pos}
+        return out_ids, out_tiers, out_scores, extra
 
     def _validate(self, ids: np.ndarray, tiers: np.ndarray) -> bool:
         """Check the result against every rule; a violation is a bug, raised."""
@@ -388,22 +521,56 @@ class NegativeMiner:
             adjacent=self.layout.adjacent,
             adjacent_k=self.config.adjacent_k,
             tier_proportions=list(self.config.tier_counts),
+            source_embeddings=self._raw_sources,
+            near_duplicate_threshold=self.config.near_duplicate_threshold,
         )
         report.raise_if_failed()
         return report.ok
 
-    def _stats(self, tiers, scores, short, timings, index, n_queries, ok) -> dict[str, Any]:
+    def _stats(
+        self, tiers, scores, extra, t3_filters, timings, index, n_queries, ok
+    ) -> dict[str, Any]:
+        """The run's statistics (the ``stats`` of the manifest).
+
+        Per tier: counts, the slots of its quota another tier filled
+        (``fallback``), summaries and histograms of each negative's cosine to
+        the question and to the pair's source; the cosine of each pair's
+        question to its source; and per active filter the candidates it
+        removed in each tier and the slots it sent to a fallback tier.
+        """
+        from .stats import histogram, summarize
+
         n_p = tiers.shape[0]
+        short = extra["short"]
+        pos_neg = extra["pos_neg"]
         counts = np.bincount(tiers.reshape(-1), minlength=5)[1:]
         per_tier = {}
         for t in range(1, 5):
             sel = tiers == t
+            to_q, to_p = scores[sel], pos_neg[sel]
+            cq = summarize(to_q)
             per_tier[str(t)] = {
                 "name": TIER_NAMES[t],
                 "requested": int(self.config.tier_counts[t - 1] * n_p),
                 "count": int(counts[t - 1]),
-                "mean_cosine": float(scores[sel].mean()) if sel.any() else None,
+                "mean_cosine": cq["mean"],
+                "fallback": int(short[f"fallback{t}"]),
+                "cosine_question": cq,
+                "cosine_positive": summarize(to_p),
+                "hist_question": histogram(to_q),
+                "hist_positive": histogram(to_p),
             }
+        pos = extra["positive_scores"]
+        filters = {}
+        for name, value in self.config.filters.items():
+            col = COLUMN[name]
+            removed = {"1": 0, "2": 0, "3": int(t3_filters[0, col]), "4": 0}
+            shortfall = int(t3_filters[1, col])
+            if name == "near_duplicate_threshold":
+                for t in ("1", "2", "4"):
+                    removed[t] = int(short[f"near_dup{t}"])
+                shortfall += int(short["near_dup_short"])
+            filters[name] = {"value": value, "removed": removed, "shortfall": shortfall}
         return {
             "n_pairs": int(n_p),
             "n_sources": self.n_sources,
@@ -411,7 +578,9 @@ class NegativeMiner:
             "n_clusters": self.n_clusters,
             "tier3_queries": int(n_queries),
             "tiers": per_tier,
-            "shortfalls": {k_: int(v) for k_, v in short.items()},
+            "positive_cosine": {**summarize(pos), "hist": histogram(pos)},
+            "filters": filters,
+            "shortfalls": {k_: int(short[k_]) for k_ in SHORT_KEYS},
             "timings_seconds": {k_: round(v, 4) for k_, v in timings.items()},
             "index": self._describe_search(index),
             "tier3_recall": self._recall,
@@ -434,8 +603,13 @@ class NegativeMiner:
     def _search_tier3(
         self, index: SourceIndex | None, qvec: np.ndarray, rows: np.ndarray,
         combo_cluster: np.ndarray, combo_question: np.ndarray, k: int, exact: bool = False,
+        score_cut: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """Tier-3 search of the given queries; ``exact`` forces the exact path."""
+        """Tier-3 search of the given queries; ``exact`` forces the exact path.
+
+        ``score_cut`` goes to the exact kernel (see
+        :func:`negmine.search.exact_outside_cluster`); the other kernels ignore it.
+        """
         args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives, k)
         if index is None and self.nprobe is not None and not exact:
             from .probe import probe_outside_cluster
@@ -448,28 +622,72 @@ class NegativeMiner:
                 self._workspace = workspace_for(self.n_sources)
             if index is None:
                 return exact_outside_cluster(
-                    self._sorted_sources(), *args, cluster_sorted=True, workspace=self._workspace
-                )
-            return exact_outside_cluster(index.vectors(), *args, workspace=self._workspace)
+                    self._sorted_sources(), *args, cluster_sorted=True, workspace=self._workspace,
+                    score_cut=score_cut,
+                )  # fmt: skip
+            return exact_outside_cluster(
+                index.vectors(), *args, workspace=self._workspace, score_cut=score_cut
+            )
         return overfetch_outside_cluster(index.search, index.ntotal, *args)
 
     def _sample_rows(
         self, p0: int, p1: int, t3: np.ndarray, counts: tuple[int, int, int, int]
     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         """Fill pairs ``p0:p1``; ``t3`` int64 [R, n3] are their tier-3 ids (-1 = none)."""
-        return fill_rows(
-            self.layout,
-            self.positives,
-            self.pair_question[p0:p1],
-            self.pair_cluster[p0:p1],
-            t3,
-            counts,
-            block_uniforms(self.config.random_seed, p0, p1, counts),
-        )
+        questions = self.pair_question[p0:p1]
+        cut = self.config.near_duplicate_threshold
+        reject = None
+        if cut is not None:
 
-    def _cosines(self, ids: np.ndarray, questions: np.ndarray) -> np.ndarray:
-        """Cosine of each negative ``ids`` [R, n_neg] to its row's question, float32."""
+            def reject(r: np.ndarray, ids: np.ndarray) -> np.ndarray:
+                return self._cos.max_to_positives(questions[r], ids) > cut
+
+        try:
+            return fill_rows(
+                self.layout,
+                self.positives,
+                questions,
+                self.pair_cluster[p0:p1],
+                t3,
+                counts,
+                block_uniforms(self.config.random_seed, p0, p1, counts),
+                reject=reject,
+            )
+        except RowsUnfillable as e:
+            fail(
+                "near_duplicate_threshold",
+                f"leave n_neg = {self.config.n_neg} sources that are neither positives nor "
+                "near-duplicates of a positive for every question",
+                f"{cut}, which leaves question {int(questions[e.row])} only {e.have}",
+                "Raise the threshold or lower n_neg.",
+            )
+
+    def _gather_sources(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Unit vectors of sources ``ids`` int64 [n] into ``out`` float32 [n, d]."""
+        if self._sorted is not None:
+            return np.take(self._sorted, self.layout.rank[ids], axis=0, out=out)
+        if self.index is not None and self.index.is_exact:
+            return np.take(self.index.vectors(), ids, axis=0, out=out)
+        return normalized_float32(self._raw_sources[ids], out=out)
+
+    def _positive_cosines(self, p0: int, p1: int) -> np.ndarray:
+        """Cosine of each pair's question to its source, pairs ``p0:p1``, float32."""
+        out = np.empty(p1 - p0, dtype=np.float32)
+        step = 16384
+        for a in range(p0, p1, step):
+            b = min(a + step, p1)
+            uq, inv = self._question_vectors(self.pair_question[a:b])
+            out[a - p0 : b - p0] = self._cos.to_vectors(uq[inv], self.pair_source[a:b])
+        return out
+
+    def _cosines(
+        self, ids: np.ndarray, questions: np.ndarray, anchors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine of each negative ``ids`` [R, n_neg] to its row's question and to
+        its row's source ``anchors`` [R]: two float32 [R, n_neg], one gather of
+        each negative."""
         out = np.empty(ids.shape, dtype=np.float32)
+        out_a = np.empty(ids.shape, dtype=np.float32)
         if self._sorted is not None:
             vecs, where = self._sorted, self.layout.rank
         elif self.index is not None and self.index.is_exact:
@@ -480,10 +698,12 @@ class NegativeMiner:
         # Gathers go into reused buffers: fresh memory is slow to fault in.
         qbuf = np.empty((min(step, ids.shape[0]), self.dim), dtype=np.float32)
         sbuf = np.empty_like(qbuf)
+        abuf = np.empty_like(qbuf)
         for p0 in range(0, ids.shape[0], step):
             p1 = min(p0 + step, ids.shape[0])
             uq, inv = self._question_vectors(questions[p0:p1])
             qv = np.take(uq, inv, axis=0, out=qbuf[: p1 - p0])
+            av = self._gather_sources(anchors[p0:p1], abuf[: p1 - p0])
             for j in range(ids.shape[1]):
                 col = ids[p0:p1, j]
                 if vecs is None:
@@ -492,7 +712,8 @@ class NegativeMiner:
                     sv = np.take(vecs, col if where is None else where[col], axis=0,
                                  out=sbuf[: p1 - p0])  # fmt: skip
                 out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
-        return out
+                out_a[p0:p1, j] = np.einsum("ij,ij->i", av, sv)
+        return out, out_a
 
     # ------------------------------------------------------------------ durable runs
     def run_key(self) -> str:
@@ -549,7 +770,6 @@ class NegativeMiner:
         dict
             As :meth:`mine_all_negatives`.
         """
-        import torch
 
         from .io import check_output_dir
         from .runs import Checkpoints, completed_run, partial_dir
@@ -566,11 +786,7 @@ class NegativeMiner:
         self._run_key = key
         ids, tiers, scores, stats = self.mine_arrays(checkpoints=ckpt)
         stats["checkpoint_blocks"] = {"reused": ckpt.reused, "computed": ckpt.computed}
-        res = {
-            "hard_negatives": torch.from_numpy(ids),
-            "negative_tiers": torch.from_numpy(tiers),
-            "negative_scores": torch.from_numpy(scores),
-        }
+        res = self._results(ids, tiers, scores)
         self.save(output_dir, res, overwrite=overwrite)
         ckpt.finish()
         return res
@@ -579,8 +795,9 @@ class NegativeMiner:
     def save(
         self, output_dir: str | os.PathLike, results: dict[str, Any], overwrite: bool = False
     ) -> Path:
-        """Write ``hard_negatives.pt``, ``negative_tiers.pt``, ``negative_scores.pt``
-        and ``manifest.json`` (last) into ``output_dir``, each atomically.
+        """Write ``hard_negatives.pt``, ``negative_tiers.pt``, ``negative_scores.pt``,
+        ``positive_scores.pt`` and ``manifest.json`` (last) into ``output_dir``,
+        each atomically.
 
         Returns
         -------
@@ -590,7 +807,9 @@ class NegativeMiner:
         from .io import save_outputs
 
         tensors = {
-            k: as_numpy(v, k) for k, v in results.items() if k.startswith(("hard_", "negative_"))
+            k: as_numpy(v, k)
+            for k, v in results.items()
+            if k.startswith(("hard_", "negative_", "positive_"))
         }
         return save_outputs(output_dir, tensors, self.manifest(), overwrite=overwrite)
 

@@ -135,6 +135,6 @@ def completed_run(
         return None
     if done["manifest"].get("run_key") != key:
         return None
-    names = ("hard_negatives", "negative_tiers", "negative_scores")
+    names = ("hard_negatives", "negative_tiers", "negative_scores", "positive_scores")
     tensors = {k: torch.from_numpy(np.asarray(done[k])) for k in names if k in done}
     return tensors, done["manifest"]

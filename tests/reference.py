@@ -117,3 +117,89 @@ def check_rows(res: dict, corpus: dict, adjacent_k: int) -> None:
                     assert not distant_left, f"row {r}: tier 4 took adjacent id {x} early"
             else:
                 raise AssertionError(f"bad label {t} in row {r}")
+
+
+SCORE_FILTERS = ("max_score", "relative_margin", "absolute_margin")
+CANDIDATE_FILTERS = (*SCORE_FILTERS, "near_duplicate_threshold")
+
+
+def filtered_tier3_reference(
+    corpus: dict,
+    n3: int,
+    max_score: float | None = None,
+    relative_margin: float | None = None,
+    absolute_margin: float | None = None,
+    near_duplicate_threshold: float | None = None,
+    window: tuple[int, int] | None = None,
+) -> list[dict]:
+    """Per pair, by brute force in float64: the eligible sources best first, the
+    tier-3 choice of the "top" mode, and what each filter removed and cost.
+
+    ``removed[f]``: among the ``hi`` best sources outside the cluster that are
+    not positives, those whose first rejecting filter (in CANDIDATE_FILTERS
+    order) is ``f``; the window counts the eligible sources it skips.
+    ``short[f]``: tier-3 slots lost when ``f`` is added to the filters before it.
+    ``margin``: the smallest distance of any score to any threshold (the test
+    needs it well above float32 round-off).
+    """
+    src = unit(corpus["source_embeddings"])
+    qry = unit(corpus["question_embeddings"])
+    scl = corpus["source_cluster_ids"]
+    pos = positives_of(corpus["pair_indices"])
+    lo, hi = window or (0, n3)
+    settings = {
+        "max_score": max_score,
+        "relative_margin": relative_margin,
+        "absolute_margin": absolute_margin,
+        "near_duplicate_threshold": near_duplicate_threshold,
+    }
+    active = [f for f in CANDIDATE_FILTERS if settings[f] is not None]
+    out = []
+    for (q, _s), c in zip(corpus["pair_indices"], corpus["pair_cluster_ids"], strict=True):
+        q = int(q)
+        sims = src @ qry[q]
+        p_ids = sorted(pos[q])
+        floor = min(sims[p] for p in p_ids)
+        thr = {}
+        if max_score is not None:
+            thr["max_score"] = max_score
+        if relative_margin is not None:
+            thr["relative_margin"] = (1 - relative_margin) * floor
+        if absolute_margin is not None:
+            thr["absolute_margin"] = floor - absolute_margin
+        near = (src @ src[p_ids].T).max(axis=1)
+        base = [int(x) for x in np.argsort(-sims, kind="stable") if scl[x] != c and x not in pos[q]]
+
+        def first_reject(x: int, thr=thr, sims=sims, near=near) -> str | None:
+            for name in SCORE_FILTERS:
+                if name in thr and sims[x] > thr[name]:
+                    return name
+            if near_duplicate_threshold is not None and near[x] > near_duplicate_threshold:
+                return "near_duplicate_threshold"
+            return None
+
+        rej = {x: first_reject(x) for x in base}
+        elig = [x for x in base if rej[x] is None]
+        removed = {f: sum(1 for x in base[:hi] if rej[x] == f) for f in CANDIDATE_FILTERS}
+        removed["tier3_rank_window"] = min(lo, len(elig))
+        short = dict.fromkeys((*CANDIDATE_FILTERS, "tier3_rank_window"), 0)
+        got = min(n3, len(base))
+        for k, name in enumerate(active):
+            size = sum(1 for x in base if rej[x] not in active[: k + 1])
+            short[name] = got - min(n3, size)
+            got = min(n3, size)
+        short["tier3_rank_window"] = got - max(0, min(n3, len(elig) - lo))
+        gaps = [abs(sims[x] - t) for x in base for t in thr.values()]
+        if near_duplicate_threshold is not None:
+            gaps += [abs(near[x] - near_duplicate_threshold) for x in base]
+        out.append(
+            {
+                "eligible": elig,
+                "chosen": elig[lo : lo + n3],
+                "removed": removed,
+                "short": short,
+                "margin": min(gaps) if gaps else np.inf,
+                "near": near,
+            }
+        )
+    return out
