@@ -26,9 +26,10 @@ filters are per-row thresholds: the exact kernel masks scores above them inside
 the score block (so its result stays exact with no deeper search), other
 kernels have the hits above them dropped afterwards. The near-duplicate filter
 needs each candidate's cosine to the positives, computed only for the returned
-candidates. Rows left with fewer than ``hi`` eligible candidates are searched
-again with twice the k, up to the whole corpus, before tier 3 gives up and the
-fallback tier takes over.
+candidates; the first search asks for ``hi`` plus a slack of
+``max(8, hi // 2)`` candidates when it is on. Rows left with fewer than ``hi``
+eligible candidates are searched again with twice the k, up to the whole
+corpus, before tier 3 gives up and the fallback tier takes over.
 
 Counting, per tier-3 query (the statistics weight each query by its pairs):
 
@@ -66,7 +67,8 @@ __all__ = [
 COLUMN = {name: i for i, name in enumerate(FILTER_NAMES)}
 #: Filters that are a threshold on the cosine to the question, in their order.
 SCORE_FILTERS = ("max_score", "relative_margin", "absolute_margin")
-#: Extra depth of the first search when the near-duplicate filter is on.
+#: Extra depth of the first search when the near-duplicate filter is on (at
+#: least; ``hi // 2`` for deep windows).
 MIN_SLACK = 8
 
 Gather = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -271,7 +273,7 @@ def filtered_tier3(
     short = np.zeros((n, len(COLUMN)), dtype=np.int64)
     n_thr = 0 if thresholds is None else thresholds.shape[1]
     cols = score_columns or []
-    k = min(hi + (max(MIN_SLACK, hi) if near_dup is not None else 0), n_total)
+    k = min(hi + (max(MIN_SLACK, hi // 2) if near_dup is not None else 0), n_total)
     todo = np.arange(n, dtype=np.int64)
     while todo.size and k > 0:
         cut = None

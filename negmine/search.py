@@ -275,13 +275,14 @@ class _BlockKernel:
 
     def _cut(self, scores: np.ndarray, thr: np.ndarray, counts: np.ndarray) -> None:
         """Count the scores above each threshold column; mask those above the last."""
-        for j in range(thr.shape[1] - 1):
-            counts[:, j] += np.count_nonzero(scores > thr[:, j : j + 1], axis=1)
         if self.over.size < scores.size:
             self.over = np.empty(scores.size, dtype=bool)
-        over = np.greater(scores, thr[:, -1:], out=self.over[: scores.size].reshape(scores.shape))
-        counts[:, -1] += np.count_nonzero(over, axis=1)
-        np.putmask(scores, over, -np.inf)
+        over = self.over[: scores.size].reshape(scores.shape)
+        for j in range(thr.shape[1]):
+            np.greater(scores, thr[:, j : j + 1], out=over)
+            # Summing the bytes is faster than count_nonzero along rows.
+            counts[:, j] += over.view(np.uint8).sum(axis=1, dtype=np.int32)
+        np.copyto(scores, np.float32(-np.inf), where=over)
 
     def run(self, xq, cl, qq, thr=None, counts=None):
 

@@ -472,9 +472,9 @@ class _NearDuplicates:
         return normalized_float32(np.asarray(self.sources[ids]))
 
     def row_max(self, ids: np.ndarray, qd: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Largest cosine of ``ids[r, j]`` [R, K] to a positive of row r's question
-        ``qd[r]``, where ``mask``; -inf elsewhere. Each id and positive is
-        gathered once per row block."""
+        """Largest cosine of ``ids[r, j]`` [R, K] (valid source ids) to a positive of
+        row r's question ``qd[r]``, where ``mask``; -inf elsewhere. Each id and
+        positive is gathered once per row block."""
         out = np.full(ids.shape, -np.inf, dtype=np.float32)
         for r0 in range(0, ids.shape[0], _ROWS):
             r1 = min(r0 + _ROWS, ids.shape[0])
@@ -486,15 +486,12 @@ class _NearDuplicates:
                 for rows in [np.flatnonzero(counts > j)]
             ]
             for c in range(ids.shape[1]):
-                live = np.flatnonzero(mask[r0:r1, c])
-                if not live.size:
-                    continue
-                vec = np.zeros((r1 - r0, self.sources.shape[1]), dtype=np.float32)
-                vec[live] = self._vecs(ids[r0 + live, c])
+                vec = self._vecs(ids[r0:r1, c])
                 best = out[r0:r1, c]
                 for rows, pvec in slots:
-                    cos = np.einsum("ij,ij->i", vec[rows], pvec)
-                    best[rows] = np.maximum(best[rows], np.where(mask[r0 + rows, c], cos, -np.inf))
+                    cos = np.einsum("ij,ij->i", vec[rows] if rows.size < r1 - r0 else vec, pvec)
+                    best[rows] = np.maximum(best[rows], cos)
+        out[~mask] = -np.inf
         return out
 
     def near_counts(
