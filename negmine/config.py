@@ -181,7 +181,12 @@ class MiningConfig:
                 fail(name, f"be a number in [{lo:g}, {hi:g}] or None", repr(v), exc=TypeError)
             v = float(v)
             if not lo <= v <= hi:  # NaN fails too
-                fail(name, f"be in [{lo:g}, {hi:g}] ({what})", v, "Pass None to turn it off.")
+                fail(
+                    name,
+                    f"be in [{lo:g}, {hi:g}] ({what})",
+                    v,
+                    "Leave it unset (None) to turn the filter off.",
+                )
             object.__setattr__(self, name, v)
         n3 = self.tier_counts[2]
         win = self.tier3_rank_window

@@ -342,8 +342,25 @@ def filtered_tier3(
     return out, removed, short
 
 
-def _sample_window(out, g, el, rank, ids, n_elig, lo, hi, n3, uniforms) -> None:
-    """Draw ``n3`` of each row's window ranks ``[lo, hi)`` uniformly, keep rank order."""
+def _sample_window(
+    out: np.ndarray,
+    g: np.ndarray,
+    el: np.ndarray,
+    rank: np.ndarray,
+    ids: np.ndarray,
+    n_elig: np.ndarray,
+    lo: int,
+    hi: int,
+    n3: int,
+    uniforms: np.ndarray,
+) -> None:
+    """Draw ``n3`` of each row's window ranks ``[lo, hi)`` uniformly, keep rank order.
+
+    ``g`` int64 [m] are the rows of ``out`` [n, n3] to fill; ``el`` bool [m, k]
+    marks the eligible entries of ``ids`` int64 [m, k], ``rank`` int64 [m, k]
+    their eligible rank, ``n_elig`` int64 [m] their number; ``uniforms``
+    float64 [n, >= n3].
+    """
     avail = np.clip(n_elig - lo, 0, hi - lo)
     want = np.minimum(n3, avail)
     picks = floyd_sample(avail, want, uniforms[g])

@@ -174,7 +174,9 @@ def exact_outside_cluster(
     return out_d, out_i
 
 
-def _with_cut(run, thresholds: np.ndarray, counts: np.ndarray):
+def _with_cut(
+    run: Callable[..., tuple[np.ndarray, np.ndarray]], thresholds: np.ndarray, counts: np.ndarray
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``run(xq, cl, qq)`` of consecutive query blocks, each with its rows of the cut."""
     at = [0]
 

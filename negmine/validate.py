@@ -462,7 +462,9 @@ def _later_duplicates(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
 class _NearDuplicates:
     """Cosines of sources to the positives of questions (dense question ranks)."""
 
-    def __init__(self, sources: np.ndarray, threshold: float, offsets, pos_sources):
+    def __init__(
+        self, sources: np.ndarray, threshold: float, offsets: np.ndarray, pos_sources: np.ndarray
+    ):
         self.sources = sources
         self.threshold = threshold
         self.offsets = offsets

@@ -19,7 +19,7 @@ from negmine.runs import partial_dir
 from negmine.synth import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("hard_negatives.pt", "negative_tiers.pt", "negative_scores.pt")
+FILES = ("hard_negatives.pt", "negative_tiers.pt", "negative_scores.pt", "positive_scores.pt")
 _SECONDS: dict[str, float] = {}
 
 
