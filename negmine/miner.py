@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._checks import as_numpy, check_embeddings, check_ids, fail, normalized_float32
+from ._checks import (
+    as_numpy,
+    check_embeddings,
+    check_ids,
+    fail,
+    normalized_float32,
+    release_pages,
+)
 from .assemble import RNG_BLOCK, block_uniforms, fill_rows
 from .config import TIER_NAMES, MiningConfig
 from .index import SourceIndex, fingerprint
@@ -42,6 +49,10 @@ log = logging.getLogger(__name__)
 T3_BLOCK = 4 * QUERY_BLOCK
 #: Pairs per checkpointed block (a multiple of the random-stream block).
 PAIR_BLOCK = 64 * RNG_BLOCK
+#: Clusters probed per query by a ``"clusters"`` index when no ``nprobe`` is given.
+CLUSTERS_NPROBE = 32
+#: Re-rank factor of compressed ``"clusters"`` lists when no ``rerank`` is given.
+COMPRESSED_RERANK = 4
 
 
 class NegativeMiner:
@@ -76,9 +87,19 @@ class NegativeMiner:
         A prebuilt source index. Default: exact search over the sources,
         stored here in cluster order.
     nprobe : int, optional
-        Approximate tier 3 without an index: search only the ``nprobe``
-        clusters whose centroids are nearest to the question, other than the
-        pair's own (see :mod:`negmine.probe`). ``None``: exact.
+        Without ``index``: approximate tier 3 over the user's clusters, which
+        searches only the ``nprobe`` clusters whose centroids are nearest to
+        the question, other than the pair's own (see :mod:`negmine.probe`);
+        ``None``: exact. With a ``"clusters"`` index: the same search over its
+        lists (default :data:`CLUSTERS_NPROBE`). With a FAISS IVF index: its
+        ``nprobe``.
+    ef_search : int, optional
+        ``efSearch`` of an HNSW index (or of an IVF index's HNSW quantizer).
+    rerank : int, optional
+        With an approximate index: fetch ``rerank`` times as many tier-3
+        candidates and keep the best by their exact cosine, computed from
+        ``source_embeddings``. Default: 1 (no re-rank), except 4 for
+        compressed ``"clusters"`` lists (SQ8, fp16).
     recall_sample : int
         With an approximate tier 3, measure its recall against exact search on
         this many tier-3 queries and record it in :attr:`last_stats`.
@@ -105,6 +126,8 @@ class NegativeMiner:
         nprobe: int | None = None,
         recall_sample: int = 0,
         validate: bool = True,
+        ef_search: int | None = None,
+        rerank: int | None = None,
     ):
         self.config = MiningConfig(
             n_neg=n_neg,
@@ -176,19 +199,23 @@ class NegativeMiner:
         adjacent = adjacent_clusters(cen, self.config.adjacent_k)
         self.layout = ClusterLayout.build(scl, n_c, adjacent)
         self._index_arg = index
-        for name, v, lo in (("nprobe", nprobe, 1), ("recall_sample", recall_sample, 0)):
-            if v is None and name == "nprobe":
+        for name, v, lo in (("nprobe", nprobe, 1), ("recall_sample", recall_sample, 0),
+                            ("ef_search", ef_search, 1), ("rerank", rerank, 1)):  # fmt: skip
+            if v is None and name != "recall_sample":
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 fail(name, f"be an integer >= {lo}", repr(v))
         self.nprobe = None if nprobe is None else int(nprobe)
         self.recall_sample = int(recall_sample)
+        self.ef_search = None if ef_search is None else int(ef_search)
+        self.rerank = None if rerank is None else int(rerank)
         self._centroids = normalized_float32(cen)
         self.index: SourceIndex | None = None
         self._sorted: np.ndarray | None = None
         self._run_key: str | None = None
         self._workspace: np.ndarray | None = None
         self._recall: dict[str, Any] | None = None
+        self._lists: Any = None
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -212,6 +239,14 @@ class NegativeMiner:
         arg = self._index_arg
         idx = arg if isinstance(arg, SourceIndex) else SourceIndex.load(arg, mmap=True)
         idx.check_matches(fingerprint(self._raw_sources), self.dim)
+        if idx.is_clusters:
+            lay = self.layout
+            idx.check_clusters(lay.source_cluster, self._centroids, lay.offsets, lay.order)
+            if self.ef_search is not None:
+                fail("ef_search", "apply to the index (a 'clusters' index has no graph)",
+                     self.ef_search, "Drop it; use nprobe.")  # fmt: skip
+        elif not idx.is_exact:
+            idx.set_search_params(nprobe=self.nprobe, ef_search=self.ef_search)
         self.index = idx
         return idx
 
@@ -224,6 +259,7 @@ class NegativeMiner:
             for a in range(0, order.size, step):
                 rows = order[a : a + step]
                 normalized_float32(self._raw_sources[rows], out=out[a : a + rows.size])
+                release_pages(self._raw_sources)
             self._sorted = out
         return self._sorted
 
@@ -295,15 +331,16 @@ class NegativeMiner:
         combo_cluster = uniq // self.n_questions
         combo_question = uniq - combo_cluster * self.n_questions
         t3_ids = np.empty((uniq.size, n3), dtype=np.int64)
-        qvec, rows = self._question_vectors(combo_question)
         with _progress(self.show_progress, uniq.size, "tier 3 search", "query") as bar:
             for g, c0 in enumerate(range(0, uniq.size, T3_BLOCK)):
                 c1 = min(c0 + T3_BLOCK, uniq.size)
                 done = checkpoints.load("tier3", g) if checkpoints else None
                 if done is None:
                     sl = slice(c0, c1)
+                    # Normalised per block: all questions at once can be gigabytes.
+                    qvec, rows = self._question_vectors(combo_question[sl])
                     _, ids = self._search_tier3(
-                        index, qvec, rows[sl], combo_cluster[sl], combo_question[sl], n3
+                        index, qvec, rows, combo_cluster[sl], combo_question[sl], n3
                     )
                     done = {"ids": ids}
                     if checkpoints:
@@ -314,19 +351,20 @@ class NegativeMiner:
         self._recall = None
         if self.recall_sample and n3 and (self.nprobe is not None or index is not None):
             t0 = time.perf_counter()
-            self._recall = self._measure_recall(qvec, rows, combo_cluster, combo_question, t3_ids)
+            self._recall = self._measure_recall(index, combo_cluster, combo_question, t3_ids)
             self._recall["seconds"] = round(time.perf_counter() - t0, 4)
         return t3_ids, combo_of_pair
 
-    def _measure_recall(self, qvec, rows, combo_cluster, combo_question, t3_ids):
+    def _measure_recall(self, index, combo_cluster, combo_question, t3_ids):
         """Recall of the tier-3 ids against exact search on an even sample of queries."""
         from .probe import recall_at_k
 
         n = min(self.recall_sample, len(t3_ids))
         pick = np.unique(np.linspace(0, len(t3_ids) - 1, n).astype(np.int64))
         k = t3_ids.shape[1]
+        qvec, rows = self._question_vectors(combo_question[pick])
         _, exact = self._search_tier3(
-            None, qvec, rows[pick], combo_cluster[pick], combo_question[pick], k, exact=True
+            index, qvec, rows, combo_cluster[pick], combo_question[pick], k, exact=True
         )
         recall = recall_at_k(t3_ids[pick], exact)
         return {"k": k, "sample": int(pick.size), "recall": round(float(recall), 4)}
@@ -419,39 +457,100 @@ class NegativeMiner:
         }
 
     def _describe_search(self, index: SourceIndex | None) -> dict[str, Any]:
+        params = {"nprobe": self._nprobe(index), "ef_search": self.ef_search,
+                  "rerank": self._rerank(index)}  # fmt: skip
+        params = {k_: v for k_, v in params.items() if v is not None}
         if index is not None:
-            return {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
+            desc = {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
+            return dict(desc, exact=index.is_exact, search_params=params)
         if self.nprobe is not None:
-            return {"factory": "clusters", "exact": False, "nprobe": self.nprobe,
-                    "built": "in memory, cluster-ordered"}  # fmt: skip
+            return {"factory": "clusters", "exact": False, "search_params": params,
+                    "nprobe": self.nprobe, "built": "in memory, cluster-ordered"}  # fmt: skip
         return {"factory": "Flat", "exact": True, "built": "in memory, cluster-ordered"}
+
+    def _nprobe(self, index: SourceIndex | None) -> int | None:
+        if index is not None and index.is_clusters and self.nprobe is None:
+            return min(CLUSTERS_NPROBE, max(1, self.n_clusters - 1))
+        return self.nprobe
+
+    def _rerank(self, index: SourceIndex | None) -> int | None:
+        if index is None or index.is_exact:
+            return None
+        if self.rerank is not None:
+            return self.rerank
+        if index.is_clusters and _codec(index) != "Flat":
+            return COMPRESSED_RERANK
+        return None
 
     def _question_vectors(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised vectors of the distinct ``questions`` and each entry's row in them."""
         uq, inv = np.unique(questions, return_inverse=True)
-        return normalized_float32(self._raw_questions[uq]), inv
+        out = normalized_float32(self._raw_questions[uq])
+        release_pages(self._raw_questions)
+        return out, inv
 
     def _search_tier3(
         self, index: SourceIndex | None, qvec: np.ndarray, rows: np.ndarray,
         combo_cluster: np.ndarray, combo_question: np.ndarray, k: int, exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """Tier-3 search of the given queries; ``exact`` forces the exact path."""
-        args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives, k)
-        if index is None and self.nprobe is not None and not exact:
-            from .probe import probe_outside_cluster
+        """Tier-3 search of the given queries; ``exact`` forces an exact search."""
+        from .probe import probe_outside_cluster
 
+        args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives)
+        if exact:
+            # Exact = probing every other cluster of exact float32 lists.
             return probe_outside_cluster(
-                self._sorted_sources(), self._centroids, *args, nprobe=self.nprobe
+                self._exact_lists(index), self._centroids, *args, k, nprobe=self.n_clusters
+            )
+        if index is None and self.nprobe is not None:
+            return probe_outside_cluster(
+                self._sorted_sources(), self._centroids, *args, k, nprobe=self.nprobe
             )
         if index is None or index.is_exact:
             if self._workspace is None:
                 self._workspace = workspace_for(self.n_sources)
             if index is None:
                 return exact_outside_cluster(
-                    self._sorted_sources(), *args, cluster_sorted=True, workspace=self._workspace
-                )
-            return exact_outside_cluster(index.vectors(), *args, workspace=self._workspace)
-        return overfetch_outside_cluster(index.search, index.ntotal, *args)
+                    self._sorted_sources(), *args, k, cluster_sorted=True,
+                    workspace=self._workspace,
+                )  # fmt: skip
+            return exact_outside_cluster(index.vectors(), *args, k, workspace=self._workspace)
+        r = self._rerank(index) or 1
+        kk = k * r
+        if index.is_clusters:
+            if self._lists is None:
+                self._lists = index.cluster_lists(self.layout.offsets)
+            d, i = probe_outside_cluster(
+                self._lists, self._centroids, *args, kk, nprobe=self._nprobe(index)
+            )
+        else:
+            d, i = overfetch_outside_cluster(index.search, index.ntotal, *args, kk)
+        if r > 1:
+            d, i = self._rescore(qvec[rows], i, k)
+        return d, i
+
+    def _exact_lists(self, index: SourceIndex | None):
+        """float32 cluster lists to search exactly: the index's own when they
+        are uncompressed, else the sorted sources (built once)."""
+        from .probe import ClusterLists
+
+        if index is not None and index.is_clusters and _codec(index) == "Flat":
+            if self._lists is None:
+                self._lists = index.cluster_lists(self.layout.offsets)
+            return self._lists
+        return ClusterLists.from_sorted(self._sorted_sources(), self.layout.offsets)
+
+    def _rescore(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the ``k`` best of candidates ``ids`` [M, k'] by exact cosine to ``q`` [M, d]."""
+        ok = ids >= 0
+        uniq, at = np.unique(np.where(ok, ids, 0), return_inverse=True)
+        vec = normalized_float32(self._raw_sources[uniq])
+        release_pages(self._raw_sources)
+        sc = np.einsum("md,mkd->mk", q, vec[at.reshape(ids.shape)])
+        sc = np.where(ok, sc, -np.inf).astype(np.float32)
+        id_key = np.where(ok, ids, np.iinfo(np.int64).max)
+        order = np.lexsort((id_key, -sc), axis=-1)[:, :k]
+        return np.take_along_axis(sc, order, 1), np.take_along_axis(ids, order, 1)
 
     def _sample_rows(
         self, p0: int, p1: int, t3: np.ndarray, counts: tuple[int, int, int, int]
@@ -476,6 +575,9 @@ class NegativeMiner:
             vecs, where = self.index.vectors(), None
         else:
             vecs = where = None
+        lists = self._lists if self.index is not None and self.index.is_clusters else None
+        if lists is not None and _codec(self.index) != "Flat":
+            lists = None  # compressed: exact cosines come from the embeddings
         step = 16384
         # Gathers go into reused buffers: fresh memory is slow to fault in.
         qbuf = np.empty((min(step, ids.shape[0]), self.dim), dtype=np.float32)
@@ -486,8 +588,11 @@ class NegativeMiner:
             qv = np.take(uq, inv, axis=0, out=qbuf[: p1 - p0])
             for j in range(ids.shape[1]):
                 col = ids[p0:p1, j]
-                if vecs is None:
+                if lists is not None:
+                    sv = lists.take(self.layout.rank[col], out=sbuf[: p1 - p0])
+                elif vecs is None:
                     sv = normalized_float32(self._raw_sources[col], out=sbuf[: p1 - p0])
+                    release_pages(self._raw_sources)
                 else:
                     sv = np.take(vecs, col if where is None else where[col], axis=0,
                                  out=sbuf[: p1 - p0])  # fmt: skip
@@ -614,6 +719,10 @@ class NegativeMiner:
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+def _codec(index: SourceIndex) -> str:
+    return index.manifest["clusters"]["codec"]
 
 
 @contextmanager
