@@ -245,7 +245,13 @@ class NegativeMiner:
             if self.ef_search is not None:
                 fail("ef_search", "apply to the index (a 'clusters' index has no graph)",
                      self.ef_search, "Drop it; use nprobe.")  # fmt: skip
-        elif not idx.is_exact:
+        elif idx.is_exact:
+            for name, v in (("nprobe", self.nprobe), ("ef_search", self.ef_search),
+                            ("rerank", self.rerank)):  # fmt: skip
+                if v is not None:
+                    fail(name, "apply to the index (a flat index searches exactly)", v,
+                         "Drop it, or pass an approximate index.")  # fmt: skip
+        else:
             idx.set_search_params(nprobe=self.nprobe, ef_search=self.ef_search)
         self.index = idx
         return idx
@@ -369,6 +375,56 @@ class NegativeMiner:
         recall = recall_at_k(t3_ids[pick], exact)
         return {"k": k, "sample": int(pick.size), "recall": round(float(recall), 4)}
 
+    def check_recall(self, sample: int = 2000, k: int | None = None) -> dict[str, Any]:
+        """Measure tier-3 recall@k of this miner's search against exact search.
+
+        Takes an even sample of the tier-3 queries (one per distinct question
+        and pair cluster, as mining does), searches them the way mining would
+        (index, ``nprobe``, ``ef_search``, ``rerank``) and exactly, with the
+        same exclusions (the pair's cluster, the question's positives).
+
+        Parameters
+        ----------
+        sample : int
+            Queries to check, >= 1.
+        k : int, optional
+            Results per query; default the tier-3 count of the config.
+
+        Returns
+        -------
+        dict
+            ``recall`` (mean fraction of the exact top-k found), ``k``,
+            ``sample``, ``index`` (as recorded in mining stats: factory, exact,
+            search parameters), ``seconds_search`` and ``seconds_exact``.
+        """
+        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
+            fail("sample", "be a positive integer", repr(sample))
+        k = self.config.tier_counts[2] if k is None else k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            fail("k", "be a positive integer", repr(k))
+        from .probe import recall_at_k
+
+        index = self._ensure_index()
+        key = np.unique(self.pair_cluster * self.n_questions + self.pair_question)
+        n = min(int(sample), key.size)
+        key = key[np.unique(np.linspace(0, key.size - 1, n).astype(np.int64))]
+        cl = key // self.n_questions
+        qq = key - cl * self.n_questions
+        qvec, rows = self._question_vectors(qq)
+        t0 = time.perf_counter()
+        _, got = self._search_tier3(index, qvec, rows, cl, qq, int(k))
+        t1 = time.perf_counter()
+        _, exact = self._search_tier3(index, qvec, rows, cl, qq, int(k), exact=True)
+        t2 = time.perf_counter()
+        return {
+            "recall": round(float(recall_at_k(got, exact)), 4),
+            "k": int(k),
+            "sample": int(key.size),
+            "index": self._describe_search(index),
+            "seconds_search": round(t1 - t0, 4),
+            "seconds_exact": round(t2 - t1, 4),
+        }
+
     def _pair_blocks(
         self, t3_ids: np.ndarray, combo_of_pair: np.ndarray, checkpoints: Checkpoints | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
@@ -469,6 +525,8 @@ class NegativeMiner:
         return {"factory": "Flat", "exact": True, "built": "in memory, cluster-ordered"}
 
     def _nprobe(self, index: SourceIndex | None) -> int | None:
+        if index is not None and index.is_exact:
+            return None
         if index is not None and index.is_clusters and self.nprobe is None:
             return min(CLUSTERS_NPROBE, max(1, self.n_clusters - 1))
         return self.nprobe

@@ -247,3 +247,92 @@ def test_parse_bytes(text, want):
 def test_parse_bytes_refuses(bad):
     with pytest.raises(ValueError, match="memory_budget"):
         parse_bytes(bad)
+
+
+# ---------------------------------------------------------------- command line
+def _cli(*args: str, check: bool = True):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "negmine.cli", *args], capture_output=True, text=True, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _recall_line(out: str) -> float:
+    line = next(x for x in out.splitlines() if x.startswith("recall@"))
+    return float(line.split()[1])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, corpus):
+    from negmine.datasets import save_dataset
+
+    d = tmp_path_factory.mktemp("cli") / "data"
+    save_dataset(d, corpus)
+    return d
+
+
+def test_cli_build_check_mine_with_every_spec(tmp_path, data_dir, corpus):
+    import json
+
+    from negmine.io import load_outputs
+    from negmine.validate import validate_negatives
+
+    store = tmp_path / "indexes"
+    for name, spec in (("flat", "flat"), ("cl", "clusters"), ("sq", "clusters,SQ8"),
+                       ("hnsw", "HNSW16"), ("auto", "auto")):  # fmt: skip
+        _cli("index", "build", str(data_dir), "--spec", spec, "--out", str(store / name), "-q")
+    listing = _cli("index", "list", str(store)).stdout
+    for name in ("flat", "cl", "sq", "hnsw", "auto"):
+        assert f"\n{name} " in listing
+    info = json.loads(_cli("index", "info", str(store / "cl")).stdout)
+    assert info["spec"] == "clusters" and info["clusters"]["n_clusters"] == 10
+    # Honest recall: a flat index is exact, and so is probing every other cluster.
+    assert _recall_line(_cli("index", "check", str(store / "flat"), "--data", str(data_dir),
+                             "--sample", "100").stdout) == 1.0  # fmt: skip
+    assert _recall_line(_cli("index", "check", str(store / "cl"), "--data", str(data_dir),
+                             "--nprobe", "9").stdout) == 1.0  # fmt: skip
+    low = _recall_line(_cli("index", "check", str(store / "cl"), "--data", str(data_dir),
+                            "--nprobe", "1").stdout)  # fmt: skip
+    assert 0 < low < 1.0
+    for name in ("cl", "sq", "hnsw", "auto"):
+        out = tmp_path / f"out-{name}"
+        _cli("mine", str(data_dir), "--out", str(out), "--index", str(store / name),
+             "--n-neg", "6", "--tier-proportions", "1,1,3,1", "--adjacent-k", "2",
+             "--recall-sample", "50", "--quiet")  # fmt: skip
+        res = load_outputs(out)
+        check_rows(res, corpus, 2)
+        rep = validate_negatives(
+            res["hard_negatives"], res["negative_tiers"], pair_indices=corpus["pair_indices"],
+            pair_cluster_ids=corpus["pair_cluster_ids"],
+            source_cluster_ids=corpus["source_cluster_ids"],
+            centroid_embeddings=corpus["centroid_embeddings"], adjacent_k=2,
+        )  # fmt: skip
+        assert rep.ok
+        stats = json.loads((out / "manifest.json").read_text())["stats"]
+        assert stats["index"]["fingerprint"] == info["fingerprint"]
+        if name != "auto":  # auto chose flat here: exact, nothing to measure
+            assert 0 <= stats["tier3_recall"]["recall"] <= 1
+
+
+def test_cli_refuses_mismatches_in_one_line(tmp_path, data_dir, corpus):
+    from negmine.datasets import save_dataset
+
+    _cli("index", "build", str(data_dir), "--spec", "clusters", "--out", str(tmp_path / "ix"))
+    other = dict(corpus, source_cluster_ids=(corpus["source_cluster_ids"] + 1) % 10)
+    save_dataset(tmp_path / "other", other)
+    proc = _cli("mine", str(tmp_path / "other"), "--out", str(tmp_path / "o"), "--index",
+                str(tmp_path / "ix"), "--quiet", check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "other cluster assignment" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    proc = _cli("index", "build", str(data_dir / "source_embeddings.npy"), "--spec", "clusters",
+                "--out", str(tmp_path / "ix2"), check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--clusters FILE" in proc.stderr
+    proc = _cli("index", "check", str(tmp_path / "ix"), "--data", str(data_dir), "--ef-search",
+                "5", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "ef_search" in proc.stderr
