@@ -44,7 +44,7 @@ class ClusterLists:
     Parameters
     ----------
     block : callable ``c -> float32 [n_c, d]``
-        Cluster ``c``'s rows, a view (never written).
+        Cluster ``c``'s rows (never written), valid at least until the next call.
     offsets : int64 [C + 1]
         Layout offsets of the clusters.
     d : int
