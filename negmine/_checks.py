@@ -140,7 +140,39 @@ def check_embeddings(x: Any, name: str, d: int | None = None, d_from: str = "") 
                 f"an all-zero row {row}",
                 "Drop or re-embed that row.",
             )
+        release_pages(a)
     return a
+
+
+def release_pages(a: Any) -> None:
+    """Drop the resident pages of a memory-mapped array from this process.
+
+    Memory-mapped inputs (``np.load(..., mmap_mode="r")``, :class:`numpy.memmap`)
+    are read chunk by chunk; without this, every page read stays mapped and
+    counts in the process's resident memory until the array is closed. The
+    data stays in the kernel's page cache, so reading it again is cheap. Any
+    other array is left alone.
+
+    Parameters
+    ----------
+    a : array-like
+        Any array; only one backed by a read-only :class:`mmap.mmap` is affected.
+    """
+    import mmap
+
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    m = a
+    for _ in range(8):  # a view's chain of bases leads to the memmap
+        if isinstance(m, np.memmap):
+            break
+        m = getattr(m, "base", None)
+    else:
+        return
+    mm = getattr(m, "_mmap", None)
+    # A copy-on-write map ("c") would lose its private changes: leave it alone.
+    if isinstance(mm, mmap.mmap) and getattr(m, "mode", "c") != "c":
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def normalized_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -173,6 +205,7 @@ def normalized_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
             rows /= np.abs(rows).max(axis=1, keepdims=True)
             rows /= np.linalg.norm(rows, axis=1, keepdims=True)
             blk[bad] = rows
+        release_pages(a)
     return out
 
 

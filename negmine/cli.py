@@ -101,6 +101,16 @@ def _add_mining_options(p: argparse.ArgumentParser) -> None:
         "(default: exact)",
     )
     g.add_argument(
+        "--ef-search", type=int, default=None, help="efSearch of an HNSW index (or quantizer)"
+    )
+    g.add_argument(
+        "--rerank",
+        type=int,
+        default=None,
+        help="approximate index: fetch this many times the tier-3 candidates and keep the best "
+        "by exact cosine (default 1; 4 for compressed 'clusters' lists)",
+    )
+    g.add_argument(
         "--recall-sample",
         type=int,
         default=0,
@@ -178,6 +188,16 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N,N,...",
         help="also time the approximate tier 3 at these nprobe values, with its recall",
     )
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="WORKLOAD",
+        help="instead: the index-store workload (e.g. 1m): build a 'clusters' index, open it "
+        "memory-mapped, mine every pair at each --nprobe (default 16,32), exact timed on a sample",
+    )
+    p.add_argument("--exact-sample", type=int, default=8192,
+                   help="tier-3 queries timed exactly for --store (default 8192)")  # fmt: skip
+    p.add_argument("--work-dir", default=None, help="where --store keeps its files (default /tmp)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
     p = sub.add_parser("index", help="build or inspect a source index")
@@ -185,7 +205,29 @@ def _build_parser() -> argparse.ArgumentParser:
     b = isub.add_parser("build", parents=[common], help="build and save an index directory")
     b.add_argument("sources", type=Path, metavar="SOURCES", help=".npy/.pt file or data dir")
     b.add_argument("--out", type=Path, required=True)
-    b.add_argument("--spec", default="flat", help="'flat' or a FAISS factory string")
+    b.add_argument(
+        "--spec",
+        default="flat",
+        help="'flat' (exact, default), 'clusters' (lists = the data's clusters; "
+        "'clusters,SQ8' / 'clusters,fp16' compress them), 'auto' (by size and --memory-budget) "
+        "or a FAISS factory string such as 'HNSW32' or 'IVF4096,Flat'",
+    )
+    b.add_argument("--clusters", type=Path, default=None, metavar="FILE",
+                   help="cluster of each source (.npy/.pt); default: the data dir's")  # fmt: skip
+    b.add_argument("--centroids", type=Path, default=None, metavar="FILE",
+                   help="cluster centroids (.npy/.pt); default: from a data dir")  # fmt: skip
+    b.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="RAM the index may use, e.g. 8G (for 'auto'; default: half)")  # fmt: skip
+    ck = isub.add_parser("check", parents=[common],
+                         help="measure an index's tier-3 recall against exact search")  # fmt: skip
+    ck.add_argument("path", type=Path, metavar="DIR")
+    ck.add_argument("--data", type=Path, required=True, metavar="DATA_DIR")
+    ck.add_argument("--sample", type=int, default=2000, help="queries checked (default 2000)")
+    ck.add_argument("--k", type=int, default=3, help="recall@k (default 3)")
+    ck.add_argument("--nprobe", type=int, default=None)
+    ck.add_argument("--ef-search", type=int, default=None)
+    ck.add_argument("--rerank", type=int, default=None)
+    ck.add_argument("--adjacent-k", type=int, default=3, help=argparse.SUPPRESS)
     i = isub.add_parser("info", parents=[common], help="print an index manifest")
     i.add_argument("path", type=Path)
     ls = isub.add_parser("list", parents=[common], help="list the indexes in a store")
@@ -246,6 +288,8 @@ def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) ->
         show_progress=not args.quiet,
         index=getattr(args, "index", None),
         nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        rerank=args.rerank,
         recall_sample=args.recall_sample,
         max_score=args.max_score,
         relative_margin=args.relative_margin,
@@ -335,11 +379,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run
+    from .bench import run, run_store
 
-    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     nprobes = [int(x) for x in args.nprobe.split(",") if x.strip()]
-    results = run(names, tiers_pairs=args.tiers_pairs, nprobes=nprobes)
+    if args.store:
+        results = run_store(args.store, nprobes or [16, 32], args.exact_sample, args.work_dir)
+    else:
+        names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        results = run(names, tiers_pairs=args.tiers_pairs, nprobes=nprobes)
     if args.json is not None:
         from .io import atomic_write_json
 
@@ -363,35 +410,86 @@ def _load_matrix(path: Path) -> Any:
     raise ValueError(f"`SOURCES` must be a .npy or .pt file or a data directory; got '{path}'.")
 
 
+def _index_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Sources, cluster ids and centroids for ``index build``."""
+    scl = _load_matrix(args.clusters) if args.clusters else None
+    cen = _load_matrix(args.centroids) if args.centroids else None
+    if args.sources.is_dir():
+        from .datasets import load_dataset
+
+        arrays = load_dataset(args.sources).arrays
+        src = arrays["source_embeddings"]
+        scl = arrays["source_cluster_ids"] if scl is None else scl
+        cen = arrays["centroid_embeddings"] if cen is None else cen
+    else:
+        src = _load_matrix(args.sources)
+    if args.spec.strip().lower().startswith("clusters") and (scl is None or cen is None):
+        raise ValueError(
+            "`--spec clusters` needs the clusters: pass a data directory as SOURCES, or "
+            "--clusters FILE and --centroids FILE."
+        )
+    return src, scl, cen
+
+
+def _index_check(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .miner import NegativeMiner
+
+    ds = load_dataset(args.data)
+    miner = NegativeMiner(**ds.arrays, n_neg=max(args.k, 1), tier_proportions=[0, 0, 1, 0],
+                          adjacent_k=args.adjacent_k, index=args.path, nprobe=args.nprobe,
+                          ef_search=args.ef_search, rerank=args.rerank, validate=False)  # fmt: skip
+    rep = miner.check_recall(sample=args.sample, k=args.k)
+    desc = rep["index"]
+    params = ", ".join(f"{k}={v}" for k, v in desc.get("search_params", {}).items()) or "none"
+    kind = "exact" if desc.get("exact") else "approximate"
+    print(f"index      {args.path} ({desc.get('spec', desc.get('factory'))}: "
+          f"{desc.get('factory')}, {kind})")  # fmt: skip
+    print(f"search     {params}")
+    print(f"recall@{rep['k']:<3} {rep['recall']:.4f} on {rep['sample']} tier-3 queries "
+          f"(pair's cluster and the question's positives excluded)")  # fmt: skip
+    print(f"time       {rep['seconds_search']:.3f} s searching, {rep['seconds_exact']:.3f} s exact")
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from .index import SourceIndex, read_manifest
 
     if args.index_command == "build":
         t0 = time.perf_counter()
-        idx = SourceIndex.build(_load_matrix(args.sources), args.spec)
+        src, scl, cen = _index_inputs(args)
+        idx = SourceIndex.build(src, args.spec, source_cluster_ids=scl, centroid_embeddings=cen,
+                                memory_budget=args.memory_budget)  # fmt: skip
+        if "auto" in idx.manifest:
+            log.info("auto: %s (%s)", idx.manifest["auto"]["chose"], idx.manifest["auto"]["reason"])
         idx.save(args.out)
         log.info("built %s over %d sources in %.1f s", idx.manifest["factory"], idx.ntotal,
                  time.perf_counter() - t0)  # fmt: skip
         print(args.out)
         return 0
+    if args.index_command == "check":
+        return _index_check(args)
     if args.index_command == "info":
         print(json.dumps(read_manifest(args.path), indent=2, sort_keys=True))
         return 0
     if args.index_command == "list":
         if not args.store.is_dir():
             raise ValueError(f"`store` must be a directory; got '{args.store}'.")
-        print(f"{'name':<24}{'factory':<16}{'ntotal':>10}{'d':>6}{'MB':>9}  created")
+        print(f"{'name':<24}{'spec':<16}{'factory':<16}{'ntotal':>10}{'d':>6}{'MB':>9}  created")
         for d in sorted(p for p in args.store.iterdir() if (p / "manifest.json").is_file()):
+            if (d / "hard_negatives.pt").exists():
+                continue  # a mining output, not an index
             try:
                 m = read_manifest(d)
             except ValueError as e:
                 print(f"{d.name:<24}unreadable: {e}")
                 continue
             mb = m.get("index_bytes", 0) / 2**20
-            print(f"{d.name:<24}{m['factory']:<16}{m['ntotal']:>10}{m['d']:>6}{mb:>9.1f}  "
-                  f"{m.get('created', '?')}")  # fmt: skip
+            spec = str(m.get("spec", m["factory"]))
+            print(f"{d.name:<24}{spec:<16}{m['factory']:<16}{m['ntotal']:>10}{m['d']:>6}"
+                  f"{mb:>9.1f}  {m.get('created', '?')}")  # fmt: skip
         return 0
-    print("negmine index: choose an action: build, info or list", file=sys.stderr)
+    print("negmine index: choose an action: build, check, info or list", file=sys.stderr)
     return 2
 
 

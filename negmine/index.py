@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ._checks import check_embeddings, fail, normalized_float32
+from ._checks import check_embeddings, fail, normalized_float32, release_pages
 from ._fs import fsync_dir, install_dir
 
 __all__ = [
@@ -41,7 +41,10 @@ __all__ = [
     "MANIFEST_NAME",
     "MMAP_FACTORIES",
     "SourceIndex",
+    "assignment_fingerprint",
+    "choose_spec",
     "fingerprint",
+    "parse_bytes",
     "read_manifest",
 ]
 
@@ -111,6 +114,7 @@ def fingerprint(source_embeddings: np.ndarray) -> str:
     h = _fingerprint_start(n, d)
     for s in range(0, n, _FP_CHUNK):
         h.update(normalized_float32(source_embeddings[s : s + _FP_CHUNK]).data)
+        release_pages(source_embeddings)
     return "sha256:" + h.hexdigest()
 
 
@@ -479,12 +483,20 @@ class SourceIndex:
         """Embedding width ``d``."""
         return int(self.index.d)
 
+    @property
+    def is_clusters(self) -> bool:
+        """True for a cluster-aligned index (spec ``"clusters"``)."""
+        return "clusters" in self.manifest
+
     @classmethod
     def build(
         cls,
         source_embeddings: Any,
         spec: str = "flat",
         *,
+        source_cluster_ids: Any = None,
+        centroid_embeddings: Any = None,
+        memory_budget: int | str | None = None,
         train_size: int = 262144,
         seed: int = 1234,
     ) -> SourceIndex:
@@ -495,8 +507,19 @@ class SourceIndex:
         source_embeddings : array-like, float, shape [S, d]
             Raw embeddings; a normalised float32 copy is indexed.
         spec : str
-            ``"flat"`` (exact) or a FAISS factory string such as ``"HNSW32"`` or
-            ``"IVF1024,Flat"`` (inner-product metric).
+            ``"flat"`` (exact); ``"clusters"``, ``"clusters,SQ8"`` or
+            ``"clusters,fp16"`` (inverted lists that are exactly the user's
+            clusters, see Notes); ``"auto"`` (chosen by size and
+            ``memory_budget``, the reason recorded in the manifest); or a FAISS
+            factory string such as ``"HNSW32"`` or ``"IVF1024,Flat"``
+            (inner-product metric).
+        source_cluster_ids : int [S], optional
+            Cluster of each source; required by ``"clusters"``.
+        centroid_embeddings : float [C, d], optional
+            The cluster centroids; required by ``"clusters"``.
+        memory_budget : int or str, optional
+            Bytes the index may take in RAM, e.g. ``"8G"``; for ``"auto"``.
+            Default: half the machine's memory.
         train_size : int
             At most this many sources train a trainable index.
         seed : int
@@ -505,39 +528,78 @@ class SourceIndex:
         Returns
         -------
         SourceIndex
+
+        Notes
+        -----
+        A ``"clusters"`` index is a FAISS ``IndexIVFFlat`` (or
+        ``IndexIVFScalarQuantizer``) whose coarse quantizer is a flat index
+        over the normalised centroids and whose list ``c`` holds the sources
+        of cluster ``c``, added with their own cluster as list number
+        (``add_preassigned``) in ascending source id. Tier 3 then probes the
+        ``nprobe`` clusters nearest to a question other than the pair's own,
+        reading each list as one contiguous block (:mod:`negmine.probe`).
+        Compressed lists (SQ8: 1 byte per value, fp16: 2) are decoded block
+        by block and the candidates re-ranked exactly from the embeddings.
         """
         import faiss
 
         src = check_embeddings(source_embeddings, "source_embeddings")
         n, d = src.shape
-        factory = "Flat" if spec.lower() == "flat" else spec
         t0 = time.perf_counter()
-        try:
-            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            fail("spec", "be 'flat' or a valid FAISS factory string", repr(spec), str(e).strip())
-        if not index.is_trained:
-            rng = np.random.default_rng(seed)
-            take = np.sort(rng.choice(n, size=min(n, train_size), replace=False))
-            index.train(normalized_float32(src[take]))
-        h = _fingerprint_start(n, d)
-        for s in range(0, n, _FP_CHUNK):
-            blk = normalized_float32(src[s : s + _FP_CHUNK])
-            h.update(blk.data)
-            index.add(blk)
+        kind = spec.strip().lower() if isinstance(spec, str) else None
+        if kind is None:
+            fail("spec", "be a string ('flat', 'clusters', 'auto' or a FAISS factory string)",
+                 repr(spec), exc=TypeError)  # fmt: skip
+        has_clusters = source_cluster_ids is not None and centroid_embeddings is not None
+        auto = None
+        if kind == "auto":
+            budget = parse_bytes(memory_budget, "memory_budget")
+            chosen, reason = choose_spec(n, d, has_clusters, budget)
+            auto = {"chose": chosen, "reason": reason, "memory_budget": budget}
+            logger.info("auto index: %s (%s)", chosen, reason)
+            kind, spec_used = chosen.lower(), chosen
+        else:
+            spec_used = spec
+        extra: dict[str, Any] = {}
+        if kind.startswith("clusters"):
+            index, factory, extra = _build_clusters(src, kind, source_cluster_ids,
+                                                    centroid_embeddings)  # fmt: skip
+            fp = fingerprint(src)
+        else:
+            factory = "Flat" if kind == "flat" else spec_used
+            try:
+                index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as e:
+                fail("spec", "be 'flat', 'clusters', 'auto' or a valid FAISS factory string",
+                     repr(spec), str(e).strip())  # fmt: skip
+            if not index.is_trained:
+                rng = np.random.default_rng(seed)
+                take = np.sort(rng.choice(n, size=min(n, train_size), replace=False))
+                index.train(normalized_float32(src[take]))
+            h = _fingerprint_start(n, d)
+            for s in range(0, n, _FP_CHUNK):
+                blk = normalized_float32(src[s : s + _FP_CHUNK])
+                h.update(blk.data)
+                index.add(blk)
+                release_pages(src)
+            fp = "sha256:" + h.hexdigest()
         manifest = {
             "format_version": FORMAT_VERSION,
             "factory": factory,
-            "spec": spec,
+            "spec": spec_used,
             "metric": "inner_product",
             "normalized": True,
             "d": int(d),
             "ntotal": int(n),
-            "fingerprint": "sha256:" + h.hexdigest(),
+            "fingerprint": fp,
+            "build": {"train_size": int(train_size), "seed": int(seed)},
             "build_seconds": round(time.perf_counter() - t0, 3),
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **extra,
         }
+        if auto is not None:
+            manifest["auto"] = auto
         return cls(index, manifest)
 
     def vectors(self) -> np.ndarray:
@@ -563,6 +625,122 @@ class SourceIndex:
         out = faiss.rev_swig_ptr(ptr, self.ntotal * self.d).reshape(self.ntotal, self.d)
         out.flags.writeable = False
         return out
+
+    def check_clusters(
+        self, source_cluster_ids: np.ndarray, centroids: np.ndarray, offsets: np.ndarray,
+        order: np.ndarray,
+    ) -> None:  # fmt: skip
+        """Refuse a ``"clusters"`` index built from other clusters.
+
+        Parameters
+        ----------
+        source_cluster_ids : int64 [S]
+        centroids : float32 [C, d]
+            L2-normalised centroids in use.
+        offsets : int64 [C + 1]
+            Layout offsets of the clusters in use.
+        order : int64 [S]
+            Source ids in layout order (by cluster, then id).
+
+        Raises
+        ------
+        ValueError
+            If the number of clusters, the assignment of sources to clusters,
+            the centroids or the lists' contents differ from those in use.
+        """
+        import faiss
+
+        info = self.manifest["clusters"]
+        n_c = centroids.shape[0]
+        if info["n_clusters"] != n_c:
+            fail("index", f"be built over the C = {n_c} clusters in use",
+                 f"an index over {info['n_clusters']} clusters",
+                 "Rebuild it over these clusters: --spec clusters.")  # fmt: skip
+        got = assignment_fingerprint(source_cluster_ids, n_c)
+        if info["assignment"] != got:
+            fail("index", "be built with the `source_cluster_ids` in use",
+                 f"an index built from another cluster assignment ({info['assignment']}; "
+                 f"in use: {got})", "Rebuild it with these clusters.")  # fmt: skip
+        got = fingerprint(centroids)
+        if info["centroids"] != got:
+            fail("index", "be built with the `centroid_embeddings` in use",
+                 f"an index built from other centroids ({info['centroids']}; in use: {got})",
+                 "Rebuild it with these centroids.")  # fmt: skip
+        ivf = faiss.extract_index_ivf(self.index)
+        lists = ivf.invlists
+        for c in range(n_c):
+            size = lists.list_size(c)
+            lo, hi = int(offsets[c]), int(offsets[c + 1])
+            ids = faiss.rev_swig_ptr(lists.get_ids(c), size) if size else np.zeros(0, np.int64)
+            if size != hi - lo or not np.array_equal(ids, order[lo:hi]):
+                fail(str(self.manifest.get("spec")), "hold each cluster's sources in its list",
+                     f"list {c} holds {size} ids, cluster {c} has {hi - lo} sources",
+                     "The file does not match its manifest; rebuild the index.")  # fmt: skip
+
+    def cluster_lists(self, offsets: np.ndarray):
+        """The lists of a ``"clusters"`` index as :class:`negmine.probe.ClusterLists`.
+
+        Flat lists are views of the index's storage (memory-mapped when the
+        index was loaded with ``mmap=True``), or, where the storage is not
+        4-byte aligned (memory-mapped files are not), copies into one reused
+        aligned buffer; SQ8 and fp16 lists are decoded to float32. Either way a
+        block is valid until the next call. Call :meth:`check_clusters` first.
+        """
+        import faiss
+
+        from .probe import ClusterLists
+
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(self.index))
+        lists, d = ivf.invlists, self.d
+        codec = self.manifest["clusters"]["codec"]
+        code_size = int(ivf.code_size)
+
+        sizes = np.diff(offsets)
+        aligned = np.empty((int(sizes.max()) if sizes.size else 0, d), dtype=np.float32)
+
+        def block(c: int) -> np.ndarray:
+            n = int(offsets[c + 1] - offsets[c])
+            if n == 0:
+                return np.zeros((0, d), dtype=np.float32)
+            raw = faiss.rev_swig_ptr(lists.get_codes(c), n * code_size)
+            if codec == "Flat":
+                view = raw.view(np.float32).reshape(n, d)
+                if view.flags.aligned:
+                    return view
+                # A memory-mapped file puts the lists at odd byte offsets, and
+                # numpy multiplies unaligned arrays without BLAS (2-3x slower):
+                # an aligned copy costs a small fraction of the product.
+                out = aligned[:n]
+                out.view(np.uint8).reshape(-1)[:] = raw
+                return out
+            if codec == "SQfp16":
+                return raw.view(np.float16).reshape(n, d).astype(np.float32)
+            return ivf.sq.decode(raw.reshape(n, code_size))
+
+        return ClusterLists(block, offsets, d)
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Set FAISS search parameters of this index for the next searches.
+
+        Parameters
+        ----------
+        nprobe : int, optional
+            Inverted lists probed per query (IVF indexes).
+        ef_search : int, optional
+            Search depth of an HNSW graph (HNSW indexes, or an HNSW quantizer).
+        """
+        import faiss
+
+        ps = faiss.ParameterSpace()
+        for name, v in (("nprobe", nprobe), ("efSearch", ef_search)):
+            if v is None:
+                continue
+            try:
+                ps.set_index_parameter(self.index, name, int(v))
+            except RuntimeError:
+                fail("nprobe" if name == "nprobe" else "ef_search",
+                     f"apply to the index ({self.manifest['factory']} has no {name})", repr(v),
+                     "Drop it, or use an index type that has it.")  # fmt: skip
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """k-NN by inner product.
@@ -804,6 +982,154 @@ class SourceIndex:
                 "Rebuild the index.",
             )
         return cls(index, manifest, mmapped=mmap)
+
+
+# --------------------------------------------------------------------------
+# specs: auto, clusters
+# --------------------------------------------------------------------------
+
+#: Below this many sources "auto" keeps exact search: one blocked matrix
+#: product over them costs about as much as building an index would save.
+AUTO_FLAT_MAX = 100_000
+
+_CODECS = {"flat": ("Flat", 4), "fp16": ("SQfp16", 2), "sq8": ("SQ8", 1)}
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(value: int | str | None, name: str = "memory_budget") -> int:
+    """Bytes from an int or a string such as ``"8G"``, ``"512M"`` or ``"2.5GiB"``.
+
+    ``None`` gives half the machine's physical memory.
+    """
+    if value is None:
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            return 8 * 2**30
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value <= 0:
+            fail(name, "be a positive number of bytes", repr(value))
+        return int(value)
+    text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    try:
+        number = float(text[: len(text) - len(unit)])
+    except ValueError:
+        number = -1.0
+    if not number > 0 or number == float("inf"):
+        fail(name, "be a size such as 8G, 512M or a number of bytes", repr(value))
+    return int(number * _UNITS[unit])
+
+
+def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, str]:
+    """The ``"auto"`` choice for ``n`` sources of width ``d`` and why.
+
+    Follows FAISS's guidelines for choosing an index: exact (``Flat``) while
+    the corpus is small; above that an inverted file, with the storage of the
+    vectors chosen by the memory they may take: float32 if it fits the
+    budget, then fp16 (half), then 8-bit scalar quantisation (a quarter).
+    When the clusters are known, the inverted lists are the clusters
+    themselves (``"clusters"``): tier 3 must skip the pair's own cluster, and
+    generic lists crowd around it. Without clusters, ``IVF<K>`` with ``K``
+    about ``8 sqrt(n)`` (the guidelines give 4 to 16 ``sqrt(n)``), with an
+    HNSW coarse quantizer from a million sources on.
+
+    Returns
+    -------
+    spec : str
+    reason : str
+    """
+    flat_bytes = n * d * 4
+    if n <= AUTO_FLAT_MAX and flat_bytes <= budget:
+        return "flat", (
+            f"{n} sources <= {AUTO_FLAT_MAX}: exact search over them is cheap and "
+            f"its {flat_bytes / 2**20:.0f} MiB fit the budget of {budget / 2**20:.0f} MiB"
+        )
+    codec, why = "sq8", "not even 8-bit codes fit; chose the smallest"
+    for name, (_, width) in _CODECS.items():
+        if n * d * width * 1.05 <= budget:
+            codec = name
+            why = f"{width}-byte values ({n * d * width / 2**20:.0f} MiB) fit the budget"
+            break
+    size = f"{n} sources > {AUTO_FLAT_MAX}" if n > AUTO_FLAT_MAX else "float32 over budget"
+    if has_clusters:
+        spec = "clusters" if codec == "flat" else f"clusters,{codec}"
+        return spec, (
+            f"{size}; clusters given, so the lists are the clusters (tier 3 skips "
+            f"the own cluster by construction); {why} of {budget / 2**20:.0f} MiB"
+        )
+    k = 1 << max(4, round(float(np.log2(8 * np.sqrt(n)))))
+    k = min(k, max(1, n // 39))  # FAISS wants >= 39 training points per list
+    quant = f"IVF{k}_HNSW32" if n >= 1_000_000 else f"IVF{k}"
+    return f"{quant},{_CODECS[codec][0]}", (
+        f"{size}; no clusters given: IVF with K={k} lists (about 8 sqrt(n)); "
+        f"{why} of {budget / 2**20:.0f} MiB"
+    )
+
+
+def assignment_fingerprint(source_cluster_ids: np.ndarray, n_clusters: int) -> str:
+    """sha256 of the cluster of each source (int64) and the number of clusters."""
+    h = hashlib.sha256(f"negmine-clusters:{n_clusters}:".encode())
+    h.update(np.ascontiguousarray(source_cluster_ids, dtype=np.int64).data)
+    return "sha256:" + h.hexdigest()
+
+
+def _build_clusters(
+    src: np.ndarray, kind: str, source_cluster_ids: Any, centroid_embeddings: Any
+) -> tuple[Any, str, dict[str, Any]]:
+    """A FAISS IVF index whose lists are the given clusters (see ``build``)."""
+    import faiss
+
+    from ._checks import check_ids
+
+    n, d = src.shape
+    codec = kind.split(",", 1)[1].strip() if "," in kind else "flat"
+    if codec not in _CODECS:
+        fail("spec", "be 'clusters', 'clusters,SQ8' or 'clusters,fp16'", repr(kind))
+    if source_cluster_ids is None or centroid_embeddings is None:
+        fail("source_cluster_ids", "be given with `centroid_embeddings` for spec 'clusters'",
+             "None", "Pass the k-means labels and centroids (CLI: --data DIR).")  # fmt: skip
+    cen = normalized_float32(check_embeddings(centroid_embeddings, "centroid_embeddings", d,
+                                              "source_embeddings"))  # fmt: skip
+    n_c = cen.shape[0]
+    scl = check_ids(source_cluster_ids, "source_cluster_ids", ndim=1, upper=n_c,
+                    upper_what="C = len(centroid_embeddings)")  # fmt: skip
+    if scl.shape[0] != n:
+        fail("source_cluster_ids", f"have one entry per source (S = {n})", f"length {scl.shape[0]}")
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(cen)
+    ip = faiss.METRIC_INNER_PRODUCT
+    if codec == "flat":
+        index = faiss.IndexIVFFlat(quantizer, d, n_c, ip)
+    else:
+        qt = faiss.ScalarQuantizer.QT_8bit if codec == "sq8" else faiss.ScalarQuantizer.QT_fp16
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, n_c, qt, ip, False)
+    if not index.is_trained:  # the scalar quantizer's ranges; the lists are fixed
+        rng = np.random.default_rng(0)
+        take = np.sort(rng.choice(n, size=min(n, 65536), replace=False))
+        index.train(normalized_float32(src[take]))
+    order = np.argsort(scl, kind="stable")
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    buf = np.empty((min(n, _FP_CHUNK), d), dtype=np.float32)
+    for s in range(0, n, _FP_CHUNK):
+        rows = order[s : s + _FP_CHUNK]
+        x = normalized_float32(src[np.sort(rows)], out=buf[: rows.size])
+        # src[sorted rows] keeps reads sequential; put them back in list order.
+        x = x[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]
+        add_preassigned(index, x, scl[rows], rows)
+        release_pages(src)
+    factory = f"IVF{n_c},{_CODECS[codec][0]}"
+    extra = {
+        "clusters": {
+            "n_clusters": int(n_c),
+            "codec": _CODECS[codec][0],
+            "assignment": assignment_fingerprint(scl, n_c),
+            "centroids": fingerprint(cen),
+            "list_order": "ascending source id within each cluster",
+        }
+    }
+    return index, factory, extra
 
 
 def _versions() -> dict[str, str]:

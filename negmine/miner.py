@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._checks import as_numpy, check_embeddings, check_ids, fail, normalized_float32
+from ._checks import (
+    as_numpy,
+    check_embeddings,
+    check_ids,
+    fail,
+    normalized_float32,
+    release_pages,
+)
 from .assemble import (
     COUNTER_KEYS,
     RNG_BLOCK,
@@ -51,6 +58,10 @@ log = logging.getLogger(__name__)
 T3_BLOCK = 4 * QUERY_BLOCK
 #: Pairs per checkpointed block (a multiple of the random-stream block).
 PAIR_BLOCK = 64 * RNG_BLOCK
+#: Clusters probed per query by a ``"clusters"`` index when no ``nprobe`` is given.
+CLUSTERS_NPROBE = 32
+#: Re-rank factor of compressed ``"clusters"`` lists when no ``rerank`` is given.
+COMPRESSED_RERANK = 4
 
 
 class NegativeMiner:
@@ -85,9 +96,19 @@ class NegativeMiner:
         A prebuilt source index. Default: exact search over the sources,
         stored here in cluster order.
     nprobe : int, optional
-        Approximate tier 3 without an index: search only the ``nprobe``
-        clusters whose centroids are nearest to the question, other than the
-        pair's own (see :mod:`negmine.probe`). ``None``: exact.
+        Without ``index``: approximate tier 3 over the user's clusters, which
+        searches only the ``nprobe`` clusters whose centroids are nearest to
+        the question, other than the pair's own (see :mod:`negmine.probe`);
+        ``None``: exact. With a ``"clusters"`` index: the same search over its
+        lists (default :data:`CLUSTERS_NPROBE`). With a FAISS IVF index: its
+        ``nprobe``.
+    ef_search : int, optional
+        ``efSearch`` of an HNSW index (or of an IVF index's HNSW quantizer).
+    rerank : int, optional
+        With an approximate index: fetch ``rerank`` times as many tier-3
+        candidates and keep the best by their exact cosine, computed from
+        ``source_embeddings``. Default: 1 (no re-rank), except 4 for
+        compressed ``"clusters"`` lists (SQ8, fp16).
     recall_sample : int
         With an approximate tier 3, measure its recall against exact search on
         this many tier-3 queries and record it in :attr:`last_stats`.
@@ -137,6 +158,8 @@ class NegativeMiner:
         nprobe: int | None = None,
         recall_sample: int = 0,
         validate: bool = True,
+        ef_search: int | None = None,
+        rerank: int | None = None,
         max_score: float | None = None,
         relative_margin: float | None = None,
         absolute_margin: float | None = None,
@@ -220,13 +243,16 @@ class NegativeMiner:
         adjacent = adjacent_clusters(cen, self.config.adjacent_k)
         self.layout = ClusterLayout.build(scl, n_c, adjacent)
         self._index_arg = index
-        for name, v, lo in (("nprobe", nprobe, 1), ("recall_sample", recall_sample, 0)):
-            if v is None and name == "nprobe":
+        for name, v, lo in (("nprobe", nprobe, 1), ("recall_sample", recall_sample, 0),
+                            ("ef_search", ef_search, 1), ("rerank", rerank, 1)):  # fmt: skip
+            if v is None and name != "recall_sample":
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 fail(name, f"be an integer >= {lo}", repr(v))
         self.nprobe = None if nprobe is None else int(nprobe)
         self.recall_sample = int(recall_sample)
+        self.ef_search = None if ef_search is None else int(ef_search)
+        self.rerank = None if rerank is None else int(rerank)
         self._centroids = normalized_float32(cen)
         self.index: SourceIndex | None = None
         self._sorted: np.ndarray | None = None
@@ -235,6 +261,7 @@ class NegativeMiner:
         self._recall: dict[str, Any] | None = None
         self._cos = Cosines(self._gather_sources, d, self.positives)
         self._positive_scores: np.ndarray | None = None
+        self._lists: Any = None
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checks
@@ -258,6 +285,20 @@ class NegativeMiner:
         arg = self._index_arg
         idx = arg if isinstance(arg, SourceIndex) else SourceIndex.load(arg, mmap=True)
         idx.check_matches(fingerprint(self._raw_sources), self.dim)
+        if idx.is_clusters:
+            lay = self.layout
+            idx.check_clusters(lay.source_cluster, self._centroids, lay.offsets, lay.order)
+            if self.ef_search is not None:
+                fail("ef_search", "apply to the index (a 'clusters' index has no graph)",
+                     self.ef_search, "Drop it; use nprobe.")  # fmt: skip
+        elif idx.is_exact:
+            for name, v in (("nprobe", self.nprobe), ("ef_search", self.ef_search),
+                            ("rerank", self.rerank)):  # fmt: skip
+                if v is not None:
+                    fail(name, "apply to the index (a flat index searches exactly)", v,
+                         "Drop it, or pass an approximate index.")  # fmt: skip
+        else:
+            idx.set_search_params(nprobe=self.nprobe, ef_search=self.ef_search)
         self.index = idx
         return idx
 
@@ -270,6 +311,7 @@ class NegativeMiner:
             for a in range(0, order.size, step):
                 rows = order[a : a + step]
                 normalized_float32(self._raw_sources[rows], out=out[a : a + rows.size])
+                release_pages(self._raw_sources)
             self._sorted = out
         return self._sorted
 
@@ -352,15 +394,16 @@ class NegativeMiner:
         t3_ids = np.empty((uniq.size, n3), dtype=np.int64)
         filt = np.zeros((2, len(FILTER_NAMES)), dtype=np.int64)
         pairs_of = np.bincount(combo_of_pair, minlength=uniq.size)
-        qvec, rows = self._question_vectors(combo_question)
         with _progress(self.show_progress, uniq.size, "tier 3 search", "query") as bar:
             for g, c0 in enumerate(range(0, uniq.size, T3_BLOCK)):
                 c1 = min(c0 + T3_BLOCK, uniq.size)
                 done = checkpoints.load("tier3", g) if checkpoints else None
                 if done is None:
                     sl = slice(c0, c1)
+                    # Normalised per block: all questions at once can be gigabytes.
+                    qvec, rows = self._question_vectors(combo_question[sl])
                     ids, removed, short = self._tier3_ids(
-                        index, qvec, rows[sl], combo_cluster[sl], combo_question[sl], c0
+                        index, qvec, rows, combo_cluster[sl], combo_question[sl], c0
                     )
                     done = {"ids": ids}
                     if removed is not None:
@@ -376,7 +419,7 @@ class NegativeMiner:
         self._recall = None
         if self.recall_sample and n3 and (self.nprobe is not None or index is not None):
             t0 = time.perf_counter()
-            self._recall = self._measure_recall(qvec, rows, combo_cluster, combo_question, t3_ids)
+            self._recall = self._measure_recall(index, combo_cluster, combo_question, t3_ids)
             self._recall["seconds"] = round(time.perf_counter() - t0, 4)
         return t3_ids, combo_of_pair, filt
 
@@ -432,22 +475,73 @@ class NegativeMiner:
             keep_window,
         )  # fmt: skip
 
-    def _measure_recall(self, qvec, rows, combo_cluster, combo_question, t3_ids):
+    def _measure_recall(self, index, combo_cluster, combo_question, t3_ids):
         """Recall of the tier-3 ids against exact search on an even sample of queries."""
         from .probe import recall_at_k
 
         n = min(self.recall_sample, len(t3_ids))
         pick = np.unique(np.linspace(0, len(t3_ids) - 1, n).astype(np.int64))
-        args = (qvec, rows[pick], combo_cluster[pick], combo_question[pick])
+        qvec, rows = self._question_vectors(combo_question[pick])
+        args = (qvec, rows, combo_cluster[pick], combo_question[pick])
         # A random draw from the window is measured on the window itself.
         whole = self.config.tier3_sampling == "random"
         approx = t3_ids[pick]
         if whole:
-            approx, _, _ = self._tier3_ids(self.index, *args, keep_window=True)
-        exact, _, _ = self._tier3_ids(None, *args, exact=True, keep_window=whole)
+            approx, _, _ = self._tier3_ids(index, *args, keep_window=True)
+        exact, _, _ = self._tier3_ids(index, *args, exact=True, keep_window=whole)
         k = approx.shape[1]
         recall = recall_at_k(approx, exact)
         return {"k": k, "sample": int(pick.size), "recall": round(float(recall), 4)}
+
+    def check_recall(self, sample: int = 2000, k: int | None = None) -> dict[str, Any]:
+        """Measure tier-3 recall@k of this miner's search against exact search.
+
+        Takes an even sample of the tier-3 queries (one per distinct question
+        and pair cluster, as mining does), searches them the way mining would
+        (index, ``nprobe``, ``ef_search``, ``rerank``) and exactly, with the
+        same exclusions (the pair's cluster, the question's positives).
+
+        Parameters
+        ----------
+        sample : int
+            Queries to check, >= 1.
+        k : int, optional
+            Results per query; default the tier-3 count of the config.
+
+        Returns
+        -------
+        dict
+            ``recall`` (mean fraction of the exact top-k found), ``k``,
+            ``sample``, ``index`` (as recorded in mining stats: factory, exact,
+            search parameters), ``seconds_search`` and ``seconds_exact``.
+        """
+        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
+            fail("sample", "be a positive integer", repr(sample))
+        k = self.config.tier_counts[2] if k is None else k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            fail("k", "be a positive integer", repr(k))
+        from .probe import recall_at_k
+
+        index = self._ensure_index()
+        key = np.unique(self.pair_cluster * self.n_questions + self.pair_question)
+        n = min(int(sample), key.size)
+        key = key[np.unique(np.linspace(0, key.size - 1, n).astype(np.int64))]
+        cl = key // self.n_questions
+        qq = key - cl * self.n_questions
+        qvec, rows = self._question_vectors(qq)
+        t0 = time.perf_counter()
+        _, got = self._search_tier3(index, qvec, rows, cl, qq, int(k))
+        t1 = time.perf_counter()
+        _, exact = self._search_tier3(index, qvec, rows, cl, qq, int(k), exact=True)
+        t2 = time.perf_counter()
+        return {
+            "recall": round(float(recall_at_k(got, exact)), 4),
+            "k": int(k),
+            "sample": int(key.size),
+            "index": self._describe_search(index),
+            "seconds_search": round(t1 - t0, 4),
+            "seconds_exact": round(t2 - t1, 4),
+        }
 
     def _pair_blocks(
         self, t3_ids: np.ndarray, combo_of_pair: np.ndarray, checkpoints: Checkpoints | None
@@ -588,47 +682,110 @@ class NegativeMiner:
         }
 
     def _describe_search(self, index: SourceIndex | None) -> dict[str, Any]:
+        params = {"nprobe": self._nprobe(index), "ef_search": self.ef_search,
+                  "rerank": self._rerank(index)}  # fmt: skip
+        params = {k_: v for k_, v in params.items() if v is not None}
         if index is not None:
-            return {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
+            desc = {k_: v for k_, v in index.manifest.items() if k_ != "versions"}
+            return dict(desc, exact=index.is_exact, search_params=params)
         if self.nprobe is not None:
-            return {"factory": "clusters", "exact": False, "nprobe": self.nprobe,
-                    "built": "in memory, cluster-ordered"}  # fmt: skip
+            return {"factory": "clusters", "exact": False, "search_params": params,
+                    "nprobe": self.nprobe, "built": "in memory, cluster-ordered"}  # fmt: skip
         return {"factory": "Flat", "exact": True, "built": "in memory, cluster-ordered"}
+
+    def _nprobe(self, index: SourceIndex | None) -> int | None:
+        if index is not None and index.is_exact:
+            return None
+        if index is not None and index.is_clusters and self.nprobe is None:
+            return min(CLUSTERS_NPROBE, max(1, self.n_clusters - 1))
+        return self.nprobe
+
+    def _rerank(self, index: SourceIndex | None) -> int | None:
+        if index is None or index.is_exact:
+            return None
+        if self.rerank is not None:
+            return self.rerank
+        if index.is_clusters and _codec(index) != "Flat":
+            return COMPRESSED_RERANK
+        return None
 
     def _question_vectors(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised vectors of the distinct ``questions`` and each entry's row in them."""
         uq, inv = np.unique(questions, return_inverse=True)
-        return normalized_float32(self._raw_questions[uq]), inv
+        out = normalized_float32(self._raw_questions[uq])
+        release_pages(self._raw_questions)
+        return out, inv
 
     def _search_tier3(
         self, index: SourceIndex | None, qvec: np.ndarray, rows: np.ndarray,
         combo_cluster: np.ndarray, combo_question: np.ndarray, k: int, exact: bool = False,
         score_cut: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """Tier-3 search of the given queries; ``exact`` forces the exact path.
+        """Tier-3 search of the given queries; ``exact`` forces an exact search.
 
-        ``score_cut`` goes to the exact kernel (see
-        :func:`negmine.search.exact_outside_cluster`); the other kernels ignore it.
+        ``score_cut`` goes to the exact blocked kernel (see
+        :func:`negmine.search.exact_outside_cluster`); the other kernels ignore
+        it, and the filters then drop those candidates and search deeper.
         """
-        args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives, k)
-        if index is None and self.nprobe is not None and not exact:
-            from .probe import probe_outside_cluster
+        from .probe import probe_outside_cluster
 
+        args = (qvec, rows, combo_cluster, combo_question, self.layout, self.positives)
+        if exact:
+            # Exact = probing every other cluster of exact float32 lists.
             return probe_outside_cluster(
-                self._sorted_sources(), self._centroids, *args, nprobe=self.nprobe
+                self._exact_lists(index), self._centroids, *args, k, nprobe=self.n_clusters
+            )
+        if index is None and self.nprobe is not None:
+            return probe_outside_cluster(
+                self._sorted_sources(), self._centroids, *args, k, nprobe=self.nprobe
             )
         if index is None or index.is_exact:
             if self._workspace is None:
                 self._workspace = workspace_for(self.n_sources)
             if index is None:
                 return exact_outside_cluster(
-                    self._sorted_sources(), *args, cluster_sorted=True, workspace=self._workspace,
-                    score_cut=score_cut,
+                    self._sorted_sources(), *args, k, cluster_sorted=True,
+                    workspace=self._workspace, score_cut=score_cut,
                 )  # fmt: skip
             return exact_outside_cluster(
-                index.vectors(), *args, workspace=self._workspace, score_cut=score_cut
+                index.vectors(), *args, k, workspace=self._workspace, score_cut=score_cut
             )
-        return overfetch_outside_cluster(index.search, index.ntotal, *args)
+        r = self._rerank(index) or 1
+        kk = k * r
+        if index.is_clusters:
+            if self._lists is None:
+                self._lists = index.cluster_lists(self.layout.offsets)
+            d, i = probe_outside_cluster(
+                self._lists, self._centroids, *args, kk, nprobe=self._nprobe(index)
+            )
+        else:
+            d, i = overfetch_outside_cluster(index.search, index.ntotal, *args, kk)
+        if r > 1:
+            d, i = self._rescore(qvec[rows], i, k)
+        return d, i
+
+    def _exact_lists(self, index: SourceIndex | None):
+        """float32 cluster lists to search exactly: the index's own when they
+        are uncompressed, else the sorted sources (built once)."""
+        from .probe import ClusterLists
+
+        if index is not None and index.is_clusters and _codec(index) == "Flat":
+            if self._lists is None:
+                self._lists = index.cluster_lists(self.layout.offsets)
+            return self._lists
+        return ClusterLists.from_sorted(self._sorted_sources(), self.layout.offsets)
+
+    def _rescore(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the ``k`` best of candidates ``ids`` [M, k'] by exact cosine to ``q`` [M, d]."""
+        ok = ids >= 0
+        uniq, at = np.unique(np.where(ok, ids, 0), return_inverse=True)
+        vec = normalized_float32(self._raw_sources[uniq])
+        release_pages(self._raw_sources)
+        sc = np.einsum("md,mkd->mk", q, vec[at.reshape(ids.shape)])
+        sc = np.where(ok, sc, -np.inf).astype(np.float32)
+        id_key = np.where(ok, ids, np.iinfo(np.int64).max)
+        order = np.lexsort((id_key, -sc), axis=-1)[:, :k]
+        return np.take_along_axis(sc, order, 1), np.take_along_axis(ids, order, 1)
 
     def _sample_rows(
         self, p0: int, p1: int, t3: np.ndarray, counts: tuple[int, int, int, int]
@@ -666,9 +823,17 @@ class NegativeMiner:
         """Unit vectors of sources ``ids`` int64 [n] into ``out`` float32 [n, d]."""
         if self._sorted is not None:
             return np.take(self._sorted, self.layout.rank[ids], axis=0, out=out)
-        if self.index is not None and self.index.is_exact:
-            return np.take(self.index.vectors(), ids, axis=0, out=out)
-        return normalized_float32(self._raw_sources[ids], out=out)
+        index = self.index
+        if index is not None and index.is_exact:
+            return np.take(index.vectors(), ids, axis=0, out=out)
+        if index is not None and index.is_clusters and _codec(index) == "Flat":
+            if self._lists is None:
+                self._lists = index.cluster_lists(self.layout.offsets)
+            return self._lists.take(self.layout.rank[ids], out=out)
+        # Compressed or foreign index: exact vectors come from the embeddings.
+        normalized_float32(self._raw_sources[ids], out=out)
+        release_pages(self._raw_sources)
+        return out
 
     def _positive_cosines(self, p0: int, p1: int) -> np.ndarray:
         """Cosine of each pair's question to its source, pairs ``p0:p1``, float32."""
@@ -688,12 +853,6 @@ class NegativeMiner:
         each negative."""
         out = np.empty(ids.shape, dtype=np.float32)
         out_a = np.empty(ids.shape, dtype=np.float32)
-        if self._sorted is not None:
-            vecs, where = self._sorted, self.layout.rank
-        elif self.index is not None and self.index.is_exact:
-            vecs, where = self.index.vectors(), None
-        else:
-            vecs = where = None
         step = 16384
         # Gathers go into reused buffers: fresh memory is slow to fault in.
         qbuf = np.empty((min(step, ids.shape[0]), self.dim), dtype=np.float32)
@@ -705,12 +864,7 @@ class NegativeMiner:
             qv = np.take(uq, inv, axis=0, out=qbuf[: p1 - p0])
             av = self._gather_sources(anchors[p0:p1], abuf[: p1 - p0])
             for j in range(ids.shape[1]):
-                col = ids[p0:p1, j]
-                if vecs is None:
-                    sv = normalized_float32(self._raw_sources[col], out=sbuf[: p1 - p0])
-                else:
-                    sv = np.take(vecs, col if where is None else where[col], axis=0,
-                                 out=sbuf[: p1 - p0])  # fmt: skip
+                sv = self._gather_sources(ids[p0:p1, j], sbuf[: p1 - p0])
                 out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
                 out_a[p0:p1, j] = np.einsum("ij,ij->i", av, sv)
         return out, out_a
@@ -833,6 +987,10 @@ class NegativeMiner:
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+def _codec(index: SourceIndex) -> str:
+    return index.manifest["clusters"]["codec"]
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 from .layout import ClusterLayout, PositiveSets, csr_expand
 from .search import faiss_single_threaded, heap_over, run_query_blocks
 
-__all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "probe_outside_cluster", "recall_at_k"]
+__all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists", "probe_outside_cluster", "recall_at_k"]
 
 #: Queries per block. Fixed so that which queries share a matrix product (and so
 #: any near-tie) never depends on how the caller batches the work.
@@ -30,6 +30,60 @@ PROBE_BLOCK = 4096
 #: Floats in the reusable score buffer of one cluster's matrix product; larger
 #: products are split by query rows.
 SCORE_BUFFER = 1 << 22
+
+
+class ClusterLists:
+    """The L2-normalised sources of each cluster as one contiguous float32 block.
+
+    Positions follow the cluster layout: cluster ``c`` holds the positions
+    ``offsets[c]:offsets[c + 1]``, and position ``i`` is source
+    ``layout.order[i]``. The blocks may live in one cluster-sorted matrix
+    (:meth:`from_sorted`) or in the inverted lists of a cluster-aligned FAISS
+    index, memory-mapped or not (:meth:`negmine.index.SourceIndex.cluster_lists`).
+
+    Parameters
+    ----------
+    block : callable ``c -> float32 [n_c, d]``
+        Cluster ``c``'s rows (never written), valid at least until the next call.
+    offsets : int64 [C + 1]
+        Layout offsets of the clusters.
+    d : int
+        Embedding width.
+    """
+
+    def __init__(self, block: Callable[[int], np.ndarray], offsets: np.ndarray, d: int):
+        self.block = block
+        self.offsets = offsets
+        self.d = int(d)
+
+    @classmethod
+    def from_sorted(cls, vectors: np.ndarray, offsets: np.ndarray) -> ClusterLists:
+        """Blocks that are slices of ``vectors`` float32 [S, d] in layout order."""
+        return cls(lambda c: vectors[offsets[c] : offsets[c + 1]], offsets, vectors.shape[1])
+
+    def take(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Gather rows by layout position.
+
+        Parameters
+        ----------
+        positions : int64 [n]
+            Layout positions, each in ``[0, S)``.
+        out : float32 [n, d], optional
+
+        Returns
+        -------
+        float32 [n, d]
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if out is None:
+            out = np.empty((positions.size, self.d), dtype=np.float32)
+        cl = np.searchsorted(self.offsets, positions, side="right") - 1
+        by_c = np.argsort(cl, kind="stable")
+        bounds = np.searchsorted(cl[by_c], np.arange(self.offsets.size))
+        for c in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            sel = by_c[bounds[c] : bounds[c + 1]]
+            out[sel] = self.block(c)[positions[sel] - self.offsets[c]]
+        return out
 
 
 def _probe_sets(cscores: np.ndarray, nprobe: int) -> np.ndarray:
@@ -64,7 +118,7 @@ def _probe_sets(cscores: np.ndarray, nprobe: int) -> np.ndarray:
 
 
 def probe_outside_cluster(
-    vectors: np.ndarray,
+    vectors: np.ndarray | ClusterLists,
     centroids: np.ndarray,
     queries: np.ndarray,
     query_rows: np.ndarray,
@@ -87,10 +141,11 @@ def probe_outside_cluster(
 
     Parameters
     ----------
-    vectors : float32 [S, d]
+    vectors : float32 [S, d] or ClusterLists
         L2-normalised sources in layout order (``vectors[i]`` is source
         ``layout.order[i]``), so cluster ``c`` is the contiguous rows
-        ``layout.offsets[c]:layout.offsets[c + 1]``.
+        ``layout.offsets[c]:layout.offsets[c + 1]``; or the same rows as
+        per-cluster blocks.
     centroids : float32 [C, d]
         L2-normalised cluster centroids.
     queries : float32 [Q', d]
@@ -135,6 +190,8 @@ def probe_outside_cluster(
         if progress is not None and n_q:
             progress(n_q)
         return out_d, out_i
+    if not isinstance(vectors, ClusterLists):
+        vectors = ClusterLists.from_sorted(vectors, layout.offsets)
     kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe)
     with faiss_single_threaded():
         run_query_blocks(kernel.run, PROBE_BLOCK, queries, query_rows, query_cluster,
@@ -145,8 +202,8 @@ def probe_outside_cluster(
 class _ProbeKernel:
     """One block of queries against the sources of their probed clusters."""
 
-    def __init__(self, vectors, centroids, layout, positives, k, nprobe):
-        self.vectors = vectors
+    def __init__(self, lists, centroids, layout, positives, k, nprobe):
+        self.lists = lists
         self.centroids = centroids
         self.layout = layout
         self.positives = positives
@@ -206,7 +263,7 @@ class _ProbeKernel:
             rows = pair_row[bounds[c] : bounds[c + 1]]
             slots = pair_slot[bounds[c] : bounds[c + 1]]
             p0, p1 = np.searchsorted(pos_col, [lo, hi])
-            src = self.vectors[lo:hi]
+            src = self.lists.block(c)
             width = hi - lo
             step = max(1, SCORE_BUFFER // width)
             for r0 in range(0, rows.size, step):

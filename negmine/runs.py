@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import release_pages
 from .io import atomic_path, atomic_write_bytes
 
 __all__ = ["Checkpoints", "completed_run", "hash_arrays", "partial_dir"]
@@ -44,6 +45,7 @@ def hash_arrays(h: Any, arrays: dict[str, Any]) -> None:
         h.update(f"{name}:{a.dtype.str}:{list(a.shape)};".encode())
         for s in range(0, a.shape[0], _HASH_ROWS):
             h.update(np.ascontiguousarray(a[s : s + _HASH_ROWS]).data)
+            release_pages(a)
 
 
 def _file_sha256(path: Path) -> str:

@@ -110,7 +110,7 @@ def test_index_build_info_and_reuse(tmp_path, corpus):
     info = json.loads(_run("index", "info", str(idx_dir)).stdout)
     assert info["ntotal"] == 300 and info["factory"] == "Flat"
     listing = _run("index", "list", str(tmp_path)).stdout.splitlines()
-    assert len(listing) == 2 and listing[1].split()[:4] == ["idx", "Flat", "300", "12"]
+    assert len(listing) == 2 and listing[1].split()[:5] == ["idx", "flat", "Flat", "300", "12"]
     a = NegativeMiner(**corpus, n_neg=6, index=idx_dir).mine_all_negatives()
     b = NegativeMiner(**corpus, n_neg=6).mine_all_negatives()
     assert torch.equal(a["hard_negatives"], b["hard_negatives"])

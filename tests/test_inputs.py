@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,37 @@ def test_memmap_inputs(tmp_path, corpus):
     a = mine_negatives(**mm, n_neg=6)
     b = mine_negatives(**corpus, n_neg=6)
     assert torch.equal(a["hard_negatives"], b["hard_negatives"])
+
+
+def _rss_file_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_memory_mapped_inputs_release_their_pages(tmp_path):
+    from negmine._checks import check_embeddings, release_pages
+
+    a = np.random.default_rng(0).standard_normal((1 << 15, 512)).astype(np.float32)  # 64 MiB
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    before = _rss_file_kb()
+    assert float(m.sum(dtype=np.float64)) == pytest.approx(float(a.sum(dtype=np.float64)))
+    assert _rss_file_kb() - before > 48 * 1024  # reading mapped the pages in
+    release_pages(m[10:20])  # a view reaches its memmap
+    assert _rss_file_kb() - before < 8 * 1024
+    # A full check reads every row and leaves nothing mapped behind.
+    check_embeddings(m, "source_embeddings")
+    assert _rss_file_kb() - before < 8 * 1024
+    np.testing.assert_array_equal(m[-3:], a[-3:])  # still readable
+
+
+def test_copy_on_write_maps_keep_their_changes(tmp_path):
+    from negmine._checks import release_pages
+
+    np.save(tmp_path / "a.npy", np.zeros((1024, 8), dtype=np.float32))
+    m = np.load(tmp_path / "a.npy", mmap_mode="c")
+    m[5] = 7.0
+    release_pages(m)
+    assert (m[5] == 7.0).all()
