@@ -67,6 +67,16 @@ PAIR_BLOCK = 4096
 
 TIER_NAMES = {1: "in-cluster", 2: "adjacent", 3: "high-similarity", 4: "random"}
 
+#: The order in which the miner applies its filters (a candidate several of them
+#: reject counts for the first); the report lists them in it.
+FILTER_ORDER = (
+    "max_score",
+    "relative_margin",
+    "absolute_margin",
+    "near_duplicate_threshold",
+    "tier3_rank_window",
+)
+
 _INSTALL_HINT = "pip install 'negmine[plot]'"
 
 
@@ -524,7 +534,9 @@ def build_report(
     filters: dict[str, dict[str, Any]] = {}
     raw = stats.get("filters")
     if isinstance(raw, Mapping):
-        for name, f in raw.items():
+        order = {name: i for i, name in enumerate(FILTER_ORDER)}
+        for name in sorted(raw, key=lambda n: (order.get(n, len(order)), str(n))):
+            f = raw[name]
             if not isinstance(f, Mapping):
                 continue
             removed = f.get("removed") if isinstance(f.get("removed"), Mapping) else {}
@@ -662,6 +674,7 @@ def format_report(report: Report) -> str:
     else:
         lines.append("filters: none recorded in the manifest")
     sf = {k: v for k, v in report.shortfalls.items() if v}
+    lines.append("")
     lines.append(f"shortfalls moved along the fallback: {sf or 'none'}")
     return "\n".join(lines)
 
@@ -762,20 +775,24 @@ def _panel(
             drawn += 1
             means_only += 1
     for x, text in lines:
-        ax.axvline(x, color="black", linewidth=1.2, linestyle="-.", label=text, zorder=5)
+        reference_line = text.startswith("as similar")
+        ax.axvline(x, color="#888888" if reference_line else "black", linewidth=1.2,
+                   linestyle=":" if reference_line else "-.", label=text, zorder=5)  # fmt: skip
+    xs = [x for x, _ in lines]
+    ax.set_xlim(min([edges[0], *(x - 0.03 for x in xs)]), max([edges[-1], *(x + 0.03 for x in xs)]))
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.grid(True, alpha=0.3)
     if drawn:
-        ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
+        # Below the axes, so it never hides a curve.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+                  frameon=False)  # fmt: skip
     if means_only == drawn and drawn:
-        ax.set_xlim(edges[0], edges[-1])
         ax.set_yticks([])
         ax.text(0.5, 0.04, "no distribution recorded: pass --data DATA_DIR", ha="center",
                 transform=ax.transAxes, fontsize=9, color="#555555")  # fmt: skip
     if not drawn:
-        ax.set_xlim(edges[0], edges[-1])
         ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes,
                 fontsize=10, color="#555555", wrap=True)  # fmt: skip
         ax.set_yticks([])
@@ -816,7 +833,7 @@ def plot_report(report: Report, path: str | os.PathLike[str]) -> Path:
     from .io import atomic_path
 
     Figure, FigureCanvasAgg = _matplotlib()
-    fig = Figure(figsize=(18, 5.6), dpi=110, layout="constrained")
+    fig = Figure(figsize=(18, 6.4), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     need = "not available: pass --data DATA_DIR"

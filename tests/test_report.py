@@ -334,6 +334,7 @@ def test_new_manifest_summaries_histograms_and_filters(mined, corpus, tmp_path):
     stats["positive_cosine"] = {**summarize(qp), "hist": _hist(qp)}
     stats["filters"] = {
         "max_score": {"value": 0.9, "removed": {"1": 0, "2": 1, "3": 17, "4": 0}, "shortfall": 3},
+        "relative_margin": {"value": 0.05, "removed": {"3": 9}},
         "near_duplicate_threshold": {
             "value": 0.95, "removed": {"1": 4, "2": 0, "3": 2, "4": 0}, "shortfall": 0,
         },
@@ -352,6 +353,9 @@ def test_new_manifest_summaries_histograms_and_filters(mined, corpus, tmp_path):
     filt = _table(proc.stdout, "candidates removed by each filter", LABEL_WIDTH + 4)
     assert filt["max_score"] == ["0.9", "0", "1", "17", "0", "3"]
     assert filt["near_duplicate_threshold"] == ["0.95", "4", "0", "2", "0", "0"]
+    assert filt["relative_margin"] == ["0.05", "-", "-", "9", "-", "-"]
+    # In the order the miner applies them, not the manifest's alphabetical one.
+    assert list(filt) == ["max_score", "relative_margin", "near_duplicate_threshold"]
     assert _png_size(tmp_path / "out-report.png")[0] > 0
 
     rep = build_report(out)
