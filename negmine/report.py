@@ -368,8 +368,20 @@ def _check_data(
         _mismatch(f"pair_indices of shape {list(pairs.shape)}, not [P, 2]")
     if pairs.shape[0] != ids.shape[0]:
         _mismatch(f"{pairs.shape[0]} pairs, while OUT_DIR holds {ids.shape[0]} rows of negatives")
-    check_ids(pairs[:, 0], "pair_indices[:, 0]", ndim=1, upper=n_q, upper_what="Q")
-    check_ids(pairs[:, 1], "pair_indices[:, 1]", ndim=1, upper=n_s, upper_what="S")
+    check_ids(
+        pairs[:, 0],
+        "pair_indices[:, 0]",
+        ndim=1,
+        upper=n_q,
+        upper_what="Q = len(question_embeddings)",
+    )
+    check_ids(
+        pairs[:, 1],
+        "pair_indices[:, 1]",
+        ndim=1,
+        upper=n_s,
+        upper_what="S = len(source_embeddings)",
+    )
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n_s):
         _mismatch(
             f"S = {n_s} sources, while hard_negatives.pt holds ids in "
