@@ -164,6 +164,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adjacent-k", type=int, default=None, help="default: from the manifest")
 
     p = sub.add_parser(
+        "report", parents=[common], help="per-tier counts and similarity distributions of a run",
+        description="Print per-tier counts, fallbacks, similarity summaries and what each filter "
+        "removed, and draw the similarity distributions to a PNG (needs negmine[plot]).",
+    )  # fmt: skip
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--data", type=Path, default=None, metavar="DATA_DIR",
+                   help="recompute the cosines from the inputs OUT_DIR was mined from")  # fmt: skip
+    p.add_argument("--png", type=Path, default=None, metavar="PATH",
+                   help="figure file (default: OUT_DIR-report.png beside OUT_DIR)")  # fmt: skip
+    p.add_argument("--no-png", action="store_true", help="print the tables only")
+
+    p = sub.add_parser(
         "demo", parents=[common], help="generate a clustered corpus, mine, validate, summarise"
     )
     p.add_argument("--sources", type=int, default=30000)
@@ -353,6 +365,30 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from .report import PlotUnavailable, build_report, default_png_path, format_report, plot_report
+
+    png = args.png if args.png is not None else default_png_path(args.out_dir)
+    inside = os.path.commonpath([os.path.abspath(png), os.path.abspath(args.out_dir)])
+    if not args.no_png and inside == os.path.abspath(args.out_dir):
+        raise ValueError(
+            f"`--png` must lie outside OUT_DIR, which negmine replaces whole; got '{png}'."
+        )
+    report = build_report(args.out_dir, data=args.data)
+    print(format_report(report))
+    if args.no_png:
+        return 0
+    try:
+        plot_report(report, png)
+    except PlotUnavailable as e:
+        print(f"negmine report: {e}", file=sys.stderr)
+        return 2 if args.png is not None else 0
+    print(f"figure: {png}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .synth import make_corpus
 
@@ -496,6 +532,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "mine": _cmd_mine,
     "validate": _cmd_validate,
+    "report": _cmd_report,
     "demo": _cmd_demo,
     "bench": _cmd_bench,
     "index": _cmd_index,
