@@ -717,7 +717,17 @@ class SourceIndex:
                 return raw.view(np.float16).reshape(n, d).astype(np.float32)
             return ivf.sq.decode(raw.reshape(n, code_size))
 
-        return ClusterLists(block, offsets, d)
+        def rows(c: int, i: np.ndarray) -> np.ndarray:
+            n = int(offsets[c + 1] - offsets[c])
+            raw = faiss.rev_swig_ptr(lists.get_codes(c), n * code_size).reshape(n, code_size)
+            picked = raw[i]  # a fresh (aligned) array of the chosen codes only
+            if codec == "Flat":
+                return picked.view(np.float32)
+            if codec == "SQfp16":
+                return picked.view(np.float16).astype(np.float32)
+            return ivf.sq.decode(picked)
+
+        return ClusterLists(block, offsets, d, rows)
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set FAISS search parameters of this index for the next searches.

@@ -49,12 +49,22 @@ class ClusterLists:
         Layout offsets of the clusters.
     d : int
         Embedding width.
+    rows : callable ``(c, i int64 [m]) -> float32 [m, d]``, optional
+        Rows ``i`` of cluster ``c`` (positions within the cluster), without
+        materialising the whole block. Default: ``block(c)[i]``.
     """
 
-    def __init__(self, block: Callable[[int], np.ndarray], offsets: np.ndarray, d: int):
+    def __init__(
+        self,
+        block: Callable[[int], np.ndarray],
+        offsets: np.ndarray,
+        d: int,
+        rows: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    ):
         self.block = block
         self.offsets = offsets
         self.d = int(d)
+        self.rows = rows if rows is not None else (lambda c, i: block(c)[i])
 
     @classmethod
     def from_sorted(cls, vectors: np.ndarray, offsets: np.ndarray) -> ClusterLists:
@@ -82,7 +92,7 @@ class ClusterLists:
         bounds = np.searchsorted(cl[by_c], np.arange(self.offsets.size))
         for c in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
             sel = by_c[bounds[c] : bounds[c + 1]]
-            out[sel] = self.block(c)[positions[sel] - self.offsets[c]]
+            out[sel] = self.rows(c, positions[sel] - self.offsets[c])
         return out
 
 
