@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from ._checks import check_embeddings, check_ids, fail, normalized_float32
+from .config import FILTER_NAMES, TIER_NAMES
+from .stats import HIST_EDGES, SUMMARY_KEYS, summarize
 
 __all__ = [
     "HIST_EDGES",
@@ -51,13 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Keys of a distribution summary, in display order.
-SUMMARY_KEYS: tuple[str, ...] = ("mean", "min", "q05", "q25", "q50", "q75", "q95", "max")
-_QUANTILES = {"q05": 0.05, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q95": 0.95}
-
-#: Bin edges of the histograms a manifest records: 40 bins over [-1, 1].
-HIST_EDGES = np.linspace(-1.0, 1.0, 41)
-
 #: Largest difference between ``negative_scores.pt`` and the cosines recomputed
 #: from a dataset directory for the two to count as the same run.
 SCORE_TOLERANCE = 1e-3
@@ -65,17 +60,9 @@ SCORE_TOLERANCE = 1e-3
 #: Pairs per block when recomputing cosines from embeddings.
 PAIR_BLOCK = 4096
 
-TIER_NAMES = {1: "in-cluster", 2: "adjacent", 3: "high-similarity", 4: "random"}
-
 #: The order in which the miner applies its filters (a candidate several of them
 #: reject counts for the first); the report lists them in it.
-FILTER_ORDER = (
-    "max_score",
-    "relative_margin",
-    "absolute_margin",
-    "near_duplicate_threshold",
-    "tier3_rank_window",
-)
+FILTER_ORDER = FILTER_NAMES
 
 _INSTALL_HINT = "pip install 'negmine[plot]'"
 
@@ -87,31 +74,6 @@ class PlotUnavailable(ImportError):
 # --------------------------------------------------------------------------
 # distributions
 # --------------------------------------------------------------------------
-
-
-def summarize(values: np.ndarray) -> dict[str, float | None]:
-    """Mean, extremes and quantiles of ``values``.
-
-    Parameters
-    ----------
-    values : array-like of float
-        Any shape; flattened.
-
-    Returns
-    -------
-    dict
-        :data:`SUMMARY_KEYS` to floats, computed in float64; quantiles use
-        numpy's default (linear) interpolation. Every value is ``None`` when
-        ``values`` is empty.
-    """
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    if v.size == 0:
-        return dict.fromkeys(SUMMARY_KEYS)
-    qs = np.quantile(v, list(_QUANTILES.values()))
-    out: dict[str, float | None] = {"mean": float(v.mean()), "min": float(v.min())}
-    out.update({k: float(q) for k, q in zip(_QUANTILES, qs, strict=True)})
-    out["max"] = float(v.max())
-    return out
 
 
 @dataclass
