@@ -53,6 +53,20 @@ def bare_product_seconds(queries: np.ndarray, sources: np.ndarray) -> float:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident set size, in MiB.
+
+    Read from ``VmHWM`` in ``/proc/self/status`` where it exists: ``ru_maxrss``
+    of a child started by ``vfork`` + ``exec`` (as :mod:`subprocess` does) also
+    carries its parent's peak, since the parent's memory was the child's until
+    the exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:  # pragma: no cover - not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
