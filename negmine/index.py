@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ._checks import check_embeddings, fail, normalized_float32, release_pages
+from ._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
 from ._fs import fsync_dir, install_dir
 
 __all__ = [
@@ -1124,7 +1124,7 @@ def _build_clusters(
     buf = np.empty((min(n, _FP_CHUNK), d), dtype=np.float32)
     for s in range(0, n, _FP_CHUNK):
         rows = order[s : s + _FP_CHUNK]
-        x = normalized_float32(src[np.sort(rows)], out=buf[: rows.size])
+        x = normalized_float32(take_rows(src, np.sort(rows)), out=buf[: rows.size])
         # src[sorted rows] keeps reads sequential; put them back in list order.
         x = x[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]
         add_preassigned(index, x, scl[rows], rows)

@@ -24,7 +24,7 @@ from ._checks import (
     check_ids,
     fail,
     normalized_float32,
-    release_pages,
+    take_rows,
 )
 from .assemble import (
     COUNTER_KEYS,
@@ -310,8 +310,7 @@ class NegativeMiner:
             step = 65536
             for a in range(0, order.size, step):
                 rows = order[a : a + step]
-                normalized_float32(self._raw_sources[rows], out=out[a : a + rows.size])
-                release_pages(self._raw_sources)
+                normalized_float32(take_rows(self._raw_sources, rows), out=out[a : a + rows.size])
             self._sorted = out
         return self._sorted
 
@@ -712,9 +711,7 @@ class NegativeMiner:
     def _question_vectors(self, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised vectors of the distinct ``questions`` and each entry's row in them."""
         uq, inv = np.unique(questions, return_inverse=True)
-        out = normalized_float32(self._raw_questions[uq])
-        release_pages(self._raw_questions)
-        return out, inv
+        return normalized_float32(take_rows(self._raw_questions, uq)), inv
 
     def _search_tier3(
         self, index: SourceIndex | None, qvec: np.ndarray, rows: np.ndarray,
@@ -779,8 +776,7 @@ class NegativeMiner:
         """Keep the ``k`` best of candidates ``ids`` [M, k'] by exact cosine to ``q`` [M, d]."""
         ok = ids >= 0
         uniq, at = np.unique(np.where(ok, ids, 0), return_inverse=True)
-        vec = normalized_float32(self._raw_sources[uniq])
-        release_pages(self._raw_sources)
+        vec = normalized_float32(take_rows(self._raw_sources, uniq))
         sc = np.einsum("md,mkd->mk", q, vec[at.reshape(ids.shape)])
         sc = np.where(ok, sc, -np.inf).astype(np.float32)
         id_key = np.where(ok, ids, np.iinfo(np.int64).max)
@@ -831,9 +827,7 @@ class NegativeMiner:
                 self._lists = index.cluster_lists(self.layout.offsets)
             return self._lists.take(self.layout.rank[ids], out=out)
         # Compressed or foreign index: exact vectors come from the embeddings.
-        normalized_float32(self._raw_sources[ids], out=out)
-        release_pages(self._raw_sources)
-        return out
+        return normalized_float32(take_rows(self._raw_sources, ids), out=out)
 
     def _positive_cosines(self, p0: int, p1: int) -> np.ndarray:
         """Cosine of each pair's question to its source, pairs ``p0:p1``, float32."""

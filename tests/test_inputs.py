@@ -233,3 +233,17 @@ def test_copy_on_write_maps_keep_their_changes(tmp_path):
     m[5] = 7.0
     release_pages(m)
     assert (m[5] == 7.0).all()
+
+
+def test_take_rows_gathers_exactly_and_leaves_nothing_mapped(tmp_path):
+    from negmine._checks import TAKE_STEP, take_rows
+
+    a = np.random.default_rng(1).standard_normal((1 << 14, 256)).astype(np.float32)  # 16 MiB
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    rows = np.random.default_rng(2).choice(a.shape[0], 3 * TAKE_STEP + 7, replace=False)
+    before = _rss_file_kb()
+    got = take_rows(m, rows)
+    assert _rss_file_kb() - before < 4 * 1024
+    np.testing.assert_array_equal(got, a[rows])
+    np.testing.assert_array_equal(take_rows(a, rows[:5]), a[rows[:5]])  # plain arrays too
