@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -259,7 +260,10 @@ class NegativeMiner:
         self._run_key: str | None = None
         self._workspace: np.ndarray | None = None
         self._recall: dict[str, Any] | None = None
-        self._cos = Cosines(self._gather_sources, d, self.positives)
+        # A weak reference: a bound method here would tie the miner into a cycle
+        # that keeps its arrays alive until the garbage collector runs.
+        gather = weakref.WeakMethod(self._gather_sources)
+        self._cos = Cosines(lambda ids, out: gather()(ids, out), d, self.positives)
         self._positive_scores: np.ndarray | None = None
         self._lists: Any = None
         self.last_stats: dict[str, Any] | None = None

@@ -248,3 +248,21 @@ def test_hard_rules_hold_on_random_corpora(
         adjacent_k=adjacent_k,
     )  # fmt: skip
     assert report.ok, report.errors
+
+
+def test_a_miner_is_freed_as_soon_as_it_is_dropped():
+    # No reference cycle: its arrays must not wait for the garbage collector,
+    # or several experiments in one process pile up memory.
+    import gc
+    import weakref
+
+    c = small_corpus(n_sources=200, n_clusters=5, n_questions=40, seed=3)
+    gc.disable()
+    try:
+        m = NegativeMiner(**c, n_neg=6, nprobe=2, recall_sample=10, near_duplicate_threshold=0.99)
+        m.mine_all_negatives()
+        ref = weakref.ref(m)
+        del m
+        assert ref() is None
+    finally:
+        gc.enable()
