@@ -236,18 +236,9 @@ def test_shortfall_accounting_of_sampled_tiers():
     cos_q = [0.8, 0, 0, 0, 0.3, 0.2, *np.linspace(0.5, -0.5, 12)]
     clusters = [0] * 6 + [1] * 6 + [2] * 6
     src, cent, qe, scl = _explicit(cos_q, clusters, {1: 0, 2: 0, 3: 0})
-    miner = NegativeMiner(
-        src,
-        qe,
-        cent,
-        np.array([[0, 0]]),
-        np.array([0]),
-        scl,
-        n_neg=8,
-        tier_proportions=[4, 2, 0, 2],
-        adjacent_k=1,
-        near_duplicate_threshold=0.95,
-    )
+    args = (src, qe, cent, np.array([[0, 0]]), np.array([0]), scl)
+    kw = {"n_neg": 8, "tier_proportions": [4, 2, 0, 2], "adjacent_k": 1}
+    miner = NegativeMiner(*args, **kw, near_duplicate_threshold=0.95)
     res = miner.mine_all_negatives()
     ids = res["hard_negatives"].numpy()[0]
     tiers = res["negative_tiers"].numpy()[0]
@@ -259,17 +250,7 @@ def test_shortfall_accounting_of_sampled_tiers():
     f = st["filters"]["near_duplicate_threshold"]
     assert f == {"value": 0.95, "removed": {"1": 3, "2": 0, "3": 0, "4": 0}, "shortfall": 2}
     # Without the filter the near copies fill tier 1 and nothing falls back.
-    plain = NegativeMiner(
-        src,
-        qe,
-        cent,
-        np.array([[0, 0]]),
-        np.array([0]),
-        scl,
-        n_neg=8,
-        tier_proportions=[4, 2, 0, 2],
-        adjacent_k=1,
-    )
+    plain = NegativeMiner(*args, **kw)
     plain.mine_all_negatives()
     assert plain.last_stats["tiers"]["1"]["fallback"] == 0
     assert plain.last_stats["filters"] == {}
