@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
+from ._checks import check_embeddings, fail, normalized_float32, release_pages
 from ._fs import fsync_dir, install_dir
 
 __all__ = [
@@ -41,10 +41,7 @@ __all__ = [
     "MANIFEST_NAME",
     "MMAP_FACTORIES",
     "SourceIndex",
-    "assignment_fingerprint",
-    "choose_spec",
     "fingerprint",
-    "parse_bytes",
     "read_manifest",
 ]
 
@@ -550,6 +547,8 @@ class SourceIndex:
         if kind is None:
             fail("spec", "be a string ('flat', 'clusters', 'auto' or a FAISS factory string)",
                  repr(spec), exc=TypeError)  # fmt: skip
+        from .specs import build_clusters, choose_spec, parse_bytes
+
         has_clusters = source_cluster_ids is not None and centroid_embeddings is not None
         auto = None
         if kind == "auto":
@@ -562,7 +561,7 @@ class SourceIndex:
             spec_used = spec
         extra: dict[str, Any] = {}
         if kind.startswith("clusters"):
-            index, factory, extra = _build_clusters(src, kind, source_cluster_ids,
+            index, factory, extra = build_clusters(src, kind, source_cluster_ids,
                                                     centroid_embeddings)  # fmt: skip
             fp = fingerprint(src)
         else:
@@ -649,6 +648,8 @@ class SourceIndex:
             the centroids or the lists' contents differ from those in use.
         """
         import faiss
+
+        from .specs import assignment_fingerprint
 
         info = self.manifest["clusters"]
         n_c = centroids.shape[0]
@@ -992,154 +993,6 @@ class SourceIndex:
                 "Rebuild the index.",
             )
         return cls(index, manifest, mmapped=mmap)
-
-
-# --------------------------------------------------------------------------
-# specs: auto, clusters
-# --------------------------------------------------------------------------
-
-#: Below this many sources "auto" keeps exact search: one blocked matrix
-#: product over them costs about as much as building an index would save.
-AUTO_FLAT_MAX = 100_000
-
-_CODECS = {"flat": ("Flat", 4), "fp16": ("SQfp16", 2), "sq8": ("SQ8", 1)}
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_bytes(value: int | str | None, name: str = "memory_budget") -> int:
-    """Bytes from an int or a string such as ``"8G"``, ``"512M"`` or ``"2.5GiB"``.
-
-    ``None`` gives half the machine's physical memory.
-    """
-    if value is None:
-        try:
-            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
-        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-            return 8 * 2**30
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        if value <= 0:
-            fail(name, "be a positive number of bytes", repr(value))
-        return int(value)
-    text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
-    unit = text[-1:] if text[-1:] in _UNITS else ""
-    try:
-        number = float(text[: len(text) - len(unit)])
-    except ValueError:
-        number = -1.0
-    if not number > 0 or number == float("inf"):
-        fail(name, "be a size such as 8G, 512M or a number of bytes", repr(value))
-    return int(number * _UNITS[unit])
-
-
-def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, str]:
-    """The ``"auto"`` choice for ``n`` sources of width ``d`` and why.
-
-    Follows FAISS's guidelines for choosing an index: exact (``Flat``) while
-    the corpus is small; above that an inverted file, with the storage of the
-    vectors chosen by the memory they may take: float32 if it fits the
-    budget, then fp16 (half), then 8-bit scalar quantisation (a quarter).
-    When the clusters are known, the inverted lists are the clusters
-    themselves (``"clusters"``): tier 3 must skip the pair's own cluster, and
-    generic lists crowd around it. Without clusters, ``IVF<K>`` with ``K``
-    about ``8 sqrt(n)`` (the guidelines give 4 to 16 ``sqrt(n)``), with an
-    HNSW coarse quantizer from a million sources on.
-
-    Returns
-    -------
-    spec : str
-    reason : str
-    """
-    flat_bytes = n * d * 4
-    if n <= AUTO_FLAT_MAX and flat_bytes <= budget:
-        return "flat", (
-            f"{n} sources <= {AUTO_FLAT_MAX}: exact search over them is cheap and "
-            f"its {flat_bytes / 2**20:.0f} MiB fit the budget of {budget / 2**20:.0f} MiB"
-        )
-    codec, why = "sq8", "not even 8-bit codes fit; chose the smallest"
-    for name, (_, width) in _CODECS.items():
-        if n * d * width * 1.05 <= budget:
-            codec = name
-            why = f"{width}-byte values ({n * d * width / 2**20:.0f} MiB) fit the budget"
-            break
-    size = f"{n} sources > {AUTO_FLAT_MAX}" if n > AUTO_FLAT_MAX else "float32 over budget"
-    if has_clusters:
-        spec = "clusters" if codec == "flat" else f"clusters,{codec}"
-        return spec, (
-            f"{size}; clusters given, so the lists are the clusters (tier 3 skips "
-            f"the own cluster by construction); {why} of {budget / 2**20:.0f} MiB"
-        )
-    k = 1 << max(4, round(float(np.log2(8 * np.sqrt(n)))))
-    k = min(k, max(1, n // 39))  # FAISS wants >= 39 training points per list
-    quant = f"IVF{k}_HNSW32" if n >= 1_000_000 else f"IVF{k}"
-    return f"{quant},{_CODECS[codec][0]}", (
-        f"{size}; no clusters given: IVF with K={k} lists (about 8 sqrt(n)); "
-        f"{why} of {budget / 2**20:.0f} MiB"
-    )
-
-
-def assignment_fingerprint(source_cluster_ids: np.ndarray, n_clusters: int) -> str:
-    """sha256 of the cluster of each source (int64) and the number of clusters."""
-    h = hashlib.sha256(f"negmine-clusters:{n_clusters}:".encode())
-    h.update(np.ascontiguousarray(source_cluster_ids, dtype=np.int64).data)
-    return "sha256:" + h.hexdigest()
-
-
-def _build_clusters(
-    src: np.ndarray, kind: str, source_cluster_ids: Any, centroid_embeddings: Any
-) -> tuple[Any, str, dict[str, Any]]:
-    """A FAISS IVF index whose lists are the given clusters (see ``build``)."""
-    import faiss
-
-    from ._checks import check_ids
-
-    n, d = src.shape
-    codec = kind.split(",", 1)[1].strip() if "," in kind else "flat"
-    if codec not in _CODECS:
-        fail("spec", "be 'clusters', 'clusters,SQ8' or 'clusters,fp16'", repr(kind))
-    if source_cluster_ids is None or centroid_embeddings is None:
-        fail("source_cluster_ids", "be given with `centroid_embeddings` for spec 'clusters'",
-             "None", "Pass the k-means labels and centroids (CLI: --data DIR).")  # fmt: skip
-    cen = normalized_float32(check_embeddings(centroid_embeddings, "centroid_embeddings", d,
-                                              "source_embeddings"))  # fmt: skip
-    n_c = cen.shape[0]
-    scl = check_ids(source_cluster_ids, "source_cluster_ids", ndim=1, upper=n_c,
-                    upper_what="C = len(centroid_embeddings)")  # fmt: skip
-    if scl.shape[0] != n:
-        fail("source_cluster_ids", f"have one entry per source (S = {n})", f"length {scl.shape[0]}")
-    quantizer = faiss.IndexFlatIP(d)
-    quantizer.add(cen)
-    ip = faiss.METRIC_INNER_PRODUCT
-    if codec == "flat":
-        index = faiss.IndexIVFFlat(quantizer, d, n_c, ip)
-    else:
-        qt = faiss.ScalarQuantizer.QT_8bit if codec == "sq8" else faiss.ScalarQuantizer.QT_fp16
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, n_c, qt, ip, False)
-    if not index.is_trained:  # the scalar quantizer's ranges; the lists are fixed
-        rng = np.random.default_rng(0)
-        take = np.sort(rng.choice(n, size=min(n, 65536), replace=False))
-        index.train(normalized_float32(src[take]))
-    order = np.argsort(scl, kind="stable")
-    from faiss.contrib.ivf_tools import add_preassigned
-
-    buf = np.empty((min(n, _FP_CHUNK), d), dtype=np.float32)
-    for s in range(0, n, _FP_CHUNK):
-        rows = order[s : s + _FP_CHUNK]
-        x = normalized_float32(take_rows(src, np.sort(rows)), out=buf[: rows.size])
-        # src[sorted rows] keeps reads sequential; put them back in list order.
-        x = x[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]
-        add_preassigned(index, x, scl[rows], rows)
-        release_pages(src)
-    factory = f"IVF{n_c},{_CODECS[codec][0]}"
-    extra = {
-        "clusters": {
-            "n_clusters": int(n_c),
-            "codec": _CODECS[codec][0],
-            "assignment": assignment_fingerprint(scl, n_c),
-            "centroids": fingerprint(cen),
-            "list_order": "ascending source id within each cluster",
-        }
-    }
-    return index, factory, extra
 
 
 def _versions() -> dict[str, str]:

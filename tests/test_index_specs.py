@@ -8,7 +8,8 @@ import pytest
 from reference import check_rows, small_corpus, tier3_reference
 
 from negmine import NegativeMiner
-from negmine.index import SourceIndex, choose_spec, parse_bytes
+from negmine.index import SourceIndex
+from negmine.specs import choose_spec, parse_bytes
 from negmine.synth import make_corpus
 
 MINE = {"n_neg": 6, "tier_proportions": [1, 1, 3, 1], "adjacent_k": 2, "random_seed": 3}
@@ -210,14 +211,14 @@ def test_auto_records_its_choice(corpus):
     assert "exact search" in idx.manifest["auto"]["reason"]
     big = make_corpus(3000, 12, 100, 16, seed=2)
     # A tiny budget forces an inverted file of compressed lists.
-    import negmine.index as index_mod
+    import negmine.specs as specs_mod
 
-    old = index_mod.AUTO_FLAT_MAX
-    index_mod.AUTO_FLAT_MAX = 1000
+    old = specs_mod.AUTO_FLAT_MAX
+    specs_mod.AUTO_FLAT_MAX = 1000
     try:
         idx = _build(big, "auto", memory_budget=3000 * 16 * 2)
     finally:
-        index_mod.AUTO_FLAT_MAX = old
+        specs_mod.AUTO_FLAT_MAX = old
     assert idx.manifest["auto"]["chose"] == "clusters,sq8"
     assert idx.manifest["factory"] == "IVF12,SQ8"
     res = NegativeMiner(*_args(big), index=idx, **MINE).mine_all_negatives()
