@@ -254,6 +254,11 @@ class NegativeMiner:
         self.recall_sample = int(recall_sample)
         self.ef_search = None if ef_search is None else int(ef_search)
         self.rerank = None if rerank is None else int(rerank)
+        if index is None:
+            for name, v in (("ef_search", self.ef_search), ("rerank", self.rerank)):
+                if v is not None:
+                    fail(name, "come with an approximate `index`", v,
+                         "Without an index the vectors searched are exact; drop it.")  # fmt: skip
         self._centroids = normalized_float32(cen)
         self.index: SourceIndex | None = None
         self._sorted: np.ndarray | None = None

@@ -199,6 +199,13 @@ def test_clusters_spec_needs_the_clusters(corpus):
         _build(corpus, "clusters,PQ4")
 
 
+@pytest.mark.parametrize("kw", [{"ef_search": 8}, {"rerank": 2}, {"nprobe": 2, "rerank": 2}])
+def test_index_settings_without_an_index_are_refused(corpus, kw):
+    name = next(k for k in kw if k != "nprobe")
+    with pytest.raises(ValueError, match=f"`{name}` must come with an approximate `index`"):
+        NegativeMiner(*_args(corpus), **kw, **MINE)
+
+
 def test_ef_search_on_an_ivf_index_is_refused(corpus):
     idx = SourceIndex.build(corpus["source_embeddings"], "IVF8,Flat")
     with pytest.raises(ValueError, match="ef_search"):
