@@ -160,34 +160,31 @@ def release_pages(a: Any) -> None:
     """
     import mmap
 
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
+    mm = _file_map(a)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def _file_map(a: Any) -> Any:
+    """The shared :class:`mmap.mmap` behind a memory-mapped array (or a view of
+    one), or None. Copy-on-write maps (mode ``"c"``) count as None: dropping
+    their pages would lose their private changes."""
+    import mmap
+
     m = a
     for _ in range(8):  # a view's chain of bases leads to the memmap
         if isinstance(m, np.memmap):
-            break
+            mm = getattr(m, "_mmap", None)
+            ok = isinstance(mm, mmap.mmap) and getattr(m, "mode", "c") != "c"
+            return mm if ok else None
         m = getattr(m, "base", None)
-    else:
-        return
-    mm = getattr(m, "_mmap", None)
-    # A copy-on-write map ("c") would lose its private changes: leave it alone.
-    if isinstance(mm, mmap.mmap) and getattr(m, "mode", "c") != "c":
-        mm.madvise(mmap.MADV_DONTNEED)
+        if m is None:
+            return None
+    return None
 
 
 #: Rows gathered through a file mapping between two page releases.
 TAKE_STEP = 256
-
-
-def _is_mapped(a: Any) -> bool:
-    m = a
-    for _ in range(8):
-        if isinstance(m, np.memmap):
-            return getattr(m, "_mmap", None) is not None and getattr(m, "mode", "c") != "c"
-        m = getattr(m, "base", None)
-        if m is None:
-            return False
-    return False
 
 
 def take_rows(a: Any, rows: np.ndarray) -> np.ndarray:
@@ -209,7 +206,7 @@ def take_rows(a: Any, rows: np.ndarray) -> np.ndarray:
     -------
     numpy.ndarray [m, ...]
     """
-    if not _is_mapped(a) or len(rows) <= TAKE_STEP:
+    if _file_map(a) is None or len(rows) <= TAKE_STEP:
         out = np.asarray(a[rows])
         release_pages(a)
         return out

@@ -759,8 +759,7 @@ class NegativeMiner:
         r = self._rerank(index) or 1
         kk = k * r
         if index.is_clusters:
-            if self._lists is None:
-                self._lists = index.cluster_lists(self.layout.offsets)
+            self._lists = self._lists or index.cluster_lists(self.layout.offsets)
             d, i = probe_outside_cluster(
                 self._lists, self._centroids, *args, kk, nprobe=self._nprobe(index)
             )
@@ -776,8 +775,7 @@ class NegativeMiner:
         from .probe import ClusterLists
 
         if index is not None and index.is_clusters and _codec(index) == "Flat":
-            if self._lists is None:
-                self._lists = index.cluster_lists(self.layout.offsets)
+            self._lists = self._lists or index.cluster_lists(self.layout.offsets)
             return self._lists
         return ClusterLists.from_sorted(self._sorted_sources(), self.layout.offsets)
 
@@ -832,8 +830,7 @@ class NegativeMiner:
         if index is not None and index.is_exact:
             return np.take(index.vectors(), ids, axis=0, out=out)
         if index is not None and index.is_clusters and _codec(index) == "Flat":
-            if self._lists is None:
-                self._lists = index.cluster_lists(self.layout.offsets)
+            self._lists = self._lists or index.cluster_lists(self.layout.offsets)
             return self._lists.take(self.layout.rank[ids], out=out)
         # Compressed or foreign index: exact vectors come from the embeddings.
         return normalized_float32(take_rows(self._raw_sources, ids), out=out)
