@@ -998,6 +998,6 @@ class SourceIndex:
 def _versions() -> dict[str, str]:
     import faiss
 
-    from . import __version__
+    from ._version import __version__
 
     return {"negmine": __version__, "faiss": faiss.__version__, "numpy": np.__version__}

@@ -878,7 +878,7 @@ class NegativeMiner:
         """
         import hashlib
 
-        from . import __version__
+        from ._version import __version__
         from .runs import hash_arrays
 
         h = hashlib.sha256(f"negmine-run:{__version__}:".encode())
@@ -971,7 +971,7 @@ class NegativeMiner:
         """What a mining output directory records about this run."""
         import faiss
 
-        from . import __version__
+        from ._version import __version__
 
         return {
             "format": "negmine-output",

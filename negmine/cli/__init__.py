@@ -134,6 +134,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+#: Commands that live in modules of this package; each module has
+#: ``register(sub, common)``, which adds its parser and sets ``func`` (the
+#: command: ``args -> exit code``) as a parser default.
+_COMMAND_MODULES = ("prepare", "export")
+
+
+def _register_command_modules(sub: Any, common: argparse.ArgumentParser) -> None:
+    import importlib
+    import importlib.util
+
+    for name in _COMMAND_MODULES:
+        if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            importlib.import_module(f"{__name__}.{name}").register(sub, common)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="negmine", description="Mine tiered hard negatives for retrieval training."
@@ -245,6 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ls = isub.add_parser("list", parents=[common], help="list the indexes in a store")
     ls.add_argument("store", type=Path, nargs="?", default=Path("indexes"),
                     help="store directory (default: indexes)")  # fmt: skip
+    _register_command_modules(sub, common)
     return parser
 
 
@@ -288,7 +304,7 @@ def _print_stats(stats: dict[str, Any], seconds: float) -> None:
 
 
 def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) -> dict[str, Any]:
-    from .miner import NegativeMiner
+    from ..miner import NegativeMiner
 
     miner = NegativeMiner(
         **arrays,
@@ -322,7 +338,7 @@ def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) ->
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
+    from ..datasets import load_dataset
 
     ds = load_dataset(args.data_dir)
     for note in ds.notes:
@@ -334,9 +350,9 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
-    from .io import load_outputs
-    from .validate import validate_negatives
+    from ..datasets import load_dataset
+    from ..io import load_outputs
+    from ..validate import validate_negatives
 
     outputs = load_outputs(args.out_dir)
     manifest = outputs["manifest"]
@@ -368,7 +384,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import os
 
-    from .report import PlotUnavailable, build_report, default_png_path, format_report, plot_report
+    from ..report import PlotUnavailable, build_report, default_png_path, format_report, plot_report
 
     png = args.png if args.png is not None else default_png_path(args.out_dir)
     inside = os.path.commonpath([os.path.abspath(png), os.path.abspath(args.out_dir)])
@@ -390,7 +406,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .synth import make_corpus
+    from ..synth import make_corpus
 
     t0 = time.perf_counter()
     corpus = make_corpus(args.sources, args.clusters, args.pairs, args.dim, seed=args.seed)
@@ -415,7 +431,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run, run_store
+    from ..bench import run, run_store
 
     nprobes = [int(x) for x in args.nprobe.split(",") if x.strip()]
     if args.store:
@@ -424,7 +440,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]
         results = run(names, tiers_pairs=args.tiers_pairs, nprobes=nprobes)
     if args.json is not None:
-        from .io import atomic_write_json
+        from ..io import atomic_write_json
 
         atomic_write_json(args.json, results)
     return 0
@@ -434,13 +450,13 @@ def _load_matrix(path: Path) -> Any:
     import numpy as np
 
     if path.is_dir():
-        from .datasets import load_dataset
+        from ..datasets import load_dataset
 
         return load_dataset(path).arrays["source_embeddings"]
     if path.suffix == ".npy":
         return np.load(path, mmap_mode="r", allow_pickle=False)
     if path.suffix == ".pt":
-        from .io import load_pt_tensor
+        from ..io import load_pt_tensor
 
         return load_pt_tensor(path)
     raise ValueError(f"`SOURCES` must be a .npy or .pt file or a data directory; got '{path}'.")
@@ -451,7 +467,7 @@ def _index_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     scl = _load_matrix(args.clusters) if args.clusters else None
     cen = _load_matrix(args.centroids) if args.centroids else None
     if args.sources.is_dir():
-        from .datasets import load_dataset
+        from ..datasets import load_dataset
 
         arrays = load_dataset(args.sources).arrays
         src = arrays["source_embeddings"]
@@ -468,8 +484,8 @@ def _index_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _index_check(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
-    from .miner import NegativeMiner
+    from ..datasets import load_dataset
+    from ..miner import NegativeMiner
 
     ds = load_dataset(args.data)
     miner = NegativeMiner(**ds.arrays, n_neg=max(args.k, 1), tier_proportions=[0, 0, 1, 0],
@@ -489,7 +505,7 @@ def _index_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from .index import SourceIndex, read_manifest
+    from ..index import SourceIndex, read_manifest
 
     if args.index_command == "build":
         t0 = time.perf_counter()
@@ -544,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from .._version import __version__
 
         print(__version__)
         return 0
@@ -556,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, flag, False)
     _setup_logging(args)
     try:
-        return _COMMANDS[args.command](args)
+        func = getattr(args, "func", None) or _COMMANDS[args.command]
+        return func(args)
     except (ValueError, TypeError, ArithmeticError, OSError) as e:
         if args.debug:
             raise
