@@ -19,7 +19,7 @@ from negmine.io import load_outputs
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "negmine.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "negmine", *args], capture_output=True, text=True, check=False
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
