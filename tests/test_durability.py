@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 
 
 def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "negmine.cli", "mine", str(data), "--out", str(out),
+    return [sys.executable, "-m", "negmine", "mine", str(data), "--out", str(out),
             "--n-neg", "8", "--quiet", *extra]  # fmt: skip
 
 
@@ -170,7 +170,7 @@ def test_damaged_checkpoint_is_recomputed(data, reference, tmp_path):
 def test_concurrent_miners_share_one_index_directory(data, tmp_path):
     idx = tmp_path / "idx"
     subprocess.run(
-        [sys.executable, "-m", "negmine.cli", "index", "build", str(data), "--out", str(idx),
+        [sys.executable, "-m", "negmine", "index", "build", str(data), "--out", str(idx),
          "--quiet"],
         env=_env(), check=True, capture_output=True,
     )  # fmt: skip

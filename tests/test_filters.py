@@ -524,7 +524,7 @@ def test_bad_values_are_refused_clearly(kw, exc, pattern):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "negmine.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "negmine", *args], capture_output=True, text=True, check=False
     )
 
 

@@ -263,7 +263,7 @@ def _cli(*args: str, check: bool = True):
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "negmine.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "negmine", *args], capture_output=True, text=True, check=False
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

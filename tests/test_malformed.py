@@ -935,7 +935,7 @@ def test_validator_context_variants_give_the_plain_report(mmap_dir, data):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "negmine.cli", *args],
+        [sys.executable, "-m", "negmine", *args],
         capture_output=True,
         text=True,
         check=False,

@@ -43,7 +43,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _run(*args: str, code: str | None = None, cwd: Path | None = None):
-    head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "negmine.cli"]
+    head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "negmine"]
     return subprocess.run([*head, *args], capture_output=True, text=True, check=False, cwd=cwd)
 
 
