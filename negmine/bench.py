@@ -337,11 +337,16 @@ def run_store(
 
 
 def _spawn(arg: str) -> dict[str, Any]:
+    return _spawn_module("negmine.bench", arg)
+
+
+def _spawn_module(module: str, arg: str) -> dict[str, Any]:
+    """Run ``python -m module arg`` without the BLAS-pinning variables; its last line's JSON."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "negmine.bench", arg],
+        [sys.executable, "-m", module, arg],
         env=env,
         capture_output=True,
         text=True,

@@ -11,7 +11,15 @@ import numpy as np
 
 from ._checks import fail
 
-__all__ = ["FILTER_NAMES", "TIER_NAMES", "TIER3_SAMPLING", "MiningConfig", "resolve_tier_counts"]
+__all__ = [
+    "EXECUTORS",
+    "FILTER_NAMES",
+    "RUNTIME_SETTINGS",
+    "TIER3_SAMPLING",
+    "TIER_NAMES",
+    "MiningConfig",
+    "resolve_tier_counts",
+]
 
 #: Tier label -> name.
 TIER_NAMES = {1: "in-cluster", 2: "adjacent", 3: "high-similarity", 4: "random"}
@@ -28,6 +36,12 @@ FILTER_NAMES = (
 
 #: How tier 3 picks its negatives from the rank window.
 TIER3_SAMPLING = ("top", "random")
+
+#: Where mining blocks run.
+EXECUTORS = ("local", "ray")
+
+#: Settings that decide where and in what steps the work runs, never its result.
+RUNTIME_SETTINGS = ("executor", "ray_address", "batch_size")
 
 
 def resolve_tier_counts(n_neg: int, tier_proportions: Sequence[float] | None) -> tuple[int, ...]:
@@ -99,7 +113,7 @@ class MiningConfig:
         See :func:`resolve_tier_counts`.
     adjacent_k : int
         Adjacent clusters per cluster (tier 2), >= 0.
-    random_seed : int
+    seed : int
         Seed of every random tier; output is a pure function of the inputs and it.
     max_score : float or None
         Tier 3 skips sources whose cosine to the question is above this value,
@@ -123,22 +137,53 @@ class MiningConfig:
         ``"top"`` takes ranks ``lo .. lo + n3 - 1``; ``"random"`` draws ``n3``
         of the window's ranks uniformly without replacement (needs
         ``tier3_rank_window``).
+    nprobe : int or None
+        Without an index: approximate tier 3 over the user's clusters, probing
+        the ``nprobe`` clusters nearest the question other than its own
+        (``None``: exact). With a ``"clusters"`` index: the same over its lists
+        (default 32). With a FAISS IVF index: its ``nprobe``.
+    ef_search : int or None
+        ``efSearch`` of an HNSW index (or of an IVF index's HNSW quantizer).
+    rerank : int or None
+        With an approximate index: fetch ``rerank`` times as many tier-3
+        candidates and keep the best by exact cosine (default 1, or 4 for
+        compressed ``"clusters"`` lists).
+    recall_sample : int
+        With an approximate tier 3, measure its recall against exact search on
+        this many tier-3 queries (0: do not measure).
+    executor : {"local", "ray"}
+        Where the blocks run: this process, or tasks on a Ray cluster. The
+        output is the same bytes either way.
+    ray_address : str or None
+        The Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ...);
+        ``None``: ``RAY_ADDRESS`` when set, else a local instance sized to the
+        machine, shut down at the end.
+    batch_size : int
+        Pairs sampled per step (rounded up to a multiple of 1024). Memory only:
+        the output is the same for every value.
     """
 
     n_neg: int = 12
     tier_proportions: tuple[float, ...] | None = None
     adjacent_k: int = 3
-    random_seed: int = 42
+    seed: int = 42
     max_score: float | None = None
     relative_margin: float | None = None
     absolute_margin: float | None = None
     near_duplicate_threshold: float | None = None
     tier3_rank_window: tuple[int, int] | None = None
     tier3_sampling: str = "top"
+    nprobe: int | None = None
+    ef_search: int | None = None
+    rerank: int | None = None
+    recall_sample: int = 0
+    executor: str = "local"
+    ray_address: str | None = None
+    batch_size: int = 16384
     tier_counts: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        for name in ("n_neg", "adjacent_k", "random_seed"):
+        for name in ("n_neg", "adjacent_k", "seed", "recall_sample", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 fail(name, "be an integer", repr(v), exc=TypeError)
@@ -147,8 +192,13 @@ class MiningConfig:
             fail("n_neg", "be at least 1", self.n_neg)
         if self.adjacent_k < 0:
             fail("adjacent_k", "be >= 0 (0 disables the adjacent tier)", self.adjacent_k)
-        if self.random_seed < 0:
-            fail("random_seed", "be a non-negative integer", self.random_seed)
+        if self.seed < 0:
+            fail("seed", "be a non-negative integer", self.seed)
+        if self.recall_sample < 0:
+            fail("recall_sample", "be an integer >= 0", self.recall_sample)
+        if self.batch_size < 1:
+            fail("batch_size", "be a positive integer", self.batch_size)
+        self._check_search()
         props = self.tier_proportions
         if props is not None:
             if hasattr(props, "numpy") or isinstance(props, np.ndarray):
@@ -165,6 +215,22 @@ class MiningConfig:
             object.__setattr__(self, "tier_proportions", props)
         object.__setattr__(self, "tier_counts", resolve_tier_counts(self.n_neg, props))
         self._check_filters()
+
+    def _check_search(self) -> None:
+        for name in ("nprobe", "ef_search", "rerank"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                fail(name, "be an integer >= 1 or None", repr(v))
+            object.__setattr__(self, name, int(v))
+        if self.executor not in EXECUTORS:
+            fail("executor", f"be one of {', '.join(map(repr, EXECUTORS))}", repr(self.executor))
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            fail("ray_address", "be a string or None", repr(self.ray_address), exc=TypeError)
+        if self.ray_address is not None and self.executor != "ray":
+            fail("ray_address", "come with executor='ray'", repr(self.ray_address),
+                 "Pass executor='ray' as well, or drop it.")  # fmt: skip
 
     def _check_filters(self) -> None:
         ranges = {
@@ -253,3 +319,16 @@ class MiningConfig:
             None if self.tier3_rank_window is None else list(self.tier3_rank_window)
         )
         return d
+
+    def result_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the settings that cannot change the output."""
+        d = self.to_dict()
+        for name in RUNTIME_SETTINGS:
+            d.pop(name)
+        return d
+
+    def replace(self, **changes: Any) -> MiningConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)

@@ -29,7 +29,9 @@ needs each candidate's cosine to the positives, computed only for the returned
 candidates; the first search asks for ``hi`` plus a slack of
 ``max(8, hi // 2)`` candidates when it is on. Rows left with fewer than ``hi``
 eligible candidates are searched again with twice the k, up to the whole
-corpus, before tier 3 gives up and the fallback tier takes over.
+corpus or the depth cap of :func:`negmine.search.common.max_depth` (the results
+of one search call stay within 256 MiB), before tier 3 gives up and the
+fallback tier takes over.
 
 Counting, per tier-3 query (the statistics weight each query by its pairs):
 
@@ -52,13 +54,12 @@ from collections.abc import Callable
 import numpy as np
 
 from .config import FILTER_NAMES
-from .layout import PositiveSets, csr_expand
+from .search.common import QUERY_BLOCK, RESULT_BYTES, max_depth
 from .tiers import floyd_sample
 
 __all__ = [
     "COLUMN",
     "SCORE_FILTERS",
-    "Cosines",
     "filtered_tier3",
     "score_thresholds",
 ]
@@ -70,103 +71,6 @@ SCORE_FILTERS = ("max_score", "relative_margin", "absolute_margin")
 #: Extra depth of the first search when the near-duplicate filter is on (at
 #: least; ``hi // 2`` for deep windows).
 MIN_SLACK = 8
-
-Gather = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-class Cosines:
-    """Cosines between sources, questions and positives, gathered in row blocks.
-
-    Parameters
-    ----------
-    gather : callable ``(ids int64 [n], out float32 [n, d]) -> out``
-        Writes the L2-normalised vectors of sources ``ids`` into ``out``.
-    dim : int
-        Embedding width ``d``.
-    positives : PositiveSets
-        Positive sources of each question.
-    chunk : int
-        Rows gathered at a time; the two gather buffers are reused.
-    """
-
-    def __init__(self, gather: Gather, dim: int, positives: PositiveSets, chunk: int = 16384):
-        self.gather = gather
-        self.dim = dim
-        self.positives = positives
-        self.chunk = chunk
-        self._a = np.empty((0, dim), dtype=np.float32)
-        self._b = np.empty((0, dim), dtype=np.float32)
-
-    def _bufs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._a.shape[0] < n:
-            self._a = np.empty((n, self.dim), dtype=np.float32)
-            self._b = np.empty((n, self.dim), dtype=np.float32)
-        return self._a[:n], self._b[:n]
-
-    def between(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Cosine of source ``a[i]`` to source ``b[i]``: int64 [n], [n] -> float32 [n]."""
-        out = np.empty(a.shape[0], dtype=np.float32)
-        for s0 in range(0, a.shape[0], self.chunk):
-            s1 = min(s0 + self.chunk, a.shape[0])
-            va, vb = self._bufs(s1 - s0)
-            self.gather(a[s0:s1], va)
-            self.gather(b[s0:s1], vb)
-            out[s0:s1] = np.einsum("ij,ij->i", va, vb)
-        return out
-
-    def to_vectors(self, vecs: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Cosine of ``vecs[i]`` (float32 [n, d], unit rows) to source ``ids[i]`` -> float32 [n]."""
-        out = np.empty(ids.shape[0], dtype=np.float32)
-        for s0 in range(0, ids.shape[0], self.chunk):
-            s1 = min(s0 + self.chunk, ids.shape[0])
-            _, vb = self._bufs(s1 - s0)
-            self.gather(ids[s0:s1], vb)
-            out[s0:s1] = np.einsum("ij,ij->i", vecs[s0:s1], vb)
-        return out
-
-    def max_to_positives(self, questions: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Largest cosine of source ``ids[i]`` to a positive of ``questions[i]``.
-
-        Parameters
-        ----------
-        questions, ids : int64 [n]
-
-        Returns
-        -------
-        float32 [n]
-            ``-inf`` for a question without positives.
-        """
-        owner, at = csr_expand(self.positives.offsets, questions)
-        out = np.full(questions.shape[0], -np.inf, dtype=np.float32)
-        if owner.size == 0:
-            return out
-        cos = self.between(ids[owner], self.positives.sources[at])
-        starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
-        out[owner[starts]] = np.maximum.reduceat(cos, starts)
-        return out
-
-    def positive_floor(self, qvecs: np.ndarray, questions: np.ndarray) -> np.ndarray:
-        """Lowest cosine of each question to its positives.
-
-        Parameters
-        ----------
-        qvecs : float32 [n, d]
-            Unit vectors of the questions.
-        questions : int64 [n]
-
-        Returns
-        -------
-        float32 [n]
-            ``inf`` for a question without positives.
-        """
-        owner, at = csr_expand(self.positives.offsets, questions)
-        out = np.full(questions.shape[0], np.inf, dtype=np.float32)
-        if owner.size == 0:
-            return out
-        cos = self.to_vectors(qvecs[owner], self.positives.sources[at])
-        starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
-        out[owner[starts]] = np.minimum.reduceat(cos, starts)
-        return out
 
 
 def score_thresholds(
@@ -266,24 +170,51 @@ def filtered_tier3(
     short : int64 [n, 5]
         Tier-3 slots each filter left to the fallback tier.
     """
-    lo, hi = window
-    width = hi - lo if keep_window else n3
-    out = np.full((n, width), -1, dtype=np.int64)
-    removed = np.zeros((n, len(COLUMN)), dtype=np.int64)
-    short = np.zeros((n, len(COLUMN)), dtype=np.int64)
-    n_thr = 0 if thresholds is None else thresholds.shape[1]
-    cols = score_columns or []
-    k = min(hi + (max(MIN_SLACK, hi // 2) if near_dup is not None else 0), n_total)
+    hi = window[1]
+    rows = _Tier3Rows(n, n3, window, keep_window, thresholds, score_columns, near_dup, uniforms)
+    cap = max_depth(n_total)
+    k = min(hi + (max(MIN_SLACK, hi // 2) if near_dup is not None else 0), n_total, cap)
     todo = np.arange(n, dtype=np.int64)
     while todo.size and k > 0:
+        # Rows per call: whole query blocks, results within RESULT_BYTES.
+        step = max(QUERY_BLOCK, RESULT_BYTES // (12 * k) // QUERY_BLOCK * QUERY_BLOCK)
+        last = k >= n_total or k >= cap
+        done = np.concatenate(
+            [rows.round(search, todo[a : a + step], k, last) for a in range(0, todo.size, step)]
+        )
+        todo = todo[~done]
+        k = min(2 * k, n_total, cap)
+    return rows.out, rows.removed, rows.short
+
+
+class _Tier3Rows:
+    """The output of :func:`filtered_tier3` and one round of its search."""
+
+    def __init__(self, n, n3, window, keep_window, thresholds, score_columns, near_dup, uniforms):
+        lo, hi = window
+        self.n3, self.lo, self.hi = n3, lo, hi
+        self.width = hi - lo if keep_window else n3
+        self.keep_window = keep_window
+        self.out = np.full((n, self.width), -1, dtype=np.int64)
+        self.removed = np.zeros((n, len(COLUMN)), dtype=np.int64)
+        self.short = np.zeros((n, len(COLUMN)), dtype=np.int64)
+        self.thresholds = thresholds
+        self.n_thr = 0 if thresholds is None else thresholds.shape[1]
+        self.cols = score_columns or []
+        self.near_dup = near_dup
+        self.uniforms = uniforms
+
+    def round(self, search, todo: np.ndarray, k: int, last: bool) -> np.ndarray:
+        """Search rows ``todo`` at depth ``k``; finish the rows that can be; bool [m] done."""
+        n_thr = self.n_thr
         cut = None
         if n_thr:
-            cut = (thresholds[todo], np.full((todo.size, n_thr), -1, dtype=np.int64))
+            cut = (self.thresholds[todo], np.full((todo.size, n_thr), -1, dtype=np.int64))
         scores, ids = search(todo, k, cut)
         valid = ids >= 0
-        exhausted = (valid.sum(axis=1) < k) | (k >= n_total)
+        exhausted = (valid.sum(axis=1) < k) | last
         if n_thr:
-            thr = thresholds[todo]
+            thr = self.thresholds[todo]
             keep_s = valid & ~(scores > thr[:, -1:])
             n_over = cut[1]
             if (n_over < 0).any():  # not applied by the kernel: count in the list
@@ -295,51 +226,51 @@ def filtered_tier3(
             keep_s = valid
             n_over = np.zeros((todo.size, 0), dtype=np.int64)
         nd = np.zeros(valid.shape, dtype=bool)
-        if near_dup is not None:
+        if self.near_dup is not None:
             r, c = np.nonzero(keep_s)
             if r.size:
-                nd[r, c] = near_dup(todo[r], ids[r, c])
+                nd[r, c] = self.near_dup(todo[r], ids[r, c])
         elig = keep_s & ~nd
         n_elig = elig.sum(axis=1)
-        done = exhausted | (n_elig >= hi)
+        done = exhausted | (n_elig >= self.hi)
         d = np.flatnonzero(done)
         if d.size:
-            g = todo[d]
-            el, idd = elig[d], ids[d]
-            rank = np.cumsum(el, axis=1) - 1
-            ne = n_elig[d]
-            if uniforms is None or keep_window:
-                sel = el & (rank >= lo) & (rank < lo + width)
-                r, c = np.nonzero(sel)
-                out[g[r], rank[r, c] - lo] = idd[r, c]
-            else:
-                _sample_window(out, g, el, rank, idd, ne, lo, hi, n3, uniforms)
-            # Removed among the unfiltered top hi.
-            over = np.minimum(n_over[d], hi)
-            prev = np.zeros(d.size, dtype=np.int64)
-            for j, col in enumerate(cols):
-                removed[g, col] = over[:, j] - prev
-                prev = over[:, j]
-            if near_dup is not None:
-                rank_s = np.cumsum(keep_s[d], axis=1) - 1
-                first = rank_s < (hi - prev)[:, None]
-                removed[g, COLUMN["near_duplicate_threshold"]] = (nd[d] & first).sum(axis=1)
-            removed[g, COLUMN["tier3_rank_window"]] = np.minimum(lo, ne)
-            # Slots lost as the filters are added one by one (exact once the
-            # search is exhausted; every count is >= hi >= lo + n3 otherwise).
-            size_s = keep_s[d].sum(axis=1)
-            size0 = size_s + (n_over[d][:, -1] if n_thr else 0)
-            got = np.minimum(n3, size0)
-            for j, col in enumerate(cols):
-                nxt = np.minimum(n3, size0 - n_over[d][:, j])
-                short[g, col] = got - nxt
-                got = nxt
-            nxt = np.minimum(n3, ne)
-            short[g, COLUMN["near_duplicate_threshold"]] = got - nxt
-            short[g, COLUMN["tier3_rank_window"]] = nxt - np.clip(ne - lo, 0, n3)
-        todo = todo[~done]
-        k = min(2 * k, n_total)
-    return out, removed, short
+            self._finish(todo[d], elig[d], ids[d], keep_s[d], nd[d], n_over[d], n_elig[d])
+        return done
+
+    def _finish(self, g, el, idd, keep_s, nd, n_over, ne) -> None:
+        """Write rows ``g``: their ids, and what each filter removed and cost."""
+        lo, hi, n3 = self.lo, self.hi, self.n3
+        rank = np.cumsum(el, axis=1) - 1
+        if self.uniforms is None or self.keep_window:
+            sel = el & (rank >= lo) & (rank < lo + self.width)
+            r, c = np.nonzero(sel)
+            self.out[g[r], rank[r, c] - lo] = idd[r, c]
+        else:
+            _sample_window(self.out, g, el, rank, idd, ne, lo, hi, n3, self.uniforms)
+        # Removed among the unfiltered top hi.
+        over = np.minimum(n_over, hi)
+        prev = np.zeros(g.size, dtype=np.int64)
+        for j, col in enumerate(self.cols):
+            self.removed[g, col] = over[:, j] - prev
+            prev = over[:, j]
+        if self.near_dup is not None:
+            rank_s = np.cumsum(keep_s, axis=1) - 1
+            first = rank_s < (hi - prev)[:, None]
+            self.removed[g, COLUMN["near_duplicate_threshold"]] = (nd & first).sum(axis=1)
+        self.removed[g, COLUMN["tier3_rank_window"]] = np.minimum(lo, ne)
+        # Slots lost as the filters are added one by one (exact once the
+        # search is exhausted; every count is >= hi >= lo + n3 otherwise).
+        size_s = keep_s.sum(axis=1)
+        size0 = size_s + (n_over[:, -1] if self.n_thr else 0)
+        got = np.minimum(n3, size0)
+        for j, col in enumerate(self.cols):
+            nxt = np.minimum(n3, size0 - n_over[:, j])
+            self.short[g, col] = got - nxt
+            got = nxt
+        nxt = np.minimum(n3, ne)
+        self.short[g, COLUMN["near_duplicate_threshold"]] = got - nxt
+        self.short[g, COLUMN["tier3_rank_window"]] = nxt - np.clip(ne - lo, 0, n3)
 
 
 def _sample_window(

@@ -689,7 +689,7 @@ class SourceIndex:
         """
         import faiss
 
-        from .probe import ClusterLists
+        from .search.probe import ClusterLists
 
         ivf = faiss.downcast_index(faiss.extract_index_ivf(self.index))
         lists, d = ivf.invlists, self.d

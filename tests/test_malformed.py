@@ -56,7 +56,7 @@ _POS_PER_Q = np.bincount(np.unique(CORPUS["pair_indices"], axis=0)[:, 0], minlen
 MAX_N_NEG = int(S - _POS_PER_Q.max())  # the largest n_neg every question can fill
 N_NEG = 6
 ADJ = 1  # with 4 clusters, adjacent_k=1 leaves distant clusters for tier 4
-BASE_SETTINGS = {"n_neg": N_NEG, "adjacent_k": ADJ, "random_seed": 7}
+BASE_SETTINGS = {"n_neg": N_NEG, "adjacent_k": ADJ, "seed": 7}
 
 FAST = settings(max_examples=30, deadline=None)
 FEW = settings(max_examples=15, deadline=None)
@@ -674,10 +674,10 @@ BAD_SETTINGS: list[tuple[str, Any, type[Exception]]] = [
     ("adjacent_k", 2.5, TypeError),
     ("adjacent_k", "3", TypeError),
     ("adjacent_k", None, TypeError),
-    ("random_seed", -1, ValueError),
-    ("random_seed", "x", TypeError),
-    ("random_seed", 1.5, TypeError),
-    ("random_seed", None, TypeError),
+    ("seed", -1, ValueError),
+    ("seed", "x", TypeError),
+    ("seed", 1.5, TypeError),
+    ("seed", None, TypeError),
     ("batch_size", 0, ValueError),
     ("batch_size", -5, ValueError),
     ("batch_size", 2.5, TypeError),
@@ -690,7 +690,7 @@ BAD_SETTINGS: list[tuple[str, Any, type[Exception]]] = [
 @given(
     bad=st.sampled_from(BAD_SETTINGS),
     others=st.fixed_dictionaries(
-        {"adjacent_k": st.integers(0, 4), "random_seed": st.integers(0, 2**32)}
+        {"adjacent_k": st.integers(0, 4), "seed": st.integers(0, 2**32)}
     ),
     via_class=st.booleans(),
 )
@@ -718,7 +718,7 @@ def valid_settings(draw) -> dict[str, Any]:
         "n_neg": n_neg,
         "tier_proportions": props,
         "adjacent_k": draw(st.integers(0, 12)),  # >= C - 1 means every other cluster
-        "random_seed": draw(st.integers(0, 2**64)),
+        "seed": draw(st.integers(0, 2**64)),
         "batch_size": draw(st.integers(1, 5000)),
     }
 
@@ -981,7 +981,7 @@ def _assert_cli_outcome(tmp: Path, fmt: str, changes: dict, args: list[str], nam
             "n_neg": 6,
             "adjacent_k": cfg["adjacent_k"],
             "tier_proportions": cfg["tier_counts"],
-            "random_seed": cfg["random_seed"],
+            "seed": cfg["seed"],
         }
         assert_correct(tensors, inputs, kw)
         plain = {

@@ -89,7 +89,7 @@ def test_exact_and_overfetch_kernels_agree_with_reference():
 def test_exact_kernel_across_chunks(monkeypatch, chunk):
     """Blocks and chunks smaller than the data: the merge across them is exact,
     with (chunk 200) and without (chunk 50) the group-max prefilter."""
-    import negmine.search as search
+    import negmine.search.exact as search
 
     monkeypatch.setattr(search, "QUERY_BLOCK", 16)
     monkeypatch.setattr(search, "SOURCE_CHUNK", chunk)

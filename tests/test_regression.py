@@ -87,7 +87,7 @@ def _run(corpus, case):
             centroid_embeddings=corpus["centroid_embeddings"],
         )
     return mine_negatives(
-        **corpus, n_neg=12, tier_proportions=[3, 4, 3, 2], adjacent_k=3, random_seed=7, **kw
+        **corpus, n_neg=12, tier_proportions=[3, 4, 3, 2], adjacent_k=3, seed=7, **kw
     )
 
 

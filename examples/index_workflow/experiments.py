@@ -19,11 +19,11 @@ from negmine import NegativeMiner, SourceIndex
 from negmine.datasets import load_dataset
 
 EXPERIMENTS = {
-    "exact-seed1": {"index": "flat", "random_seed": 1},
-    "exact-seed2": {"index": "flat", "random_seed": 2},
+    "exact-seed1": {"index": "flat", "seed": 1},
+    "exact-seed2": {"index": "flat", "seed": 2},
     "exact-8neg-hard": {"index": "flat", "n_neg": 8, "tier_proportions": [1, 2, 4, 1]},
     "clusters-nprobe16": {"index": "clusters", "nprobe": 16},
-    "clusters-nprobe32-seed2": {"index": "clusters", "nprobe": 32, "random_seed": 2},
+    "clusters-nprobe32-seed2": {"index": "clusters", "nprobe": 32, "seed": 2},
 }
 
 

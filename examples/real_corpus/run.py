@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     cosines: dict[str, Cosines] = {}
     for name, filt in runs.items():
         mine_negatives(
-            **arrays, n_neg=args.n_neg, tier_proportions=props, random_seed=args.seed,
+            **arrays, n_neg=args.n_neg, tier_proportions=props, seed=args.seed,
             output_dir=out / "runs" / name, overwrite=True, **filt,
         )  # fmt: skip
         results[name] = load_outputs(out / "runs" / name)

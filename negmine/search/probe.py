@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .layout import ClusterLayout, PositiveSets, csr_expand
-from .search import faiss_single_threaded, heap_over, run_query_blocks
+from ..layout import ClusterLayout, PositiveSets, csr_expand
+from .common import faiss_single_threaded, heap_over, run_query_blocks
 
 __all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists", "probe_outside_cluster", "recall_at_k"]
 

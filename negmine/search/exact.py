@@ -1,6 +1,6 @@
 """Tier 3: the sources most similar to a question outside its cluster.
 
-Two kernels, both returning ``(scores, ids)`` with ``-1`` ids where a row ran
+The exact kernel, returning ``(scores, ids)`` with ``-1`` ids where a row ran
 out of eligible sources:
 
 * :func:`exact_outside_cluster` — exact. Fixed blocks of queries (grouped by the
@@ -10,95 +10,25 @@ out of eligible sources:
   re-search is ever needed and the cost stays close to the bare matrix product.
   Per-query score thresholds (the score filters of :mod:`negmine.filters`) are
   masked the same way, and the scores above them counted.
-* :func:`overfetch_outside_cluster` — for any FAISS index: search with a
-  larger k, drop same-cluster and positive hits, and re-search only the rows
-  that came up short with a larger k.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 
-from .layout import ClusterLayout, PositiveSets, csr_expand
+from ..layout import ClusterLayout, PositiveSets, csr_expand
+from .common import QUERY_BLOCK, _new_heap, faiss_single_threaded, run_query_blocks
 
-__all__ = [
-    "QUERY_BLOCK",
-    "SOURCE_CHUNK",
-    "exact_outside_cluster",
-    "overfetch_outside_cluster",
-    "workspace_for",
-]
+__all__ = ["QUERY_BLOCK", "SOURCE_CHUNK", "exact_outside_cluster", "workspace_for"]
 
-#: Queries per matrix product. Fixed so that the arithmetic (and so any
-#: near-tie) never depends on how the caller batches the work.
-QUERY_BLOCK = 1024
 #: Sources per matrix product.
 SOURCE_CHUNK = 32768
 #: Columns per candidate group of the top-k prefilter.
 GROUP = 16
-
-
-def heap_over(dist: np.ndarray, ids: np.ndarray):
-    """A FAISS min-heap over rows of ``dist`` float32 [n, k] / ``ids`` int64 [n, k].
-
-    Both must be filled with ``-inf`` / ``-1``: all-equal rows already are valid
-    heaps, so no (multi-threaded) heapify is needed, and a ``-inf`` score is
-    never admitted.
-    """
-    import faiss
-
-    heap = faiss.float_minheap_array_t()
-    heap.nh = dist.shape[0]
-    heap.k = dist.shape[1]
-    heap.val = faiss.swig_ptr(dist)
-    heap.ids = faiss.swig_ptr(ids)
-    return heap
-
-
-def _new_heap(n: int, k: int):
-    dist = np.full((n, k), -np.inf, dtype=np.float32)
-    ids = np.full((n, k), -1, dtype=np.int64)
-    return heap_over(dist, ids), dist, ids
-
-
-@contextmanager
-def faiss_single_threaded() -> Iterator[None]:
-    """Run FAISS calls on one OpenMP thread: its threads would otherwise spin
-    against numpy's BLAS threads between calls."""
-    import faiss
-
-    n_threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(n_threads)
-
-
-def run_query_blocks(
-    run: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-    block: int,
-    queries: np.ndarray,
-    query_rows: np.ndarray,
-    query_cluster: np.ndarray,
-    query_question: np.ndarray,
-    out_d: np.ndarray,
-    out_i: np.ndarray,
-    progress: Callable[[int], None] | None,
-) -> None:
-    """Feed fixed blocks of queries to ``run(xq, clusters, questions)``; fill the outputs."""
-    for b0 in range(0, query_rows.shape[0], block):
-        b1 = min(b0 + block, query_rows.shape[0])
-        out_d[b0:b1], out_i[b0:b1] = run(
-            queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
-        )
-        if progress is not None:
-            progress(b1 - b0)
 
 
 def exact_outside_cluster(
@@ -321,81 +251,3 @@ class _BlockKernel:
 def workspace_for(n_sources: int) -> np.ndarray:
     """A score buffer for :func:`exact_outside_cluster` over ``n_sources`` sources."""
     return np.empty(QUERY_BLOCK * min(SOURCE_CHUNK, n_sources), dtype=np.float32)
-
-
-def overfetch_outside_cluster(
-    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
-    n_total: int,
-    queries: np.ndarray,
-    query_rows: np.ndarray,
-    query_cluster: np.ndarray,
-    query_question: np.ndarray,
-    layout: ClusterLayout,
-    positives: PositiveSets,
-    k: int,
-    first_k: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` outside each query's cluster through any k-NN ``search``.
-
-    Searches ``first_k`` neighbours (default: ``k`` plus the positives and
-    twice the mean cluster size), drops hits in the query's cluster and
-    positives of its question, then re-searches only the rows still short with
-    four times the k, until they are full or the whole index was returned.
-
-    Parameters
-    ----------
-    search : callable ``(queries [n, d], k) -> (scores [n, k], ids [n, k])``
-        Descending inner products; ids ``-1`` for missing results.
-    n_total : int
-        Vectors in the index (the largest useful k).
-    queries, query_rows, query_cluster, query_question, layout, positives, k, progress
-        As in :func:`exact_outside_cluster`.
-    first_k : int, optional
-
-    Returns
-    -------
-    scores : float32 [M, k]
-    ids : int64 [M, k]
-    """
-    n_q = query_rows.shape[0]
-    out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
-    out_i = np.full((n_q, k), -1, dtype=np.int64)
-    if k == 0 or n_q == 0:
-        return out_d, out_i
-    n_pos = positives.counts()[query_question]
-    if first_k is None:
-        mean_size = n_total / max(layout.n_clusters, 1)
-        first_k = k + int(n_pos.max()) + int(2 * mean_size)
-    pos_keys = (
-        np.repeat(np.arange(positives.offsets.size - 1), positives.counts()) * n_total
-        + positives.sources
-    )
-    todo = np.arange(n_q)
-    kk = min(first_k, n_total)
-    while todo.size:
-        done_rows = []
-        for b0 in range(0, todo.size, QUERY_BLOCK):
-            rows = todo[b0 : b0 + QUERY_BLOCK]
-            d, ids = search(queries[query_rows[rows]], kk)
-            ok = ids >= 0
-            safe = np.where(ok, ids, 0)
-            ok &= layout.source_cluster[safe] != query_cluster[rows, None]
-            key = query_question[rows, None] * n_total + safe
-            at = np.minimum(np.searchsorted(pos_keys, key), max(pos_keys.size - 1, 0))
-            if pos_keys.size:
-                ok &= pos_keys[at] != key
-            # Keep the first k eligible hits per row, in search order.
-            rank = np.cumsum(ok, axis=1) - 1
-            keep = ok & (rank < k)
-            r_idx, c_idx = np.nonzero(keep)
-            out_i[rows[r_idx], rank[r_idx, c_idx]] = ids[r_idx, c_idx]
-            out_d[rows[r_idx], rank[r_idx, c_idx]] = d[r_idx, c_idx]
-            full = (ok.sum(axis=1) >= k) | (kk >= n_total)
-            done_rows.append(rows[full])
-            if progress is not None:
-                progress(int(full.sum()))
-        finished = np.concatenate(done_rows)
-        todo = np.setdiff1d(todo, finished, assume_unique=True)
-        kk = min(kk * 4, n_total)
-    return out_d, out_i

@@ -1,0 +1,90 @@
+"""What the tier-3 kernels share: FAISS heaps over numpy buffers, fixed query blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = [
+    "QUERY_BLOCK",
+    "RESULT_BYTES",
+    "faiss_single_threaded",
+    "heap_over",
+    "max_depth",
+    "run_query_blocks",
+]
+
+#: Queries per matrix product. Fixed so that the arithmetic (and so any
+#: near-tie) never depends on how the caller batches the work.
+QUERY_BLOCK = 1024
+
+
+def heap_over(dist: np.ndarray, ids: np.ndarray):
+    """A FAISS min-heap over rows of ``dist`` float32 [n, k] / ``ids`` int64 [n, k].
+
+    Both must be filled with ``-inf`` / ``-1``: all-equal rows already are valid
+    heaps, so no (multi-threaded) heapify is needed, and a ``-inf`` score is
+    never admitted.
+    """
+    import faiss
+
+    heap = faiss.float_minheap_array_t()
+    heap.nh = dist.shape[0]
+    heap.k = dist.shape[1]
+    heap.val = faiss.swig_ptr(dist)
+    heap.ids = faiss.swig_ptr(ids)
+    return heap
+
+
+def _new_heap(n: int, k: int):
+    dist = np.full((n, k), -np.inf, dtype=np.float32)
+    ids = np.full((n, k), -1, dtype=np.int64)
+    return heap_over(dist, ids), dist, ids
+
+
+@contextmanager
+def faiss_single_threaded() -> Iterator[None]:
+    """Run FAISS calls on one OpenMP thread: its threads would otherwise spin
+    against numpy's BLAS threads between calls."""
+    import faiss
+
+    n_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(n_threads)
+
+
+def run_query_blocks(
+    run: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    block: int,
+    queries: np.ndarray,
+    query_rows: np.ndarray,
+    query_cluster: np.ndarray,
+    query_question: np.ndarray,
+    out_d: np.ndarray,
+    out_i: np.ndarray,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Feed fixed blocks of queries to ``run(xq, clusters, questions)``; fill the outputs."""
+    for b0 in range(0, query_rows.shape[0], block):
+        b1 = min(b0 + block, query_rows.shape[0])
+        out_d[b0:b1], out_i[b0:b1] = run(
+            queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
+        )
+        if progress is not None:
+            progress(b1 - b0)
+
+
+#: Bytes of (score, id) results one search call may hold: the deepest k any
+#: widening search asks for is this over 12 bytes per result and
+#: :data:`QUERY_BLOCK` queries (21845 at 256 MiB).
+RESULT_BYTES = 256 << 20
+
+
+def max_depth(n_total: int) -> int:
+    """The largest k a widening search may ask for over ``n_total`` vectors."""
+    return int(min(n_total, max(1, RESULT_BYTES // (12 * QUERY_BLOCK))))

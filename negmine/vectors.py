@@ -1,0 +1,210 @@
+"""Unit vectors of sources and questions, and every cosine negmine reports.
+
+One object, :class:`SourceVectors`, gathers the L2-normalised rows of sources
+by id, from wherever the exact float32 vectors already are (a cluster-ordered
+copy, a flat index, float32 cluster lists) or else from the raw embeddings,
+memory-mapped ones included. The miner's scores, the filters and the
+validator's near-duplicate rule all compute their cosines through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._checks import normalized_float32, take_rows
+from .layout import PositiveSets, csr_expand
+
+__all__ = ["SourceVectors", "question_vectors"]
+
+#: Rows gathered at a time by the cosine helpers; their buffers are reused.
+CHUNK = 16384
+
+
+def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of the distinct ``questions`` and each entry's row in them.
+
+    Parameters
+    ----------
+    raw_questions : array [Q, d]
+        Question embeddings as given.
+    questions : int64 [n]
+
+    Returns
+    -------
+    vectors : float32 [n', d]
+        One unit row per distinct question, ascending id.
+    inverse : int64 [n]
+        Row of ``vectors`` of each entry of ``questions``.
+    """
+    uq, inv = np.unique(questions, return_inverse=True)
+    return normalized_float32(take_rows(raw_questions, uq)), inv
+
+
+class SourceVectors:
+    """Unit vectors of sources by id.
+
+    Parameters
+    ----------
+    raw : array [S, d]
+        The source embeddings as given.
+    positives : PositiveSets
+        Positive sources of each question (for the cosines to positives).
+    gather : callable ``(ids int64 [n], out float32 [n, d]) -> out``, optional
+        Where exact unit vectors already live (see :meth:`from_rows`); default:
+        normalise the gathered raw rows.
+    """
+
+    def __init__(
+        self,
+        raw: Any,
+        positives: PositiveSets,
+        gather: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ):
+        self.raw = raw
+        self.dim = int(raw.shape[1])
+        self.positives = positives
+        self._gather = gather
+        self._a = np.empty((0, self.dim), dtype=np.float32)
+        self._b = np.empty((0, self.dim), dtype=np.float32)
+
+    @classmethod
+    def from_rows(
+        cls, raw: Any, positives: PositiveSets, rows: np.ndarray, position: np.ndarray | None
+    ) -> SourceVectors:
+        """Vectors kept in ``rows`` float32 [S, d]: row ``position[id]`` is source ``id``
+        (``position`` None: row ``id``)."""
+        if position is None:
+            return cls(raw, positives, lambda ids, out: np.take(rows, ids, axis=0, out=out))
+        return cls(raw, positives, lambda ids, out: np.take(rows, position[ids], axis=0, out=out))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_a"] = state["_b"] = np.empty((0, self.dim), dtype=np.float32)
+        return state
+
+    def gather(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Unit vectors of sources ``ids`` int64 [n] into ``out`` float32 [n, d]."""
+        if out is None:
+            out = np.empty((ids.shape[0], self.dim), dtype=np.float32)
+        if self._gather is not None:
+            return self._gather(ids, out)
+        return normalized_float32(take_rows(self.raw, ids), out=out)
+
+    def _bufs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._a.shape[0] < n:
+            self._a = np.empty((n, self.dim), dtype=np.float32)
+            self._b = np.empty((n, self.dim), dtype=np.float32)
+        return self._a[:n], self._b[:n]
+
+    def between(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine of source ``a[i]`` to source ``b[i]``: int64 [n], [n] -> float32 [n]."""
+        out = np.empty(a.shape[0], dtype=np.float32)
+        for s0 in range(0, a.shape[0], CHUNK):
+            s1 = min(s0 + CHUNK, a.shape[0])
+            va, vb = self._bufs(s1 - s0)
+            self.gather(a[s0:s1], va)
+            self.gather(b[s0:s1], vb)
+            out[s0:s1] = np.einsum("ij,ij->i", va, vb)
+        return out
+
+    def to_vectors(self, vecs: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Cosine of ``vecs[i]`` (float32 [n, d], unit rows) to source ``ids[i]`` -> float32 [n]."""
+        out = np.empty(ids.shape[0], dtype=np.float32)
+        for s0 in range(0, ids.shape[0], CHUNK):
+            s1 = min(s0 + CHUNK, ids.shape[0])
+            _, vb = self._bufs(s1 - s0)
+            self.gather(ids[s0:s1], vb)
+            out[s0:s1] = np.einsum("ij,ij->i", vecs[s0:s1], vb)
+        return out
+
+    def _reduce_over_positives(self, questions, cos_of, reduce, empty) -> np.ndarray:
+        owner, at = csr_expand(self.positives.offsets, questions)
+        out = np.full(questions.shape[0], empty, dtype=np.float32)
+        if owner.size == 0:
+            return out
+        cos = cos_of(owner, self.positives.sources[at])
+        starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
+        out[owner[starts]] = reduce.reduceat(cos, starts)
+        return out
+
+    def max_to_positives(self, questions: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Largest cosine of source ``ids[i]`` to a positive of ``questions[i]``.
+
+        Parameters
+        ----------
+        questions, ids : int64 [n]
+
+        Returns
+        -------
+        float32 [n]
+            ``-inf`` for a question without positives.
+        """
+        return self._reduce_over_positives(
+            questions, lambda o, pos: self.between(ids[o], pos), np.maximum, -np.inf
+        )
+
+    def positive_floor(self, qvecs: np.ndarray, questions: np.ndarray) -> np.ndarray:
+        """Lowest cosine of each question to its positives.
+
+        Parameters
+        ----------
+        qvecs : float32 [n, d]
+            Unit vectors of the questions.
+        questions : int64 [n]
+
+        Returns
+        -------
+        float32 [n]
+            ``inf`` for a question without positives.
+        """
+        return self._reduce_over_positives(
+            questions, lambda o, pos: self.to_vectors(qvecs[o], pos), np.minimum, np.inf
+        )
+
+    def pair_cosines(
+        self, raw_questions: Any, ids: np.ndarray, questions: np.ndarray, anchors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine of each negative to its row's question and to its row's source.
+
+        Parameters
+        ----------
+        raw_questions : array [Q, d]
+        ids : int64 [R, n_neg]
+            Negative source ids.
+        questions, anchors : int64 [R]
+            Each row's question and positive source.
+
+        Returns
+        -------
+        to_question, to_anchor : float32 [R, n_neg]
+        """
+        out = np.empty(ids.shape, dtype=np.float32)
+        out_a = np.empty(ids.shape, dtype=np.float32)
+        # Gathers go into reused buffers: fresh memory is slow to fault in.
+        qbuf = np.empty((min(CHUNK, ids.shape[0]), self.dim), dtype=np.float32)
+        sbuf = np.empty_like(qbuf)
+        abuf = np.empty_like(qbuf)
+        for p0 in range(0, ids.shape[0], CHUNK):
+            p1 = min(p0 + CHUNK, ids.shape[0])
+            uq, inv = question_vectors(raw_questions, questions[p0:p1])
+            qv = np.take(uq, inv, axis=0, out=qbuf[: p1 - p0])
+            av = self.gather(anchors[p0:p1], abuf[: p1 - p0])
+            for j in range(ids.shape[1]):
+                sv = self.gather(ids[p0:p1, j], sbuf[: p1 - p0])
+                out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
+                out_a[p0:p1, j] = np.einsum("ij,ij->i", av, sv)
+        return out, out_a
+
+    def question_to_source(
+        self, raw_questions: Any, questions: np.ndarray, sources: np.ndarray
+    ) -> np.ndarray:
+        """Cosine of question ``questions[i]`` to source ``sources[i]``: float32 [n]."""
+        out = np.empty(questions.shape[0], dtype=np.float32)
+        for a in range(0, questions.shape[0], CHUNK):
+            b = min(a + CHUNK, questions.shape[0])
+            uq, inv = question_vectors(raw_questions, questions[a:b])
+            out[a:b] = self.to_vectors(uq[inv], sources[a:b])
+        return out
