@@ -205,37 +205,138 @@ def fill_rows(
     """
     n1, n2, n3, n4 = counts
     n_neg = n1 + n2 + n3 + n4
-    rows = question.size
-    adj = layout.adjacent[cluster]
-    ids = np.full((rows, n_neg), -1, dtype=np.int64)
-    tiers = np.zeros((rows, n_neg), dtype=np.int64)
-    fill = np.zeros(rows, dtype=np.int64)
+    f = _RowFiller(layout, positives, question, cluster, n_neg, uniforms, reject)
+    rows = f.rows
+    every = np.arange(rows)
+    short: dict[str, int] = {}
+    if n3:
+        rel3 = _relation(layout.source_cluster[np.maximum(tier3, 0)], cluster, f.adj)
+        f.put(every, tier3, 3, rel3)
+        need3 = n3 - (tier3 >= 0).sum(axis=1)
+    else:
+        need3 = np.zeros(rows, dtype=np.int64)
+    short["tier3"] = int(need3.sum())
 
-    # Excluded points: (row, layout position, relation to the row).
-    owner, at = csr_expand(positives.offsets, question)
-    pos_src = positives.sources[at]
-    excluded: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {_OWN: [], _ADJ: [], _FAR: []}
+    k1 = np.full(rows, n1, dtype=np.int64)
+    dom = union_domain(layout.offsets, cluster[:, None])
+    got, first, _ = f.take(every, dom, k1, "tier1", _OWN, n1, 1, _scalar(_OWN), MAX_ROUNDS)
+    need1 = k1 - got
+    short["tier1"] = int(need1.sum())
+    fb1, nd_short = _own_fallback(n1, got, first)
 
-    def exclude(r: np.ndarray, src: np.ndarray, rel: np.ndarray | int) -> None:
-        lpos = layout.rank[src]
+    k2 = n2 + need1
+    dom = union_domain(layout.offsets, f.adj)
+    got, first, _ = f.take(every, dom, k2, "tier2", _ADJ, n1 + n2, 2, _scalar(_ADJ), MAX_ROUNDS)
+    need2 = k2 - got
+    short["tier2"] = int(need2.sum())
+    fb2, nd2 = _own_fallback(n2, got, first)
+
+    fb4, nd4 = _fill_tier4(f, n4 + need2 + need3, n4, short)
+    short.update(
+        fallback1=fb1, fallback2=fb2, fallback3=short["tier3"], fallback4=fb4,
+        near_dup1=f.removed[1], near_dup2=f.removed[2], near_dup4=f.removed[4],
+        near_dup_short=nd_short + nd2 + nd4,
+    )  # fmt: skip
+    return f.result(short)
+
+
+def _own_fallback(n: int, got: np.ndarray, first: np.ndarray) -> tuple[int, int]:
+    """Quota slots of a tier (n per row) filled elsewhere, and those due to rejections."""
+    fb = np.maximum(n - got, 0)
+    return int(fb.sum()), int((fb - np.maximum(n - first, 0)).sum())
+
+
+def _scalar(rel: int) -> Callable[[np.ndarray, np.ndarray], int]:
+    return lambda _sel, _new: rel
+
+
+def _fill_tier4(f: _RowFiller, k4: np.ndarray, n4: int, short: dict[str, int]) -> tuple[int, int]:
+    """Tier 4 and its fallbacks (outside the pair's cluster, then the cluster itself).
+
+    Returns the quota slots of tier 4 filled elsewhere and those due to
+    near-duplicates.
+    """
+    lay, cluster, every = f.layout, f.cluster, np.arange(f.rows)
+    own_adj = np.concatenate([cluster[:, None], f.adj], axis=1)
+    dom = complement_domain(lay.offsets, own_adj, lay.n_sources)
+    got4, _, rej4 = f.take(every, dom, k4, "distant", _FAR, f.n_neg, 4, _scalar(_FAR), None)
+    need = k4 - got4
+    short["distant"] = int(need.sum())
+    # Without near-duplicates tier 4 would have had the room outside the
+    # pair's cluster as it stood when tier 4 began: what the distant step drew
+    # (kept or rejected) plus what the outside step's first draw found.
+    room4 = got4 + rej4
+    sel = np.flatnonzero(need)
+    if sel.size:  # distant clusters exhausted: anything outside the pair's cluster
+        dom = complement_domain(lay.offsets, cluster[sel, None], lay.n_sources)
+        got, first, _ = f.take(sel, dom, need[sel], "outside", _ADJ | _FAR, f.n_neg, 4,
+                               f.relation_of, None)  # fmt: skip
+        room4[sel] += first
+        got4[sel] += got
+        need[sel] -= got
+    short["outside"] = int(need.sum())
+    fb4, nd4 = _own_fallback(n4, got4, np.minimum(k4, room4))
+    sel = np.flatnonzero(need)
+    if sel.size:  # only the pair's own cluster is left
+        dom = union_domain(lay.offsets, cluster[sel, None])
+        got, _, _ = f.take(sel, dom, need[sel], "anywhere", _OWN, f.n_neg, 1, _scalar(_OWN), None)
+        need[sel] -= got
+    if need.any():
+        bad_row = int(np.flatnonzero(need)[0])
+        if f.reject is not None:
+            raise RowsUnfillable(bad_row, f.n_neg - int(need[bad_row]))
+        raise RuntimeError(
+            f"row {bad_row} could not be filled: fewer than n_neg "
+            "non-positive sources; the caller must check feasibility first"
+        )
+    return fb4, nd4
+
+
+class _RowFiller:
+    """The rows being filled: ids, labels, how full each row is, and the
+    (row, layout position) points each sampling step must avoid."""
+
+    def __init__(self, layout, positives, question, cluster, n_neg, uniforms, reject):
+        self.layout, self.cluster, self.n_neg = layout, cluster, n_neg
+        self.uniforms, self.reject = uniforms, reject
+        self.rows = rows = question.size
+        self.adj = layout.adjacent[cluster]
+        self.ids = np.full((rows, n_neg), -1, dtype=np.int64)
+        self.tiers = np.zeros((rows, n_neg), dtype=np.int64)
+        self.fill = np.zeros(rows, dtype=np.int64)
+        self.removed = dict.fromkeys((1, 2, 4), 0)
+        # Excluded points: (row, layout position, relation to the row).
+        self.excluded: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {
+            _OWN: [], _ADJ: [], _FAR: []
+        }  # fmt: skip
+        owner, at = csr_expand(positives.offsets, question)
+        pos_src = positives.sources[at]
+        pos_rel = _relation(layout.source_cluster[pos_src][:, None], cluster[owner],
+                            self.adj[owner])  # fmt: skip
+        self.exclude(owner, pos_src, pos_rel[:, 0])
+
+    def relation_of(self, sel: np.ndarray, new: np.ndarray) -> np.ndarray:
+        lay = self.layout
+        return _relation(lay.source_cluster[np.maximum(new, 0)], self.cluster[sel], self.adj[sel])
+
+    def exclude(self, r: np.ndarray, src: np.ndarray, rel: np.ndarray | int) -> None:
+        lpos = self.layout.rank[src]
         if np.ndim(rel) == 0:
-            excluded[int(rel)].append((r, lpos))
+            self.excluded[int(rel)].append((r, lpos))
             return
-        for key, lst in excluded.items():
+        for key, lst in self.excluded.items():
             m = rel == key
             if m.any():
                 lst.append((r[m], lpos[m]))
 
-    pos_rel = _relation(layout.source_cluster[pos_src][:, None], cluster[owner], adj[owner])
-    exclude(owner, pos_src, pos_rel[:, 0])
-
     def put(
-        sel: np.ndarray, new: np.ndarray, label: int | np.ndarray, rel: np.ndarray | int
+        self, sel: np.ndarray, new: np.ndarray, label: int | np.ndarray, rel: np.ndarray | int
     ) -> None:
+        ids, tiers, fill = self.ids, self.tiers, self.fill
         ok = new >= 0
         width = new.shape[1]
-        f0 = int(fill[0]) if rows else 0
-        if sel.size == rows and ok.all() and np.isscalar(label) and (fill == f0).all():
+        f0 = int(fill[0]) if self.rows else 0
+        if sel.size == self.rows and ok.all() and np.isscalar(label) and (fill == f0).all():
             # Common case: every row gets `width` ids in the same columns.
             ids[:, f0 : f0 + width] = new
             tiers[:, f0 : f0 + width] = label
@@ -251,34 +352,32 @@ def fill_rows(
             fill[sel] += ok.sum(axis=1)
         else:
             return
-        exclude(r, vals, rel if np.ndim(rel) == 0 else rel[ok])
+        self.exclude(r, vals, rel if np.ndim(rel) == 0 else rel[ok])
 
-    def draw(sel, domain, k, stage, rel_mask, width):
-        parts = [p for key, lst in excluded.items() if key & rel_mask for p in lst]
+    def draw(self, sel, domain, k, stage, rel_mask, width):
+        parts = [p for key, lst in self.excluded.items() if key & rel_mask for p in lst]
         er = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
         ep = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-        u = uniforms(stage, width)
-        if sel.size != rows:
-            local = np.full(rows, -1, dtype=np.int64)
+        u = self.uniforms(stage, width)
+        if sel.size != self.rows:
+            local = np.full(self.rows, -1, dtype=np.int64)
             local[sel] = np.arange(sel.size)
             er = local[er]
             inside = er >= 0
             er, ep, u = er[inside], ep[inside], u[sel]
         lpos, got = sample_domain(domain[0], domain[1], k, er, ep, u)
-        return np.where(lpos >= 0, layout.order[np.maximum(lpos, 0)], -1), got
+        return np.where(lpos >= 0, self.layout.order[np.maximum(lpos, 0)], -1), got
 
-    removed = dict.fromkeys((1, 2, 4), 0)
-
-    def take(sel, domain, k, step, rel_mask, width, label, rel_of, rounds):
+    def take(self, sel, domain, k, step, rel_mask, width, label, rel_of, rounds):
         """Draw ``k`` ids per row of ``sel`` from ``domain`` and put them.
 
         Returns, int64 [sel.size] each: what each row got, what its first draw
         got (``min(k, room)``: the room before any near-duplicate was seen) and
         how many near-duplicates it rejected.
         """
-        new, got = draw(sel, domain, k, STAGES[step], rel_mask, width)
-        if reject is None:
-            put(sel, new, label, rel_of(sel, new))
+        new, got = self.draw(sel, domain, k, STAGES[step], rel_mask, width)
+        if self.reject is None:
+            self.put(sel, new, label, rel_of(sel, new))
             return got, got, np.zeros_like(got)
         first = got.copy()
         n_rejected = np.zeros_like(got)
@@ -286,18 +385,8 @@ def fill_rows(
         r_no = 0
         while True:
             rows_now = sel[idx]
-            rel = rel_of(rows_now, new)
-            bad = np.zeros(new.shape, dtype=bool)
-            rr, cc = np.nonzero(new >= 0)
-            if rr.size:
-                bad[rr, cc] = reject(rows_now[rr], new[rr, cc])
-            lost = bad.sum(axis=1)
-            if lost.any():
-                br, bc = np.nonzero(bad)
-                exclude(rows_now[br], new[br, bc], rel if np.ndim(rel) == 0 else rel[br, bc])
-                new = np.where(bad, -1, new)
-                removed[label] += int(lost.sum())
-            put(rows_now, new, label, rel)
+            lost, new, rel = self._reject(rows_now, new, label, rel_of)
+            self.put(rows_now, new, label, rel)
             got[idx] -= lost
             n_rejected[idx] += lost
             r_no += 1
@@ -306,88 +395,30 @@ def fill_rows(
                 return got, first, n_rejected
             idx = idx[more]
             dom = (domain[0][idx], domain[1][idx])
-            new, extra = draw(sel[idx], dom, lost[more], redraw_stage(step, r_no), rel_mask,
-                              n_neg)  # fmt: skip
+            new, extra = self.draw(sel[idx], dom, lost[more], redraw_stage(step, r_no), rel_mask,
+                                   self.n_neg)  # fmt: skip
             got[idx] += extra
 
-    def own_fallback(n: int, got: np.ndarray, first: np.ndarray) -> tuple[int, int]:
-        """Quota slots of a tier (n per row) filled elsewhere, and those due to rejections."""
-        fb = np.maximum(n - got, 0)
-        return int(fb.sum()), int((fb - np.maximum(n - first, 0)).sum())
+    def _reject(self, rows_now, new, label, rel_of):
+        """Drop (and exclude) the drawn ids the near-duplicate test rejects."""
+        rel = rel_of(rows_now, new)
+        bad = np.zeros(new.shape, dtype=bool)
+        rr, cc = np.nonzero(new >= 0)
+        if rr.size:
+            bad[rr, cc] = self.reject(rows_now[rr], new[rr, cc])
+        lost = bad.sum(axis=1)
+        if lost.any():
+            br, bc = np.nonzero(bad)
+            self.exclude(rows_now[br], new[br, bc], rel if np.ndim(rel) == 0 else rel[br, bc])
+            new = np.where(bad, -1, new)
+            self.removed[label] += int(lost.sum())
+        return lost, new, rel
 
-    def scalar(rel: int) -> Callable[[np.ndarray, np.ndarray], int]:
-        return lambda _sel, _new: rel
-
-    def relation_of(sel: np.ndarray, new: np.ndarray) -> np.ndarray:
-        return _relation(layout.source_cluster[np.maximum(new, 0)], cluster[sel], adj[sel])
-
-    every = np.arange(rows)
-    short: dict[str, int] = {}
-    if n3:
-        rel3 = _relation(layout.source_cluster[np.maximum(tier3, 0)], cluster, adj)
-        put(every, tier3, 3, rel3)
-        need3 = n3 - (tier3 >= 0).sum(axis=1)
-    else:
-        need3 = np.zeros(rows, dtype=np.int64)
-    short["tier3"] = int(need3.sum())
-
-    k1 = np.full(rows, n1, dtype=np.int64)
-    dom = union_domain(layout.offsets, cluster[:, None])
-    got, first, _ = take(every, dom, k1, "tier1", _OWN, n1, 1, scalar(_OWN), MAX_ROUNDS)
-    need1 = k1 - got
-    short["tier1"] = int(need1.sum())
-    fb1, nd_short = own_fallback(n1, got, first)
-
-    k2 = n2 + need1
-    dom = union_domain(layout.offsets, adj)
-    got, first, _ = take(every, dom, k2, "tier2", _ADJ, n1 + n2, 2, scalar(_ADJ), MAX_ROUNDS)
-    need2 = k2 - got
-    short["tier2"] = int(need2.sum())
-    fb2, nd2 = own_fallback(n2, got, first)
-    nd_short += nd2
-
-    k4 = n4 + need2 + need3
-    own_adj = np.concatenate([cluster[:, None], adj], axis=1)
-    dom = complement_domain(layout.offsets, own_adj, layout.n_sources)
-    got4, _, rej4 = take(every, dom, k4, "distant", _FAR, n_neg, 4, scalar(_FAR), None)
-    need = k4 - got4
-    short["distant"] = int(need.sum())
-    # Without near-duplicates tier 4 would have had the room outside the
-    # pair's cluster as it stood when tier 4 began: what the distant step drew
-    # (kept or rejected) plus what the outside step's first draw found.
-    room4 = got4 + rej4
-
-    sel = np.flatnonzero(need)
-    if sel.size:  # distant clusters exhausted: anything outside the pair's cluster
-        dom = complement_domain(layout.offsets, cluster[sel, None], layout.n_sources)
-        got, first, _ = take(sel, dom, need[sel], "outside", _ADJ | _FAR, n_neg, 4,
-                             relation_of, None)  # fmt: skip
-        room4[sel] += first
-        got4[sel] += got
-        need[sel] -= got
-    short["outside"] = int(need.sum())
-    fb4, nd4 = own_fallback(n4, got4, np.minimum(k4, room4))
-    nd_short += nd4
-
-    sel = np.flatnonzero(need)
-    if sel.size:  # only the pair's own cluster is left
-        dom = union_domain(layout.offsets, cluster[sel, None])
-        got, _, _ = take(sel, dom, need[sel], "anywhere", _OWN, n_neg, 1, scalar(_OWN), None)
-        need[sel] -= got
-    if need.any():
-        bad_row = int(np.flatnonzero(need)[0])
-        if reject is not None:
-            raise RowsUnfillable(bad_row, n_neg - int(need[bad_row]))
-        raise RuntimeError(
-            f"row {bad_row} could not be filled: fewer than n_neg "
-            "non-positive sources; the caller must check feasibility first"
-        )
-    short.update(
-        fallback1=fb1, fallback2=fb2, fallback3=short["tier3"], fallback4=fb4,
-        near_dup1=removed[1], near_dup2=removed[2], near_dup4=removed[4], near_dup_short=nd_short,
-    )  # fmt: skip
-    if rows and (tiers == tiers[:1]).all():
-        perm = np.argsort(tiers[0], kind="stable")  # one pattern for all rows
-        return ids[:, perm], tiers[:, perm], short
-    order = np.argsort(tiers, axis=1, kind="stable")
-    return np.take_along_axis(ids, order, 1), np.take_along_axis(tiers, order, 1), short
+    def result(self, short: dict[str, int]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Ids and labels with columns ordered by label (stable), and the counts."""
+        ids, tiers = self.ids, self.tiers
+        if self.rows and (tiers == tiers[:1]).all():
+            perm = np.argsort(tiers[0], kind="stable")  # one pattern for all rows
+            return ids[:, perm], tiers[:, perm], short
+        order = np.argsort(tiers, axis=1, kind="stable")
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(tiers, order, 1), short
