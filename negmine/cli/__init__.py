@@ -32,7 +32,7 @@ import traceback
 from typing import Any
 
 from . import demo, index, mine, outputs
-from .errors import EPILOG, EXIT_USAGE, report_error, report_interrupt
+from .errors import EPILOG, EXIT_USAGE, prog_name, report_error, report_interrupt
 from .options import Parser, add_output_flags
 
 __all__ = ["main"]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     _setup_logging(args)
     for note in getattr(args, "deprecations", None) or ():
-        log.warning("negmine %s: %s", args.command, note)
+        log.warning("%s: %s", prog_name(args), note)
     try:
         return args.func(args)
     except KeyboardInterrupt:

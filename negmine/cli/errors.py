@@ -31,6 +31,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "report_error",
+    "prog_name",
     "report_interrupt",
 ]
 
@@ -81,14 +82,15 @@ def _one_line(text: str) -> str:
     return f"{lines[0]} ... {lines[-1]}"
 
 
-def _prog(args: argparse.Namespace) -> str:
+def prog_name(args: argparse.Namespace) -> str:
+    """``negmine COMMAND`` (``negmine index ACTION``), to begin a message with."""
     action = getattr(args, "index_command", None)
     return f"negmine {args.command}" + (f" {action}" if action else "")
 
 
 def report_error(exc: BaseException, args: argparse.Namespace) -> int:
     """Print ``exc`` as one line on stderr and return its exit code."""
-    prog = _prog(args)
+    prog = prog_name(args)
     if isinstance(exc, MemoryError):
         hint = _MEMORY_HINTS.get(args.command, "lower the sizes given on the command line")
         detail = _one_line(str(exc)) or "an allocation failed"
@@ -115,5 +117,5 @@ def report_interrupt(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
-        print(f"{_prog(args)}: interrupted", file=sys.stderr)
+        print(f"{prog_name(args)}: interrupted", file=sys.stderr)
     return EXIT_INTERRUPTED
