@@ -12,7 +12,8 @@ code   meaning
 0      success
 1      the check failed (``validate`` found violations, ``index check
        --min-recall R`` measured less than R, ``demo``'s validation failed)
-2      bad input or usage (also: not enough memory for the settings; the
+2      bad input or usage: a command-line error, an invalid or missing input,
+       a missing optional package, or not enough memory for the settings (the
        message names the setting that lowers it)
 3      an internal error (any other exception)
 130    interrupted (Ctrl-C); ``mine`` continues with ``--resume``
