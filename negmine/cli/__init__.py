@@ -34,7 +34,7 @@ from typing import Any
 
 from . import demo, index, mine, outputs
 from .errors import EPILOG, EXIT_USAGE, prog_name, report_error, report_interrupt
-from .options import Parser, add_output_flags
+from .options import HelpFormatter, Parser, add_output_flags
 
 __all__ = ["main"]
 
@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="negmine",
         description="Mine tiered hard negatives for retrieval training.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     add_output_flags(parser, default=False)

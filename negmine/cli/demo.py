@@ -22,8 +22,8 @@ class _CountNotFile(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         parser.error(
-            f"argument {option_string}: `--clusters` names a file of cluster ids; the number "
-            f"of clusters is `--n-clusters {values}`"
+            f"argument {option_string}: names a file of cluster ids (as in index build); "
+            f"the number of clusters is `--n-clusters {values}`"
         )
 
 

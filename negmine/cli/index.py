@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .options import Parser, add_command, deprecated_alias
+from .options import HelpFormatter, Parser, add_command, deprecated_alias
 
 __all__ = ["register"]
 
@@ -23,7 +23,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Build, check, describe or list the indexes tier 3 searches.",
         epilog="example:\n  negmine index build data/ --out indexes/w1m --spec clusters,SQ8\n"
         "  negmine index check indexes/w1m --data data/ --nprobe 16 --min-recall 0.95",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )  # fmt: skip
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", parser_class=Parser)
     isub.required = True

@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "EXECUTORS",
+    "HelpFormatter",
     "Parser",
     "add_command",
     "add_filter_options",
@@ -22,6 +23,19 @@ __all__ = [
 
 #: Values of ``--executor``; the first is the default.
 EXECUTORS = ("local", "ray")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose; keeps indented lines (examples, tables) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for line in text.splitlines():
+            if line.startswith("  ") or not line.strip():
+                out.append(indent + line)
+            else:
+                out.append(super()._fill_text(line, width, indent))
+        return "\n".join(out)
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,7 +61,7 @@ def add_output_flags(p: argparse.ArgumentParser, *, default: Any) -> None:
     )
     p.add_argument(
         "--debug", action="store_true", default=default,
-        help="on an error, show the full traceback instead of one line",
+        help="on an error, also print the traceback",
     )  # fmt: skip
 
 
@@ -62,7 +76,7 @@ def add_command(
         help=help,
         description=description or help[0].upper() + help[1:] + ".",
         epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 
