@@ -155,6 +155,22 @@ def test_out_of_memory_hint_of_mine(capsys):
     assert "--spec clusters,SQ8" in err and ".npy files (memory-mapped)" in err
 
 
+def test_error_lines_of_keys_and_empty_messages(capsys):
+    from argparse import Namespace
+
+    from negmine.cli.errors import report_error
+
+    args = Namespace(command="index", index_command="info")
+    assert report_error(KeyError("factory"), args) == 2
+    assert report_error(FileNotFoundError(), args) == 2
+    assert report_error(AssertionError(), args) == 3
+    assert capsys.readouterr().err.splitlines() == [
+        "negmine index info: error: missing key 'factory'",
+        "negmine index info: error: FileNotFoundError",
+        "negmine index info: internal error: AssertionError (rerun with --debug for the traceback)",
+    ]
+
+
 def test_validate_prints_each_violation_once_and_exits_1(tmp_path, data):
     d, corpus = data
     out = tmp_path / "out"

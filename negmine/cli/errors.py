@@ -82,6 +82,12 @@ def _one_line(text: str) -> str:
     return f"{lines[0]} ... {lines[-1]}"
 
 
+def _detail(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return f"missing key {exc.args[0]!r}"  # str(KeyError) is only the quoted key
+    return _one_line(str(exc))
+
+
 def prog_name(args: argparse.Namespace) -> str:
     """``negmine COMMAND`` (``negmine index ACTION``), to begin a message with."""
     action = getattr(args, "index_command", None)
@@ -97,9 +103,9 @@ def report_error(exc: BaseException, args: argparse.Namespace) -> int:
         print(f"{prog}: error: out of memory ({detail}); to use less: {hint}", file=sys.stderr)
         return EXIT_USAGE
     if isinstance(exc, _INPUT_ERRORS):
-        print(f"{prog}: error: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        print(f"{prog}: error: {_detail(exc) or type(exc).__name__}", file=sys.stderr)
         return EXIT_USAGE
-    detail = _one_line(str(exc))
+    detail = _detail(exc)
     print(
         f"{prog}: internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
         "(rerun with --debug for the traceback)",
