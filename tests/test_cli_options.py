@@ -74,11 +74,12 @@ def test_one_spelling_for_one_idea():
             assert opts["--sample"].dest == opts["--recall-sample"].dest
         if "--clusters" in opts and opts["--clusters"].help != argparse.SUPPRESS:
             assert opts["--clusters"].metavar == "FILE", name  # a file, never a count
-        if "--n-clusters" in opts:
-            assert opts["--n-clusters"].type is int
+        if "--n-clusters" in opts:  # a count (or "auto" where one is derived), never a file
+            assert opts["--n-clusters"].metavar != "FILE" and opts["--n-clusters"].type is not Path
     assert {"negmine mine", "negmine demo", "negmine index build"} <= set(seeds)
     assert {"negmine mine", "negmine index check"} <= set(samples)
-    assert _options(COMMANDS["negmine demo"])["--n-clusters"].default == 100
+    demo = _options(COMMANDS["negmine demo"])["--n-clusters"]
+    assert demo.type is int and demo.default == 100
 
 
 @pytest.fixture(scope="module")
