@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -274,6 +275,23 @@ def _child_exact_sample(work: str, sample: int) -> dict[str, Any]:
     }
 
 
+def _make_work_dir(work_dir: str | None) -> str:
+    """A fresh directory for the store workload, inside ``work_dir`` (created
+    with its parents when missing) or the system's temporary directory."""
+    import tempfile
+
+    if work_dir is None:
+        return tempfile.mkdtemp(prefix="negmine-bench-")
+    try:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix="negmine-bench-", dir=work_dir)
+    except OSError as e:
+        raise ValueError(
+            f"`--work-dir` must be a directory negmine can create and write in; got "
+            f"'{work_dir}' ({e.strerror or e}: '{e.filename or work_dir}')."
+        ) from e
+
+
 def run_store(
     name: str, nprobes: list[int], exact_sample: int = 8192, work_dir: str | None = None
 ) -> dict[str, Any]:
@@ -285,12 +303,11 @@ def run_store(
     saved as ``.npy`` files and memory-mapped, as a user's would be.
     """
     import shutil
-    import tempfile
 
     if name not in WORKLOADS:
         raise ValueError(f"`--store` must name among {sorted(WORKLOADS)}; got '{name}'.")
     n_src, n_pairs, n_c = WORKLOADS[name]
-    work = tempfile.mkdtemp(prefix="negmine-bench-", dir=work_dir)
+    work = _make_work_dir(work_dir)
     try:
         prep = _spawn(f"--prepare={name}:{work}")
         src_mb = prep["source_bytes"] / 2**20

@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, corpus):
 
 def test_demo_small_runs_and_validates(tmp_path):
     out = tmp_path / "demo"
-    proc = _run("demo", "--sources", "3000", "--clusters", "20", "--pairs", "1500",
+    proc = _run("demo", "--sources", "3000", "--n-clusters", "20", "--pairs", "1500",
                 "--dim", "32", "--out", str(out))  # fmt: skip
     assert "validation: ok" in proc.stdout
     assert "tier 3 search" in proc.stderr  # progress bars go to stderr
