@@ -49,7 +49,7 @@ def _miner_keywords(args: argparse.Namespace) -> dict[str, Any]:
         "n_neg": args.n_neg,
         "tier_proportions": args.tier_proportions,
         "adjacent_k": args.adjacent_k,
-        "random_seed": args.seed,
+        "seed": args.seed,
         "batch_size": args.batch_size,
         "show_progress": not args.quiet,
         "index": getattr(args, "index", None),
