@@ -100,6 +100,7 @@ def _mine_with_threads(n: int, case: str, corpus_dir: Path) -> dict:
             "nprobe",
             marks=pytest.mark.xfail(
                 strict=True,
+                raises=AssertionError,
                 reason="the probed tier 3 orders a near-tie by float32 products whose rounding "
                 "depends on how BLAS splits them between threads (one row of 9000 differs here)",
             ),
