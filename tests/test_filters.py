@@ -403,21 +403,49 @@ def test_rank_window_random_draws_from_window():
     assert sum(x != y for x, y in zip(t3a, t3c, strict=True)) > len(t3a) // 2
 
 
-def test_recall_of_filtered_search_is_measured_on_filtered_results():
+def _probed_clusters(corpus: dict, q: int, c: int, nprobe: int) -> set[int]:
+    """The ``nprobe`` clusters other than ``c`` whose centroids are nearest question ``q``."""
+    sims = unit(corpus["centroid_embeddings"]) @ unit(corpus["question_embeddings"])[q]
+    ranked = [int(j) for j in np.argsort(-sims, kind="stable") if j != c]
+    return set(ranked[:nprobe])
+
+
+@pytest.mark.parametrize("nprobe", [1, 7])
+def test_recall_of_filtered_search_is_measured_on_filtered_results(nprobe):
+    """The reported recall equals the one counted by hand from brute force: per
+    distinct (pair cluster, question), the filtered eligible sources in the probed
+    clusters against all of them, over the tier-3 slots or the whole window."""
     corpus = small_corpus(n_sources=400, n_clusters=8, n_questions=100, seed=35)
-    for extra in ({}, {"tier3_rank_window": (1, 7), "tier3_sampling": "random"}):
+    scl = corpus["source_cluster_ids"]
+    for window, extra in (
+        ((0, 2), {}),
+        ((1, 7), {"tier3_rank_window": (1, 7), "tier3_sampling": "random"}),
+    ):
         miner = NegativeMiner(
             **corpus,
             n_neg=8,
             tier_proportions=[2, 2, 2, 2],
-            nprobe=7,
-            recall_sample=50,
+            nprobe=nprobe,
+            recall_sample=10_000,
             max_score=0.6,
             **extra,
         )
         miner.mine_all_negatives()
         rec = miner.last_stats["tier3_recall"]
-        assert rec["recall"] == 1.0 and rec["k"] == (6 if extra else 2)
+        ref = filtered_tier3_reference(corpus, 2, max_score=0.6, window=window)
+        shares = {}
+        for (q, _), c, r in zip(
+            corpus["pair_indices"], corpus["pair_cluster_ids"], ref, strict=True
+        ):
+            probed = _probed_clusters(corpus, int(q), int(c), nprobe)
+            exact = r["eligible"][window[0] : window[1]]
+            approx = [x for x in r["eligible"] if scl[x] in probed][window[0] : window[1]]
+            if exact:
+                shares[(int(c), int(q))] = len(set(exact) & set(approx)) / len(exact)
+        want = float(np.mean(list(shares.values())))
+        assert rec["k"] == window[1] - window[0]
+        assert rec["recall"] == round(want, 4), (rec, want)
+        assert (want == 1.0) == (nprobe == 7)
 
 
 # ------------------------------------------------------------------ determinism, filters off
