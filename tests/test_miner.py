@@ -101,13 +101,33 @@ def test_exact_kernel_across_chunks(monkeypatch, chunk):
         assert list(ids[r][tiers[r] == 3]) == list(ref_ids)
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 1000])
-def test_batch_size_does_not_change_output(batch_size):
-    corpus = small_corpus(n_questions=1500, n_sources=900, seed=4)
-    base = _mine(corpus, batch_size=100_000)
-    other = _mine(corpus, batch_size=batch_size)
-    for key in ("hard_negatives", "negative_tiers", "negative_scores"):
-        assert torch.equal(base[key], other[key]), key
+# Enough pairs and distinct (pair cluster, question) queries to cross the miner's
+# fixed blocks (1024-pair random streams, 4096-query tier-3 blocks) and sampling
+# steps of 1024 (batch sizes 1, 7 and 1024 round up to it), 3072 and 5120 pairs.
+BATCH_CORPUS = dict(n_questions=5000, n_sources=900, seed=4)
+
+
+@pytest.fixture(scope="module")
+def batch_corpus():
+    return small_corpus(**BATCH_CORPUS)
+
+
+@pytest.fixture(scope="module")
+def one_batch(batch_corpus):
+    return _mine(batch_corpus, batch_size=100_000)
+
+
+def test_batch_corpus_crosses_the_blocks(batch_corpus):
+    pairs = batch_corpus["pair_indices"]
+    queries = np.unique(batch_corpus["pair_cluster_ids"] * len(pairs) + pairs[:, 0])
+    assert len(pairs) > 5120 + 1024 and queries.size > 4096
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1024, 3000, 5000])
+def test_batch_size_does_not_change_output(batch_corpus, one_batch, batch_size):
+    other = _mine(batch_corpus, batch_size=batch_size)
+    for key in ("hard_negatives", "negative_tiers", "negative_scores", "positive_scores"):
+        assert torch.equal(one_batch[key], other[key]), key
 
 
 def test_seed_determinism_and_change():

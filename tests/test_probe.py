@@ -75,6 +75,30 @@ def _reference(corpus: dict, inp: dict, k: int, nprobe: int):
     return np.array(ids_out), np.array(scores_out)
 
 
+def _exact_reference(corpus: dict, questions: np.ndarray, clusters: np.ndarray, k: int):
+    """Brute force in float64: per (question, skipped cluster), the ids of the k
+    most similar sources outside the cluster that are not positives of the question."""
+    src = unit(corpus["source_embeddings"])
+    qry = unit(corpus["question_embeddings"])
+    scl = corpus["source_cluster_ids"]
+    pos = positives_of(corpus["pair_indices"])
+    out = np.empty((len(questions), k), dtype=np.int64)
+    for a in range(0, len(questions), 256):
+        q, c = questions[a : a + 256], clusters[a : a + 256]
+        sims = qry[q] @ src.T
+        sims[scl[None, :] == c[:, None]] = -np.inf
+        for r, qq in enumerate(q.tolist()):
+            sims[r, list(pos[qq])] = -np.inf
+        out[a : a + 256] = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return out
+
+
+def _recall_by_hand(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row's exact ids (all valid here) found in the approximate row."""
+    rows = zip(approx.tolist(), exact.tolist(), strict=True)
+    return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in rows]))
+
+
 @pytest.mark.parametrize("seed", [0, 5])
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("nprobe", [1, 2, 3, 7])
@@ -168,13 +192,19 @@ def test_recall_rises_with_nprobe():
     corpus = make_corpus(20000, 50, 3000, 64, seed=0)
     inp = _inputs(corpus)
     k = 10
-    _, i_e = _exact(inp, k)
-    recalls = [recall_at_k(_probe(inp, k, p)[1], i_e) for p in (1, 2, 4, 8, 16)]
+    exact = _exact_reference(corpus, inp["query_question"], inp["query_cluster"], k)
+    recalls = []
+    for p in (1, 2, 4, 8, 16):
+        got = _probe(inp, k, p)[1]
+        recalls.append(recall_at_k(got, exact))
+        assert recalls[-1] == pytest.approx(_recall_by_hand(got, exact), abs=1e-12), p
     print("recall@10 at nprobe 1, 2, 4, 8, 16:", [round(r, 4) for r in recalls])
     assert all(b >= a for a, b in itertools.pairwise(recalls))
     assert recalls[0] < 0.9  # one probe is not enough: the test can tell
     assert recalls[-1] >= 0.97
-    assert recall_at_k(_probe(inp, k, 49)[1], i_e) == 1.0
+    # Probing every other cluster finds the brute-force top k of every query.
+    full = _probe(inp, k, 49)[1]
+    assert [set(r) for r in full.tolist()] == [set(r) for r in exact.tolist()]
 
 
 def test_recall_at_k_by_hand():
@@ -204,29 +234,34 @@ def test_centroid_ties_go_to_lower_cluster():
 
 
 def test_miner_with_nprobe_passes_the_rules_and_reports_recall():
-    from reference import check_rows
+    from reference import check_rows, tier3_reference
 
     from negmine import NegativeMiner
 
     corpus = small_corpus(n_sources=500, n_clusters=8, n_questions=120, seed=9)
-    exact = NegativeMiner(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2]).mine_all_negatives()
-    full = NegativeMiner(
-        **corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], nprobe=7, recall_sample=50
-    )
+    kw = dict(n_neg=8, tier_proportions=[2, 2, 2, 2])
+    # Probing all C - 1 other clusters: tier 3 is the brute-force top 2 of each pair.
+    full = NegativeMiner(**corpus, **kw, nprobe=7, recall_sample=50)
     res = full.mine_all_negatives()
-    for key in ("hard_negatives", "negative_tiers"):
-        assert np.array_equal(res[key].numpy(), exact[key].numpy())
+    ids, tiers = res["hard_negatives"].numpy(), res["negative_tiers"].numpy()
+    for r, (want, _) in enumerate(tier3_reference(corpus, 2)):
+        assert list(ids[r][tiers[r] == 3]) == list(want), f"row {r}"
     assert full.last_stats["tier3_recall"]["recall"] == 1.0
     assert full.last_stats["index"]["factory"] == "clusters"
-    narrow = NegativeMiner(
-        **corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], nprobe=1, recall_sample=1000
-    )
+    # One probe: the recall the miner reports is the one brute force gives, over
+    # every distinct (pair cluster, question), the queries tier 3 searches.
+    narrow = NegativeMiner(**corpus, **kw, nprobe=1, recall_sample=1000)
     res = narrow.mine_all_negatives()
     check_rows(res, corpus, adjacent_k=3)
+    n_q = len(corpus["question_embeddings"])
+    key = np.unique(corpus["pair_cluster_ids"] * n_q + corpus["pair_indices"][:, 0])
+    queries = {"query_cluster": key // n_q, "query_question": key % n_q}
+    probed, _ = _reference(corpus, queries, 2, 1)
+    exact = _exact_reference(corpus, queries["query_question"], queries["query_cluster"], 2)
+    want = _recall_by_hand(probed, exact)
     rec = narrow.last_stats["tier3_recall"]
-    assert rec["sample"] == len(
-        np.unique(corpus["pair_cluster_ids"] * 1000 + corpus["pair_indices"][:, 0])
-    )
-    assert 0.0 < rec["recall"] < 1.0
+    assert rec["sample"] == key.size and rec["k"] == 2
+    assert rec["recall"] == round(want, 4), (rec, want)
+    assert want < 0.95  # one probe misses some: the comparison can tell
     with pytest.raises(ValueError, match="`nprobe` must be an integer >= 1"):
         NegativeMiner(**corpus, nprobe=0)

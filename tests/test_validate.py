@@ -272,6 +272,45 @@ def test_id_out_of_range(corpus: Corpus, valid: tuple[np.ndarray, np.ndarray], b
     assert "[0, 60)" in msg and f"row 6, column 3, id {bad_id}" in msg
 
 
+def test_uint64_ids_past_int64_are_quoted_as_given(
+    corpus: Corpus, valid: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # Cast to int64, 2**63 + 5 wraps to a negative number: the message must
+    # quote the id the caller passed, and the label the same way.
+    hn, tiers = (a.astype(np.uint64) for a in valid)
+    big = 2**63 + 5
+    hn[6, 3] = big
+    tiers[4, 1] = 2**64 - 1
+    report = validate_negatives(hn, tiers, **corpus.kwargs())
+    assert list(report.violations) == ["dtype", "id_range", "label_value"], report.errors
+    assert report.violations["id_range"] == 1 and report.violations["label_value"] == 1
+    assert f"(row 6, column 3, id {big})" in report.errors[2]
+    assert f"(row 4, column 1, label {2**64 - 1})" in report.errors[3]
+    assert "-9223372036854775" not in " ".join(report.errors)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "pattern"),
+    [
+        (0, -1, r"`pair_indices\[:, 0\]` must hold question ids >= 0 .*; got -1 at \[3\]\."),
+        (0, 2**63 + 1, rf"`pair_indices\[:, 0\]` must .*; got {2**63 + 1} at \[5\]\."),
+        (
+            1,
+            2**63 + 1,
+            rf"`pair_indices\[:, 1\]` must hold ids in \[0, 60\) .*; got {2**63 + 1} at",
+        ),
+    ],
+)
+def test_pair_ids_are_range_checked_in_their_own_dtype(
+    corpus: Corpus, valid: tuple[np.ndarray, np.ndarray], column: int, value: int, pattern: str
+) -> None:
+    hn, tiers = valid
+    pairs = corpus.pairs.astype(np.uint64 if value > 0 else np.int64)
+    pairs[3 if value < 0 else 5, column] = value
+    with pytest.raises(ValueError, match=pattern):
+        validate_negatives(hn, tiers, **{**corpus.kwargs(), "pair_indices": pairs})
+
+
 def test_out_of_range_skips_only_those_entries(
     corpus: Corpus, valid: tuple[np.ndarray, np.ndarray]
 ) -> None:
