@@ -37,12 +37,16 @@ __all__ = [
 Job = tuple[int, tuple[Any, ...]]
 
 
-@functools.cache
 def worker_identity() -> str:
     """What decides this process's float arithmetic: CPU model, BLAS, FAISS build.
 
     Workers with the same identity compute the same bytes for the same block.
     """
+    return _static_identity().format(threads=blas_threads())
+
+
+@functools.cache
+def _static_identity() -> str:
     import faiss
 
     cpu = platform.processor() or platform.machine()
@@ -58,7 +62,22 @@ def worker_identity() -> str:
     except (TypeError, KeyError):
         pass
     opts = faiss.get_compile_options().strip()
-    return f"{platform.machine()} | {cpu} | {blas} | faiss {faiss.__version__} {opts}"
+    return (f"{platform.machine()} | {cpu} | {blas}, {{threads}} BLAS threads | "
+            f"faiss {faiss.__version__} {opts}")  # fmt: skip
+
+
+def blas_threads() -> int | None:
+    """Threads of the BLAS numpy multiplies with (None when it cannot be told).
+
+    The probe kernel's small products round differently with another number of
+    BLAS threads, so it is part of a worker's identity.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts) if counts else None
 
 
 class LocalExecutor:

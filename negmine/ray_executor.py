@@ -9,7 +9,9 @@ arrays and the worker's identity (CPU, BLAS, FAISS build); the driver stores
 checkpoints, reports progress and assembles the output, exactly as the local
 executor's driver does, so both give the same bytes.
 
-A worker lost mid-task costs only that task: Ray runs it again. A task that
+Tasks multiply with as many BLAS threads as the driver would (Ray starts its
+workers with one): the probe kernel's small products round differently with
+another thread count. A worker lost mid-task costs only that task: Ray runs it again. A task that
 fails for a real reason (bad input found on a worker) stops the run with that
 error, re-raised on the driver as itself.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .executor import Job, cpu_count, timed
+from .executor import Job, blas_threads, cpu_count, timed
 from .plan import MiningPlan
 
 __all__ = ["RayExecutor"]
@@ -47,11 +49,17 @@ def _import_ray() -> Any:
     return ray
 
 
-def _run_block(box: list[Any], fn: Callable[..., dict], g: int, *args: Any):
-    """A Ray task: block ``g`` of the plan behind ``box[0]``."""
+def _run_block(box: list[Any], threads: int | None, fn: Callable[..., dict], g: int, *args: Any):
+    """A Ray task: block ``g`` of the plan behind ``box[0]``, on ``threads`` BLAS threads."""
     import ray
 
     from ._faults import pause_point
+
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads, user_api="blas"):
+            return _run_block(box, None, fn, g, *args)
 
     key = box[0].hex()
     plan = _PLANS.get(key)
@@ -87,6 +95,10 @@ class RayExecutor:
             self._owned = True
         self._plan_ref: Any = None
         self.put_seconds = 0.0
+        # Ray starts workers with one BLAS thread; the probe kernel's small
+        # products round differently with another count, so tasks use the
+        # driver's (see worker_identity).
+        self._threads = blas_threads()
         self._plan_id: int | None = None
 
     def _plan(self, plan: MiningPlan) -> Any:
@@ -112,7 +124,7 @@ class RayExecutor:
             while at < len(jobs) or pending:
                 while at < len(jobs) and len(pending) < limit:
                     g, args = jobs[at]
-                    pending[task.remote(box, fn, g, *args)] = g
+                    pending[task.remote(box, self._threads, fn, g, *args)] = g
                     at += 1
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 g = pending.pop(ready[0])

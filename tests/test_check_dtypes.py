@@ -31,7 +31,7 @@ def corpus():
 
 
 def _mine(corpus, **kw):
-    return mine_negatives(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], random_seed=1, **kw)
+    return mine_negatives(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], seed=1, **kw)
 
 
 def _with(corpus, convert):

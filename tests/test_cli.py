@@ -41,7 +41,7 @@ def test_mine_then_validate(tmp_path, corpus, fmt):
     assert proc.stderr == ""  # --quiet: no progress bars
     res = load_outputs(out)
     check_rows(res, corpus, adjacent_k=3)
-    api = NegativeMiner(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], random_seed=3)
+    api = NegativeMiner(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], seed=3)
     expected = api.mine_all_negatives()
     assert np.array_equal(res["hard_negatives"], expected["hard_negatives"].numpy())
     manifest = json.loads((out / "manifest.json").read_text())

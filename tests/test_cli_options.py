@@ -118,7 +118,7 @@ def _mine_args(*argv: str) -> argparse.Namespace:
 
 def test_executor_keywords_only_when_asked_for():
     kw = _miner_keywords(_mine_args("--seed", "9"))
-    assert kw["random_seed"] == 9
+    assert kw["seed"] == 9
     assert "executor" not in kw and "ray_address" not in kw  # the default needs nothing new
     kw = _miner_keywords(_mine_args("--executor", "ray"))
     assert kw["executor"] == "ray" and "ray_address" not in kw

@@ -51,7 +51,7 @@ else:
             threads[lib["filepath"]] = lib["num_threads"]
 corpus = {k: np.load(f"{args['dir']}/{k}.npy") for k in args["keys"]}
 res = mine_negatives(
-    **corpus, n_neg=12, tier_proportions=[3, 4, 3, 2], random_seed=7, **args["mine"]
+    **corpus, n_neg=12, tier_proportions=[3, 4, 3, 2], seed=7, **args["mine"]
 )
 digests = {}
 for name in ("hard_negatives", "negative_tiers", "negative_scores", "positive_scores"):

@@ -383,7 +383,7 @@ def test_rank_window_random_draws_from_window():
         near_duplicate_threshold=0.97,
     )
     ref = filtered_tier3_reference(corpus, n3, window=window, near_duplicate_threshold=0.97)
-    a = mine_negatives(**corpus, **kw, random_seed=1)
+    a = mine_negatives(**corpus, **kw, seed=1)
     rel_ranks = []
     for r, (got, want) in enumerate(zip(_tier3_rows(a), ref, strict=True)):
         win = want["eligible"][window[0] : window[1]]
@@ -396,9 +396,9 @@ def test_rank_window_random_draws_from_window():
     expected = len(rel_ranks) / 10
     assert ((counts - expected) ** 2 / expected).sum() < 28, counts
     # Deterministic by seed, independent of batch_size, different under another seed.
-    b = mine_negatives(**corpus, **kw, random_seed=1, batch_size=7)
+    b = mine_negatives(**corpus, **kw, seed=1, batch_size=7)
     assert torch.equal(a["hard_negatives"], b["hard_negatives"])
-    c = mine_negatives(**corpus, **kw, random_seed=2)
+    c = mine_negatives(**corpus, **kw, seed=2)
     t3a, t3c = _tier3_rows(a), _tier3_rows(c)
     assert sum(x != y for x, y in zip(t3a, t3c, strict=True)) > len(t3a) // 2
 
@@ -455,7 +455,7 @@ CASES = {
     "a": (dict(seed=7), dict(n_neg=12, tier_proportions=[3, 4, 3, 2], adjacent_k=3)),
     "b": (
         dict(n_questions=1500, n_sources=900, seed=4),
-        dict(n_neg=8, random_seed=3, batch_size=1000),
+        dict(n_neg=8, seed=3, batch_size=1000),
     ),
     "c": (
         dict(n_sources=500, n_clusters=10, n_questions=200, seed=12),

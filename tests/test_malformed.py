@@ -689,9 +689,7 @@ BAD_SETTINGS: list[tuple[str, Any, type[Exception]]] = [
 @settings(max_examples=60, deadline=None)
 @given(
     bad=st.sampled_from(BAD_SETTINGS),
-    others=st.fixed_dictionaries(
-        {"adjacent_k": st.integers(0, 4), "seed": st.integers(0, 2**32)}
-    ),
+    others=st.fixed_dictionaries({"adjacent_k": st.integers(0, 4), "seed": st.integers(0, 2**32)}),
     via_class=st.booleans(),
 )
 def test_bad_settings_are_refused(bad, others, via_class):

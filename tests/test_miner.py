@@ -132,9 +132,9 @@ def test_batch_size_does_not_change_output(batch_corpus, one_batch, batch_size):
 
 def test_seed_determinism_and_change():
     corpus = small_corpus(seed=8)
-    a = _mine(corpus, random_seed=1)
-    b = _mine(corpus, random_seed=1)
-    c = _mine(corpus, random_seed=2)
+    a = _mine(corpus, seed=1)
+    b = _mine(corpus, seed=1)
+    c = _mine(corpus, seed=2)
     assert torch.equal(a["hard_negatives"], b["hard_negatives"])
     t = a["negative_tiers"].numpy()
     random_cols = np.isin(t, [1, 2, 4])
@@ -259,7 +259,7 @@ def test_hard_rules_hold_on_random_corpora(
             mine_negatives(**corpus, n_neg=n_neg, tier_proportions=props, adjacent_k=adjacent_k)
         return
     res = mine_negatives(
-        **corpus, n_neg=n_neg, tier_proportions=props, adjacent_k=adjacent_k, random_seed=seed
+        **corpus, n_neg=n_neg, tier_proportions=props, adjacent_k=adjacent_k, seed=seed
     )
     check_rows(res, corpus, adjacent_k)
     report = validate_negatives(

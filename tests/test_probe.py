@@ -11,8 +11,8 @@ from reference import positives_of, small_corpus, unit
 import negmine.search.probe as probe_mod
 from negmine._checks import normalized_float32
 from negmine.layout import ClusterLayout, PositiveSets, adjacent_clusters
-from negmine.search.probe import probe_outside_cluster, recall_at_k
 from negmine.search import exact_outside_cluster
+from negmine.search.probe import probe_outside_cluster, recall_at_k
 from negmine.synth import make_corpus
 
 

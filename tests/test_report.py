@@ -106,7 +106,7 @@ def corpus():
 def mined(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("report")
     save_dataset(root / "data", corpus)
-    miner = NegativeMiner(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], random_seed=7)
+    miner = NegativeMiner(**corpus, n_neg=8, tier_proportions=[2, 2, 2, 2], seed=7)
     miner.mine_to(root / "out")
     return root
 
