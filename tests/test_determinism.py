@@ -96,15 +96,7 @@ def _mine_with_threads(n: int, case: str, corpus_dir: Path) -> dict:
     "case",
     [
         "exact",
-        pytest.param(
-            "nprobe",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="the probed tier 3 orders a near-tie by float32 products whose rounding "
-                "depends on how BLAS splits them between threads (one row of 9000 differs here)",
-            ),
-        ),
+        "nprobe",
     ],
 )
 def test_one_and_two_threads_give_the_same_bytes(case, corpus_dir):

@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "QUERY_BLOCK",
     "RESULT_BYTES",
+    "blas_threads",
     "faiss_single_threaded",
     "heap_over",
     "max_depth",
@@ -42,6 +43,15 @@ def _new_heap(n: int, k: int):
     dist = np.full((n, k), -np.inf, dtype=np.float32)
     ids = np.full((n, k), -1, dtype=np.int64)
     return heap_over(dist, ids), dist, ids
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run numpy's BLAS on ``n`` threads inside the block (through threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 @contextmanager

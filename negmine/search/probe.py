@@ -20,13 +20,18 @@ from collections.abc import Callable
 import numpy as np
 
 from ..layout import ClusterLayout, PositiveSets, csr_expand
-from .common import faiss_single_threaded, heap_over, run_query_blocks
+from .common import blas_threads, faiss_single_threaded, heap_over, run_query_blocks
 
 __all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists", "probe_outside_cluster", "recall_at_k"]
 
 #: Queries per block. Fixed so that which queries share a matrix product (and so
 #: any near-tie) never depends on how the caller batches the work.
 PROBE_BLOCK = 4096
+#: BLAS threads of the kernel's products, whatever the machine's count: the
+#: products are small (the queries probing one cluster times its sources), and
+#: OpenBLAS rounds them differently with another number of threads, which can
+#: flip a near-tie. Fixed, the result depends on the CPU type only.
+PROBE_BLAS_THREADS = 2
 #: Floats in the reusable score buffer of one cluster's matrix product; larger
 #: products are split by query rows.
 SCORE_BUFFER = 1 << 22
@@ -203,7 +208,7 @@ def probe_outside_cluster(
     if not isinstance(vectors, ClusterLists):
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
     kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe)
-    with faiss_single_threaded():
+    with faiss_single_threaded(), blas_threads(PROBE_BLAS_THREADS):
         run_query_blocks(kernel.run, PROBE_BLOCK, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
