@@ -51,7 +51,7 @@ from .search import (
 __all__ = ["PAIR_BLOCK", "RNG_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
 
 if TYPE_CHECKING:
-    from .runs import Checkpoints
+    from .io.runs import Checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -879,7 +879,7 @@ class NegativeMiner:
         import hashlib
 
         from ._version import __version__
-        from .runs import hash_arrays
+        from .io.runs import hash_arrays
 
         h = hashlib.sha256(f"negmine-run:{__version__}:".encode())
         cfg = self.config.to_dict()
@@ -926,7 +926,7 @@ class NegativeMiner:
         """
 
         from .io import check_output_dir
-        from .runs import Checkpoints, completed_run, partial_dir
+        from .io.runs import Checkpoints, completed_run, partial_dir
 
         key = self.run_key()
         if resume:

@@ -444,7 +444,7 @@ def build_report(
     origin_q = origin_p = origin_ref = "none"
     data_dir = None
     if data is not None:
-        from .datasets import load_dataset
+        from .io.datasets import load_dataset
 
         ds = load_dataset(data)
         data_dir = ds.path

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from negmine.datasets import save_dataset
 from negmine.io import load_outputs
-from negmine.runs import partial_dir
+from negmine.io.datasets import save_dataset
+from negmine.io.runs import partial_dir
 from negmine.synth import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -338,7 +338,7 @@ def _mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) ->
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
-    from ..datasets import load_dataset
+    from ..io.datasets import load_dataset
 
     ds = load_dataset(args.data_dir)
     for note in ds.notes:
@@ -350,8 +350,8 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ..datasets import load_dataset
     from ..io import load_outputs
+    from ..io.datasets import load_dataset
     from ..validate import validate_negatives
 
     outputs = load_outputs(args.out_dir)
@@ -450,7 +450,7 @@ def _load_matrix(path: Path) -> Any:
     import numpy as np
 
     if path.is_dir():
-        from ..datasets import load_dataset
+        from ..io.datasets import load_dataset
 
         return load_dataset(path).arrays["source_embeddings"]
     if path.suffix == ".npy":
@@ -467,7 +467,7 @@ def _index_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     scl = _load_matrix(args.clusters) if args.clusters else None
     cen = _load_matrix(args.centroids) if args.centroids else None
     if args.sources.is_dir():
-        from ..datasets import load_dataset
+        from ..io.datasets import load_dataset
 
         arrays = load_dataset(args.sources).arrays
         src = arrays["source_embeddings"]
@@ -484,7 +484,7 @@ def _index_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def _index_check(args: argparse.Namespace) -> int:
-    from ..datasets import load_dataset
+    from ..io.datasets import load_dataset
     from ..miner import NegativeMiner
 
     ds = load_dataset(args.data)
