@@ -123,6 +123,46 @@ def check_output_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     return d
 
 
+def _prepared(
+    tensors: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
+    """Checked tensors as torch tensors, their file records and the manifest text."""
+    if not isinstance(tensors, Mapping):
+        fail(
+            "tensors",
+            "be a dict of arrays",
+            f"an object of type {type(tensors).__name__}",
+            exc=TypeError,
+        )
+    if not isinstance(manifest, Mapping):
+        fail("manifest", "be a dict", f"an object of type {type(manifest).__name__}", exc=TypeError)
+    if TENSOR_FILES_KEY in manifest:
+        fail(
+            "manifest",
+            f"not contain the key {TENSOR_FILES_KEY!r}, which save_outputs fills in",
+            f"a manifest with {TENSOR_FILES_KEY!r}",
+            "Rename that entry.",
+        )
+    for key in tensors:
+        _check_output_key(key)
+
+    ready: dict[str, np.ndarray] = {}
+    for key, value in tensors.items():
+        a = _torch_ready(value, f"tensors[{key!r}]")
+        if a.dtype != np.bool_ and np.issubdtype(a.dtype, np.integer) and a.dtype != np.int64:
+            a = a.astype(np.int64)
+        ready[key] = a
+    converted = {k: _to_tensor(a, f"tensors[{k!r}]") for k, a in ready.items()}
+    record = {
+        k: {"file": f"{k}.pt", "dtype": str(a.dtype), "shape": list(a.shape)}
+        for k, a in ready.items()
+    }
+    full_manifest = dict(manifest)
+    full_manifest[TENSOR_FILES_KEY] = record
+    text = _json_text(full_manifest, "manifest") + "\n"
+    return converted, record, text
+
+
 def save_outputs(
     out_dir: str | os.PathLike[str],
     tensors: Mapping[str, Any],
@@ -162,40 +202,7 @@ def save_outputs(
     the new one, and a process killed at any moment leaves the old outputs
     intact. Only a directory holding nothing but negmine outputs is replaced.
     """
-    if not isinstance(tensors, Mapping):
-        fail(
-            "tensors",
-            "be a dict of arrays",
-            f"an object of type {type(tensors).__name__}",
-            exc=TypeError,
-        )
-    if not isinstance(manifest, Mapping):
-        fail("manifest", "be a dict", f"an object of type {type(manifest).__name__}", exc=TypeError)
-    if TENSOR_FILES_KEY in manifest:
-        fail(
-            "manifest",
-            f"not contain the key {TENSOR_FILES_KEY!r}, which save_outputs fills in",
-            f"a manifest with {TENSOR_FILES_KEY!r}",
-            "Rename that entry.",
-        )
-    for key in tensors:
-        _check_output_key(key)
-
-    ready: dict[str, np.ndarray] = {}
-    for key, value in tensors.items():
-        a = _torch_ready(value, f"tensors[{key!r}]")
-        if a.dtype != np.bool_ and np.issubdtype(a.dtype, np.integer) and a.dtype != np.int64:
-            a = a.astype(np.int64)
-        ready[key] = a
-    converted = {k: _to_tensor(a, f"tensors[{k!r}]") for k, a in ready.items()}
-    record = {
-        k: {"file": f"{k}.pt", "dtype": str(a.dtype), "shape": list(a.shape)}
-        for k, a in ready.items()
-    }
-    full_manifest = dict(manifest)
-    full_manifest[TENSOR_FILES_KEY] = record
-    text = _json_text(full_manifest, "manifest") + "\n"
-
+    converted, record, text = _prepared(tensors, manifest)
     d = check_output_dir(out_dir, overwrite)
 
     import torch
