@@ -12,6 +12,11 @@ def pause_point(name: str) -> None:
 
     ``NEGMINE_PAUSE_AT=<name>`` makes the process print ``paused:<name>`` to
     stderr and sleep 30 s at that point, so a test can kill it exactly there.
+    The points: ``after-tier3-<g>`` and ``after-pairs-<g>`` (a block was
+    checkpointed), ``during-write`` (an output tensor was written to the
+    staging directory), ``before-swap`` (the staging directory is complete)
+    and ``between-renames`` (the two-rename swap has set the old directory
+    aside and not yet put the new one in place).
     """
     if os.environ.get("NEGMINE_PAUSE_AT") == name:
         import sys
