@@ -32,15 +32,15 @@ _LAZY = {
     "validate_negatives": "validate",
     "ValidationError": "validate",
     "ValidationReport": "validate",
-    "load_dataset": "datasets",
+    "load_dataset": "io.datasets",
 }
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from .config import MiningConfig
-    from .datasets import load_dataset
     from .index import SourceIndex, read_manifest
+    from .io.datasets import load_dataset
     from .miner import NegativeMiner, mine_negatives
     from .validate import ValidationError, ValidationReport, validate_negatives
 

@@ -14,7 +14,13 @@ def pause_point(name: str) -> None:
     """Sleep at ``name`` when a test asks for it.
 
     ``NEGMINE_PAUSE_AT=<name>``: print ``paused:<name>`` to stderr and sleep
-    30 s, so a test can kill the process exactly there. With
+    30 s, so a test can kill the process exactly there. The points:
+    ``after-tier3-<g>`` and ``after-pairs-<g>`` (the driver checkpointed a
+    block), ``task-tier3_block-<g>`` and ``task-pair_block-<g>`` (a Ray task
+    began), ``during-write`` (an output tensor was written to the staging
+    directory), ``before-swap`` (the staging directory is complete) and
+    ``between-renames`` (the two-rename swap has set the old directory aside
+    and not yet put the new one in place). With
     ``NEGMINE_PAUSE_ONCE=<dir>`` as well, the first process to reach the point
     writes its pid to ``<dir>/<name>.pid`` and pauses; later ones (a retried
     task) pass.

@@ -165,13 +165,13 @@ def _child_tiers(n_pairs: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- index store
 def _dataset(path: str) -> dict[str, Any]:
-    from .datasets import load_dataset
+    from .io.datasets import load_dataset
 
     return load_dataset(path).arrays  # memory-mapped, as a user's .npy files are
 
 
 def _child_prepare(name: str, work: str) -> dict[str, Any]:
-    from .datasets import save_dataset
+    from .io.datasets import save_dataset
     from .synth import make_corpus
 
     n_src, n_pairs, n_c = WORKLOADS[name]

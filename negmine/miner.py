@@ -252,7 +252,7 @@ class NegativeMiner:
         """Mine every pair and write the outputs to ``output_dir``, durably.
 
         Finished blocks are checkpointed beside ``output_dir`` (see
-        :mod:`negmine.runs`); the outputs are built aside and swapped in only
+        :mod:`negmine.io.runs`); the outputs are built aside and swapped in only
         when complete, so a killed run never leaves half-written outputs and
         never harms an earlier run's.
 
@@ -273,7 +273,7 @@ class NegativeMiner:
             As :meth:`mine_all_negatives`.
         """
         from .io import check_output_dir
-        from .runs import Checkpoints, completed_run, partial_dir
+        from .io.runs import Checkpoints, completed_run, partial_dir
 
         key = self.run_key()
         if resume:

@@ -31,7 +31,7 @@ from .search.backends import (
     Tier3Backend,
 )
 from .search.common import QUERY_BLOCK
-from .search.probe import ClusterLists
+from .index.lists import ClusterLists
 from .vectors import SourceVectors
 
 __all__ = ["CLUSTERS_NPROBE", "COMPRESSED_RERANK", "PAIR_BLOCK", "T3_BLOCK", "MiningPlan",

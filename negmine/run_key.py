@@ -6,8 +6,8 @@ import hashlib
 import json
 
 from ._version import __version__
+from .io.runs import hash_arrays
 from .plan import MiningPlan
-from .runs import hash_arrays
 
 __all__ = ["run_key"]
 

@@ -10,8 +10,8 @@ import pytest
 from reference import small_corpus
 
 from negmine import NegativeMiner
-from negmine.datasets import save_dataset
 from negmine.io import load_outputs, save_outputs
+from negmine.io.datasets import save_dataset
 
 
 def _validate(out, data) -> subprocess.CompletedProcess:

@@ -13,8 +13,8 @@ import torch
 from reference import check_rows, small_corpus
 
 from negmine import NegativeMiner, validate_negatives
-from negmine.datasets import save_dataset
 from negmine.io import load_outputs
+from negmine.io.datasets import save_dataset
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:

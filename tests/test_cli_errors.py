@@ -13,8 +13,8 @@ import pytest
 import torch
 from reference import small_corpus
 
-from negmine.datasets import save_dataset
 from negmine.io import load_outputs
+from negmine.io.datasets import save_dataset
 from negmine.synth import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,12 +100,12 @@ def test_ray_address_needs_the_ray_executor(tmp_path, data):
 # A real process whose data loader breaks the way a bug would: not an input error.
 _BROKEN = """
 import sys
-import negmine.datasets
+import negmine.io.datasets
 
 def broken(path):
     raise RuntimeError("block 3 came back empty\\nsecond line of detail")
 
-negmine.datasets.load_dataset = broken
+negmine.io.datasets.load_dataset = broken
 from negmine.cli import main
 sys.exit(main(sys.argv[1:]))
 """

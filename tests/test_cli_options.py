@@ -13,7 +13,7 @@ from reference import small_corpus
 
 from negmine.cli import _build_parser
 from negmine.cli.mine import _miner_keywords
-from negmine.datasets import save_dataset
+from negmine.io.datasets import save_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from negmine.datasets import save_dataset
 from negmine.io import load_outputs
-from negmine.runs import partial_dir
+from negmine.io.datasets import save_dataset
+from negmine.io.runs import partial_dir
 from negmine.synth import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,17 +97,40 @@ def test_killed_then_resumed_is_byte_identical(data, reference, tmp_path, point)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def _blocks(out: Path) -> int:
+    """Finished checkpoint blocks of the run writing ``out`` (each ends with its checksum)."""
+    d = partial_dir(out)
+    return len(list(d.glob("*.sha256"))) if d.is_dir() else 0
+
+
 def test_killed_at_random_moments(data, reference, tmp_path):
     out = tmp_path / "out"
-    for share in (0.3, 0.6, 0.9):  # of an uninterrupted run's time
-        delay = share * _SECONDS["reference"]
+    rng = np.random.default_rng(11)
+    at_kill = []
+    for _ in range(3):
+        start = _blocks(out)
         proc = subprocess.Popen(_cmd(data, out, "--resume"), env=_env(),
                                 stderr=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(delay)
+        # Wait for this run to finish one more block, then kill it a random
+        # moment later: past start-up, while it computes or writes the next.
+        deadline = time.monotonic() + 300
+        while _blocks(out) <= start:
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert proc.returncode == -signal.SIGKILL  # killed, not finished
+        assert not (out / "manifest.json").exists()
+        at_kill.append(_blocks(out))
     _run(data, out, "--resume")
     assert _bytes(out) == _bytes(reference)
+    counts = json.loads((out / "manifest.json").read_text())["stats"]["checkpoint_blocks"]
+    # Every kill landed mid-run: some blocks were done, and not all of them.
+    total = counts["reused"] + counts["computed"]
+    assert 0 < at_kill[0] <= at_kill[1] <= at_kill[2] < total, (at_kill, counts)
+    assert counts["reused"] >= at_kill[2] and counts["computed"] > 0
     # Resuming a run that is already complete does nothing, successfully.
     mtime = (out / "manifest.json").stat().st_mtime_ns
     proc = subprocess.run(
@@ -132,16 +155,39 @@ def test_overwrite_killed_before_swap_keeps_the_old_run(data, reference, tmp_pat
     assert _bytes(out) == _bytes(reference)
 
 
-def test_disk_full_leaves_nothing_wrong(data, reference, tmp_path):
-    out = tmp_path / "out"
-    # File-size limit of 64 KiB: the first large write fails (SIGXFSZ or EFBIG).
-    cmd = " ".join(f"'{c}'" for c in _cmd(data, out, "--resume"))
-    proc = subprocess.run(["bash", "-c", f"ulimit -f 64; exec {cmd}"], env=_env(),
+def _limited(kib: int, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run with a file-size limit: a write past ``kib`` KiB fails (EFBIG)."""
+    cmd = " ".join(f"'{c}'" for c in _cmd(data, out, *extra))
+    return subprocess.run(["bash", "-c", f"ulimit -f {kib}; exec {cmd}"], env=_env(),
                           capture_output=True, text=True)  # fmt: skip
+
+
+def _everything(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_disk_full_loses_nothing(data, reference, tmp_path):
+    out = tmp_path / "out"
+    _run(data, out, "--seed", "7")
+    before = _everything(out)
+    # The disk fills at the first checkpointed block: the earlier run stays, byte for byte.
+    proc = _limited(8, data, out, "--overwrite", "--resume")
     assert proc.returncode != 0
-    assert not (out / "manifest.json").exists()
-    _run(data, out, "--resume")
+    assert partial_dir(out).is_dir() and _blocks(out) == 0  # it failed writing a block
+    assert _everything(out) == before
+    # All blocks checkpointed, then the disk fills while the new outputs are written.
+    _kill_at(data, out, "before-swap", "--overwrite")
+    blocks = sorted(p.name for p in partial_dir(out).iterdir())
+    assert _everything(out) == before
+    proc = _limited(64, data, out, "--overwrite", "--resume")
+    assert proc.returncode != 0
+    assert sorted(p.name for p in partial_dir(out).iterdir()) == blocks  # failed past them
+    assert _everything(out) == before
+    assert load_outputs(out)["manifest"]["seed"] == 7
+    # With room again the run completes from its checkpoints.
+    _run(data, out, "--overwrite", "--resume")
     assert _bytes(out) == _bytes(reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_resume_with_other_settings_starts_over(data, tmp_path):

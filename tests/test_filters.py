@@ -535,7 +535,7 @@ def test_filtered_output_is_deterministic_and_independent_of_batch_size(batch_si
 
 
 def test_resumed_blocks_keep_filter_counts(tmp_path):
-    from negmine.runs import Checkpoints
+    from negmine.io.runs import Checkpoints
 
     corpus = _with_near_copies(small_corpus(n_sources=300, n_clusters=6, n_questions=200, seed=37))
     kw = dict(n_neg=8, tier_proportions=[2, 2, 2, 2], near_duplicate_threshold=0.9, max_score=0.6)
@@ -589,7 +589,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from negmine.datasets import save_dataset
+    from negmine.io.datasets import save_dataset
 
     d = tmp_path_factory.mktemp("filters") / "data"
     save_dataset(d, small_corpus(n_sources=300, n_clusters=6, n_questions=80, d=12, seed=21))

@@ -9,7 +9,7 @@ from reference import check_rows, small_corpus, tier3_reference
 
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
-from negmine.specs import choose_spec, parse_bytes
+from negmine.index.specs import choose_spec, parse_bytes
 from negmine.synth import make_corpus
 
 MINE = {"n_neg": 6, "tier_proportions": [1, 1, 3, 1], "adjacent_k": 2, "random_seed": 3}
@@ -218,7 +218,7 @@ def test_auto_records_its_choice(corpus):
     assert "exact search" in idx.manifest["auto"]["reason"]
     big = make_corpus(3000, 12, 100, 16, seed=2)
     # A tiny budget forces an inverted file of compressed lists.
-    import negmine.specs as specs_mod
+    import negmine.index.specs as specs_mod
 
     old = specs_mod.AUTO_FLAT_MAX
     specs_mod.AUTO_FLAT_MAX = 1000
@@ -277,7 +277,7 @@ def _recall_line(out: str) -> float:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, corpus):
-    from negmine.datasets import save_dataset
+    from negmine.io.datasets import save_dataset
 
     d = tmp_path_factory.mktemp("cli") / "data"
     save_dataset(d, corpus)
@@ -328,7 +328,7 @@ def test_cli_build_check_mine_with_every_spec(tmp_path, data_dir, corpus):
 
 
 def test_cli_refuses_mismatches_in_one_line(tmp_path, data_dir, corpus):
-    from negmine.datasets import save_dataset
+    from negmine.io.datasets import save_dataset
 
     _cli("index", "build", str(data_dir), "--spec", "clusters", "--out", str(tmp_path / "ix"))
     other = dict(corpus, source_cluster_ids=(corpus["source_cluster_ids"] + 1) % 10)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import faiss
 import numpy as np
 import pytest
 
-import negmine._fs as nfs
-import negmine.index as nindex
+import negmine.index.store as nstore
+import negmine.io.fs as nfs
 from negmine.index import (
     INDEX_NAME,
     MANIFEST_NAME,
@@ -315,8 +316,8 @@ def test_other_metric_is_refused(src):
 def test_overwrite_false_refuses_an_existing_path(saved, src):
     before = _digest(saved / INDEX_NAME)
     with pytest.raises(FileExistsError) as ei:
-        SourceIndex.build(_sources(500, 3)).save(saved, overwrite=False)
-    assert str(saved) in str(ei.value) and "overwrite=False" in str(ei.value)
+        SourceIndex.build(_sources(500, 3)).save(saved)  # overwrite=False by default
+    assert str(saved) in str(ei.value) and "overwrite=True" in str(ei.value)
     assert _digest(saved / INDEX_NAME) == before
     assert _leftovers(saved.parent) == []
 
@@ -326,7 +327,7 @@ def test_save_never_replaces_a_directory_with_other_files(tmp_path, src):
     data.mkdir()
     (data / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match=r"notes\.txt"):
-        SourceIndex.build(src).save(data)
+        SourceIndex.build(src).save(data, overwrite=True)
     assert (data / "notes.txt").read_text() == "keep me"
     assert _leftovers(tmp_path) == []
     empty = tmp_path / "empty"
@@ -347,7 +348,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, src, monkeypatch, existing
 
     monkeypatch.setattr(faiss, "write_index", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        SourceIndex.build(_sources(500, 3)).save(out)
+        SourceIndex.build(_sources(500, 3)).save(out, overwrite=True)
     assert _leftovers(tmp_path) == []
     if existing:
         assert _digest(out / INDEX_NAME) == before
@@ -373,7 +374,7 @@ def test_rebuild_uses_the_atomic_exchange(tmp_path, src, monkeypatch):
     monkeypatch.setattr(nfs, "renameat2", spy)
     out = tmp_path / "idx"
     SourceIndex.build(src).save(out)
-    SourceIndex.build(_sources(700, 5)).save(out)
+    SourceIndex.build(_sources(700, 5)).save(out, overwrite=True)
     assert calls == [(nfs.RENAME_NOREPLACE, True), (nfs.RENAME_EXCHANGE, True)]
     assert SourceIndex.load(out).ntotal == 700
     assert _leftovers(tmp_path) == []
@@ -383,7 +384,7 @@ def test_rebuild_without_exchange_falls_back_to_two_renames(tmp_path, src, monke
     monkeypatch.setattr(nfs, "renameat2", lambda s, d, flags: False)
     out = tmp_path / "idx"
     SourceIndex.build(src).save(out)
-    SourceIndex.build(_sources(700, 5)).save(out)
+    SourceIndex.build(_sources(700, 5)).save(out, overwrite=True)
     assert SourceIndex.load(out).ntotal == 700
     assert _leftovers(tmp_path) == []
 
@@ -395,31 +396,38 @@ def test_rebuild_without_exchange_falls_back_to_two_renames(tmp_path, src, monke
             raise OSError("rename refused")
         real_rename(s, d)
 
-    monkeypatch.setattr(nindex.os, "rename", failing)
+    monkeypatch.setattr(nfs.os, "rename", failing)
     with pytest.raises(OSError, match="rename refused"):
-        SourceIndex.build(_sources(900, 6)).save(out)
-    monkeypatch.setattr(nindex.os, "rename", real_rename)
+        SourceIndex.build(_sources(900, 6)).save(out, overwrite=True)
+    monkeypatch.setattr(nfs.os, "rename", real_rename)
     assert SourceIndex.load(out).ntotal == 700
     assert _leftovers(tmp_path) == []
 
 
-def test_load_rides_out_the_fallback_window(saved, monkeypatch):
+def test_load_rides_out_the_fallback_window(saved):
     # Mid-way through the two-rename fallback the path is missing and its old
-    # copy sits next to it; load waits for the new directory to arrive.
-    old = saved.parent / f".{saved.name}.old-1-abcd"
+    # copy sits next to it, set aside by a live writer (here: this process);
+    # load waits for the new directory to arrive.
+    old = saved.parent / f".{saved.name}.old-{os.getpid()}-abcd"
     os.rename(saved, old)
-    monkeypatch.setattr(nindex.time, "sleep", lambda s: os.rename(old, saved))
+    back = threading.Timer(0.3, os.rename, (old, saved))
+    back.start()
+    t0 = time.monotonic()
     assert SourceIndex.load(saved).ntotal == 2000
+    back.join()
+    assert time.monotonic() - t0 >= 0.25
     # Without such a sibling a missing path fails at once.
-    monkeypatch.setattr(nindex.time, "sleep", lambda s: pytest.fail("must not wait"))
+    t0 = time.monotonic()
     with pytest.raises(ValueError, match="nothing at that path"):
         SourceIndex.load(saved.parent / "other")
+    assert time.monotonic() - t0 < 0.2
 
 
 def test_open_index_survives_a_rebuild_of_its_directory(saved, src):
     old = SourceIndex.load(saved, mmap=True)
     q = _unit(src[:8])
-    SourceIndex.build(_sources(700, 5)).save(saved)  # replaces and deletes the old files
+    # Replaces the directory and deletes the old files.
+    SourceIndex.build(_sources(700, 5)).save(saved, overwrite=True)
     _, ids = old.search(q, 1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(8))
     assert SourceIndex.load(saved).ntotal == 700
@@ -428,7 +436,7 @@ def test_open_index_survives_a_rebuild_of_its_directory(saved, src):
 @pytest.mark.skipif(os.open not in os.supports_dir_fd, reason="needs directory descriptors")
 def test_load_racing_a_rebuild_starts_over(saved, src, monkeypatch):
     other = _sources(700, 5)
-    real_open_in = nindex._open_in
+    real_open_in = nstore._open_in
     swapped = []
 
     def racing(dfd, p, name):
@@ -436,10 +444,10 @@ def test_load_racing_a_rebuild_starts_over(saved, src, monkeypatch):
             # The manifest of the old generation was read; now the directory
             # is replaced and the old one deleted before index.faiss opens.
             swapped.append(True)
-            SourceIndex.build(other).save(saved)
+            SourceIndex.build(other).save(saved, overwrite=True)
         return real_open_in(dfd, p, name)
 
-    monkeypatch.setattr(nindex, "_open_in", racing)
+    monkeypatch.setattr(nstore, "_open_in", racing)
     idx = SourceIndex.load(saved)
     assert swapped
     assert idx.ntotal == 700 == idx.manifest["ntotal"]
@@ -504,7 +512,7 @@ def test_rebuild_while_readers_load(tmp_path):
             assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
             time.sleep(0.02)
         for i in range(5):
-            SourceIndex.build(sets[3000 if i % 2 == 0 else 2000]).save(out)
+            SourceIndex.build(sets[3000 if i % 2 == 0 else 2000]).save(out, overwrite=True)
             time.sleep(0.15)
         stop.touch()
         results = [p.communicate(timeout=90) for p in procs]

@@ -1,4 +1,4 @@
-"""Tests for negmine.io and negmine.datasets: formats, cluster derivation, .pt loading, writes."""
+"""Tests for negmine.io: dataset formats, cluster derivation, .pt loading, atomic writes."""
 
 from __future__ import annotations
 
@@ -17,15 +17,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import negmine.io as nio
-from negmine.datasets import (
-    INPUT_NAMES,
-    JASPER_FILES,
-    Dataset,
-    derive_source_clusters,
-    load_dataset,
-    save_dataset,
-)
+import negmine.io.atomic as natomic
 from negmine.io import (
     atomic_path,
     atomic_write_bytes,
@@ -34,6 +26,14 @@ from negmine.io import (
     load_pt_tensor,
     save_outputs,
     save_pt_tensor,
+)
+from negmine.io.datasets import (
+    INPUT_NAMES,
+    JASPER_FILES,
+    Dataset,
+    derive_source_clusters,
+    load_dataset,
+    save_dataset,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def reference_clusters(src, cents, pairs, pair_clu) -> list[int]:
 
 def test_import_does_not_import_torch_or_faiss(tmp_path):
     code = (
-        "import sys, negmine.io, negmine.datasets; "
+        "import sys, negmine.io, negmine.io.datasets; "
         "bad = [m for m in ('torch', 'faiss') if m in sys.modules]; "
         "sys.exit(1 if bad else 0)"
     )
@@ -586,7 +586,7 @@ def test_manifest_is_written_last(tmp_path, monkeypatch):
         order.append(Path(dst).name)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(nio.os, "replace", spy)
+    monkeypatch.setattr(natomic.os, "replace", spy)
     save_outputs(tmp_path, make_outputs(), {"k": 4})
     assert order[-1] == "manifest.json"
     assert sorted(order[:-1]) == ["hard_negatives.pt", "negative_scores.pt", "negative_tiers.pt"]

@@ -33,8 +33,8 @@ from reference import check_rows, small_corpus
 
 from negmine import NegativeMiner, ValidationError, mine_negatives, validate_negatives
 from negmine.config import resolve_tier_counts
-from negmine.datasets import save_dataset
 from negmine.io import load_outputs
+from negmine.io.datasets import save_dataset
 
 CORPUS = small_corpus(n_sources=60, n_clusters=4, n_questions=15, d=6)
 EMB = ("source_embeddings", "question_embeddings", "centroid_embeddings")

@@ -12,8 +12,8 @@ import pytest
 from reference import small_corpus, unit
 
 from negmine import NegativeMiner
-from negmine.datasets import save_dataset
 from negmine.io import load_outputs, save_outputs
+from negmine.io.datasets import save_dataset
 from negmine.report import (
     HIST_EDGES,
     SUMMARY_KEYS,

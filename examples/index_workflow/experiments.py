@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from negmine import NegativeMiner, SourceIndex
-from negmine.datasets import load_dataset
+from negmine.io.datasets import load_dataset
 
 EXPERIMENTS = {
     "exact-seed1": {"index": "flat", "seed": 1},

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from negmine import SourceIndex
-from negmine.datasets import load_dataset, save_dataset
+from negmine.io.datasets import load_dataset, save_dataset
 from negmine.synth import make_corpus
 
 
@@ -42,7 +42,7 @@ def main() -> None:
             source_cluster_ids=data["source_cluster_ids"],
             centroid_embeddings=data["centroid_embeddings"],
         )
-        where = index.save(args.work / "indexes" / name)
+        where = index.save(args.work / "indexes" / name, overwrite=True)
         mib = index.manifest["index_bytes"] / 2**20
         print(f"index {name:<9} built and saved {time.perf_counter() - t0:7.2f} s"
               f"  ({where}, {index.manifest['factory']}, {mib:.0f} MiB)")  # fmt: skip

@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from negmine import mine_negatives
-    from negmine.datasets import save_dataset
     from negmine.io import load_outputs
+    from negmine.io.datasets import save_dataset
     from negmine.report import build_report, default_png_path, format_report
 
     out: Path = args.out

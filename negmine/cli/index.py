@@ -54,6 +54,8 @@ def _register_build(isub: Any, common: argparse.ArgumentParser) -> None:
         "'clusters,SQ8' / 'clusters,fp16' compress them), 'auto' (by size and --memory-budget) "
         "or a FAISS factory string such as 'HNSW32' or 'IVF4096,Flat'",
     )  # fmt: skip
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an index already at INDEX_DIR (refused otherwise)")  # fmt: skip
     b.add_argument("--clusters", type=Path, default=None, metavar="FILE",
                    help="cluster of each source (.npy/.pt); default: the data dir's")  # fmt: skip
     b.add_argument("--centroids", type=Path, default=None, metavar="FILE",
@@ -98,7 +100,7 @@ def _load_matrix(path: Path) -> Any:
     import numpy as np
 
     if path.is_dir():
-        from ..datasets import load_dataset
+        from ..io.datasets import load_dataset
 
         return load_dataset(path).arrays["source_embeddings"]
     if path.suffix == ".npy":
@@ -115,7 +117,7 @@ def _build_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     scl = _load_matrix(args.clusters) if args.clusters else None
     cen = _load_matrix(args.centroids) if args.centroids else None
     if args.sources.is_dir():
-        from ..datasets import load_dataset
+        from ..io.datasets import load_dataset
 
         arrays = load_dataset(args.sources).arrays
         src = arrays["source_embeddings"]
@@ -140,7 +142,7 @@ def _build(args: argparse.Namespace) -> int:
                             memory_budget=args.memory_budget, seed=args.seed)  # fmt: skip
     if "auto" in idx.manifest:
         log.info("auto: %s (%s)", idx.manifest["auto"]["chose"], idx.manifest["auto"]["reason"])
-    idx.save(args.out)
+    idx.save(args.out, overwrite=args.overwrite)
     log.info("built %s over %d sources in %.1f s", idx.manifest["factory"], idx.ntotal,
              time.perf_counter() - t0)  # fmt: skip
     print(args.out)
@@ -148,7 +150,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..datasets import load_dataset
+    from ..io.datasets import load_dataset
     from ..miner import NegativeMiner
 
     if args.min_recall is not None and not 0 < args.min_recall <= 1:
@@ -182,23 +184,17 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..index import read_manifest
+    from ..index import list_indexes
 
-    if not args.store.is_dir():
-        raise ValueError(f"`STORE` must be a directory; got '{args.store}'.")
+    entries = list_indexes(args.store)
     print(f"{'name':<24}{'spec':<16}{'factory':<16}{'ntotal':>10}{'d':>6}{'MB':>9}  created")
-    for d in sorted(p for p in args.store.iterdir() if (p / "manifest.json").is_file()):
-        if d.name.startswith("."):
-            continue  # staging (.NAME.tmp-*) or an old copy being replaced, not an index
-        if (d / "hard_negatives.pt").exists():
-            continue  # a mining output, not an index
-        try:
-            m = read_manifest(d)
-        except ValueError as e:
-            print(f"{d.name:<24}unreadable: {e}")
+    for e in entries:
+        m = e.manifest
+        if m is None:
+            print(f"{e.name:<24}unreadable: {e.error}")
             continue
         mb = m.get("index_bytes", 0) / 2**20
         spec = str(m.get("spec", m["factory"]))
-        print(f"{d.name:<24}{spec:<16}{m['factory']:<16}{m['ntotal']:>10}{m['d']:>6}"
+        print(f"{e.name:<24}{spec:<16}{m['factory']:<16}{m['ntotal']:>10}{m['d']:>6}"
               f"{mb:>9.1f}  {m.get('created', '?')}")  # fmt: skip
     return 0

@@ -93,7 +93,7 @@ def mine(args: argparse.Namespace, arrays: dict[str, Any], out: Path | None) -> 
 
 def run(args: argparse.Namespace) -> int:
     """``negmine mine``."""
-    from ..datasets import load_dataset
+    from ..io.datasets import load_dataset
 
     ds = load_dataset(args.data_dir)
     for note in ds.notes:

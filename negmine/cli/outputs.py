@@ -46,8 +46,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..datasets import load_dataset
     from ..io import load_outputs
+    from ..io.datasets import load_dataset
     from ..validate import validate_negatives
 
     outputs = load_outputs(args.out_dir)

@@ -180,7 +180,7 @@ def _cosines(out: dict[str, Any], data: str | os.PathLike[str] | None) -> _Cosin
         if pos_scores is not None:
             c.qp, c.origin_ref = np.asarray(pos_scores, dtype=np.float32), "files"
         return c
-    from ..datasets import load_dataset
+    from ..io.datasets import load_dataset
 
     ds = load_dataset(data)
     src, qry, pairs = check_data(ds.arrays, out["ids"], out["stats"])
@@ -257,7 +257,7 @@ def build_report(
         A complete mining output directory.
     data : str or path-like, optional
         The dataset directory it was mined from (see
-        :func:`negmine.datasets.load_dataset`). With it every cosine is
+        :func:`negmine.io.datasets.load_dataset`). With it every cosine is
         recomputed exactly from the embeddings; without it the report uses the
         score files in ``out_dir``, then the manifest's summaries.
 

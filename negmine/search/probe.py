@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .common import blas_threads, faiss_single_threaded, heap_over, run_query_blocks
 
@@ -35,70 +36,6 @@ PROBE_BLAS_THREADS = 2
 #: Floats in the reusable score buffer of one cluster's matrix product; larger
 #: products are split by query rows.
 SCORE_BUFFER = 1 << 22
-
-
-class ClusterLists:
-    """The L2-normalised sources of each cluster as one contiguous float32 block.
-
-    Positions follow the cluster layout: cluster ``c`` holds the positions
-    ``offsets[c]:offsets[c + 1]``, and position ``i`` is source
-    ``layout.order[i]``. The blocks may live in one cluster-sorted matrix
-    (:meth:`from_sorted`) or in the inverted lists of a cluster-aligned FAISS
-    index, memory-mapped or not (:meth:`negmine.index.SourceIndex.cluster_lists`).
-
-    Parameters
-    ----------
-    block : callable ``c -> float32 [n_c, d]``
-        Cluster ``c``'s rows (never written), valid at least until the next call.
-    offsets : int64 [C + 1]
-        Layout offsets of the clusters.
-    d : int
-        Embedding width.
-    rows : callable ``(c, i int64 [m]) -> float32 [m, d]``, optional
-        Rows ``i`` of cluster ``c`` (positions within the cluster), without
-        materialising the whole block. Default: ``block(c)[i]``.
-    """
-
-    def __init__(
-        self,
-        block: Callable[[int], np.ndarray],
-        offsets: np.ndarray,
-        d: int,
-        rows: Callable[[int, np.ndarray], np.ndarray] | None = None,
-    ):
-        self.block = block
-        self.offsets = offsets
-        self.d = int(d)
-        self.rows = rows if rows is not None else (lambda c, i: block(c)[i])
-
-    @classmethod
-    def from_sorted(cls, vectors: np.ndarray, offsets: np.ndarray) -> ClusterLists:
-        """Blocks that are slices of ``vectors`` float32 [S, d] in layout order."""
-        return cls(lambda c: vectors[offsets[c] : offsets[c + 1]], offsets, vectors.shape[1])
-
-    def take(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Gather rows by layout position.
-
-        Parameters
-        ----------
-        positions : int64 [n]
-            Layout positions, each in ``[0, S)``.
-        out : float32 [n, d], optional
-
-        Returns
-        -------
-        float32 [n, d]
-        """
-        positions = np.asarray(positions, dtype=np.int64)
-        if out is None:
-            out = np.empty((positions.size, self.d), dtype=np.float32)
-        cl = np.searchsorted(self.offsets, positions, side="right") - 1
-        by_c = np.argsort(cl, kind="stable")
-        bounds = np.searchsorted(cl[by_c], np.arange(self.offsets.size))
-        for c in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
-            sel = by_c[bounds[c] : bounds[c + 1]]
-            out[sel] = self.rows(c, positions[sel] - self.offsets[c])
-        return out
 
 
 def _probe_sets(cscores: np.ndarray, nprobe: int) -> np.ndarray:

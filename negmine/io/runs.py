@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import release_pages
-from .io import atomic_path, atomic_write_bytes
+from .._checks import release_pages
+from .atomic import atomic_path, atomic_write_bytes
 
 __all__ = ["Checkpoints", "completed_run", "hash_arrays", "partial_dir"]
 
@@ -127,7 +127,7 @@ def completed_run(
     this key, else None."""
     import torch
 
-    from .io import load_outputs
+    from .outputs import load_outputs
 
     if not (Path(output_dir) / "manifest.json").is_file():
         return None

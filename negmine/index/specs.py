@@ -7,14 +7,13 @@ lists are exactly the user's clusters (see :meth:`negmine.index.SourceIndex.buil
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
 import numpy as np
 
-from ._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
-from .index import _FP_CHUNK, fingerprint
+from .._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
+from .manifest import _FP_CHUNK, assignment_fingerprint, fingerprint
 
 __all__ = [
     "AUTO_FLAT_MAX",
@@ -103,11 +102,20 @@ def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, s
     )
 
 
-def assignment_fingerprint(source_cluster_ids: np.ndarray, n_clusters: int) -> str:
-    """sha256 of the cluster of each source (int64) and the number of clusters."""
-    h = hashlib.sha256(f"negmine-clusters:{n_clusters}:".encode())
-    h.update(np.ascontiguousarray(source_cluster_ids, dtype=np.int64).data)
-    return "sha256:" + h.hexdigest()
+def _add_in_lists(index: Any, src: np.ndarray, scl: np.ndarray) -> None:
+    """Add the normalised sources to the lists of their clusters, ascending id within each."""
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    n, d = src.shape
+    order = np.argsort(scl, kind="stable")
+    buf = np.empty((min(n, _FP_CHUNK), d), dtype=np.float32)
+    for s in range(0, n, _FP_CHUNK):
+        rows = order[s : s + _FP_CHUNK]
+        x = normalized_float32(take_rows(src, np.sort(rows)), out=buf[: rows.size])
+        # src[sorted rows] keeps reads sequential; put them back in list order.
+        x = x[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]
+        add_preassigned(index, x, scl[rows], rows)
+        release_pages(src)
 
 
 def build_clusters(
@@ -127,7 +135,7 @@ def build_clusters(
     """
     import faiss
 
-    from ._checks import check_ids
+    from .._checks import check_ids
 
     n, d = src.shape
     codec = kind.split(",", 1)[1].strip() if "," in kind else "flat"
@@ -155,17 +163,7 @@ def build_clusters(
         rng = np.random.default_rng(0)
         take = np.sort(rng.choice(n, size=min(n, 65536), replace=False))
         index.train(normalized_float32(src[take]))
-    order = np.argsort(scl, kind="stable")
-    from faiss.contrib.ivf_tools import add_preassigned
-
-    buf = np.empty((min(n, _FP_CHUNK), d), dtype=np.float32)
-    for s in range(0, n, _FP_CHUNK):
-        rows = order[s : s + _FP_CHUNK]
-        x = normalized_float32(take_rows(src, np.sort(rows)), out=buf[: rows.size])
-        # src[sorted rows] keeps reads sequential; put them back in list order.
-        x = x[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]
-        add_preassigned(index, x, scl[rows], rows)
-        release_pages(src)
+    _add_in_lists(index, src, scl)
     factory = f"IVF{n_c},{_CODECS[codec][0]}"
     extra = {
         "clusters": {
