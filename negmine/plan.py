@@ -21,6 +21,7 @@ from ._checks import fail, normalized_float32, take_rows
 from .assemble import RNG_BLOCK
 from .config import MiningConfig
 from .index import SourceIndex, fingerprint
+from .index.lists import ClusterLists
 from .inputs import MiningInputs
 from .layout import ClusterLayout, PositiveSets, adjacent_clusters
 from .search.backends import (
@@ -31,7 +32,6 @@ from .search.backends import (
     Tier3Backend,
 )
 from .search.common import QUERY_BLOCK
-from .index.lists import ClusterLists
 from .vectors import SourceVectors
 
 __all__ = ["CLUSTERS_NPROBE", "COMPRESSED_RERANK", "PAIR_BLOCK", "T3_BLOCK", "MiningPlan",

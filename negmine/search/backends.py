@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets
 from ..vectors import SourceVectors
 from .exact import exact_outside_cluster, workspace_for
 from .overfetch import overfetch_outside_cluster
-from ..index.lists import ClusterLists
 from .probe import probe_outside_cluster
 
 __all__ = ["ExactBackend", "FaissBackend", "ProbeBackend", "SearchContext", "Tier3Backend"]
