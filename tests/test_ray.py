@@ -77,10 +77,10 @@ def test_ray_with_a_clusters_index(local_ray, corpus, tmp_path):
     assert _bytes(tmp_path / "a") == _bytes(tmp_path / "b")
 
 
-def test_bad_input_found_on_a_worker_is_the_error_itself(local_ray, corpus):
-    # Every source is a "near-duplicate" at threshold -1: no row can be filled
-    # (tier 3 left out, so the failure comes quickly from the pair blocks).
-    kw = {"n_neg": 12, "tier_proportions": [6, 6, 0, 0], "near_duplicate_threshold": -1.0}
+def test_bad_input_found_on_a_worker_is_the_error_itself(local_ray):
+    # Every source is a "near-duplicate" at threshold -1: no row can be filled.
+    corpus = make_corpus(n_sources=400, n_clusters=4, n_pairs=300, d=8, seed=1)
+    kw = {"n_neg": 12, "near_duplicate_threshold": -1.0}
     with pytest.raises(ValueError) as local:
         mine_negatives(**corpus, **kw)
     with pytest.raises(ValueError) as remote:
