@@ -54,6 +54,7 @@ def _register_bench(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add_command(
         sub, common, "bench", help="time mining against the bare matrix product",
         example="negmine bench --workloads 20k --nprobe 8,16\n"
+        "  negmine bench --executors --workloads 100k --nprobe 16\n"
         "  negmine bench --store 1m --nprobe 16 --work-dir /data/bench",
     )  # fmt: skip
     p.add_argument("--workloads", default="20k,100k", metavar="W,W,...",
@@ -69,6 +70,11 @@ def _register_bench(sub: Any, common: argparse.ArgumentParser) -> None:
         "--store", default=None, metavar="WORKLOAD",
         help="instead: the index-store workload (e.g. 1m): build a 'clusters' index, open it "
         "memory-mapped, mine every pair at each --nprobe (default 16,32), exact timed on a sample",
+    )  # fmt: skip
+    p.add_argument(
+        "--executors", action="store_true",
+        help="instead: mine each of --workloads in-process and on a local Ray instance, exact "
+        "(not at 1m) and at the first --nprobe (default 16); overhead, block times, same bytes",
     )  # fmt: skip
     p.add_argument("--exact-sample", type=int, default=8192, metavar="N",
                    help="tier-3 queries timed exactly for --store (default 8192)")  # fmt: skip
@@ -114,7 +120,12 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(
             f"`--nprobe` must be comma-separated integers such as 16,32; got '{args.nprobe}'."
         ) from None
-    if args.store:
+    if args.executors:
+        from ..bench_ray import run_executors
+
+        names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        results = run_executors(names, (nprobes or [16])[0])
+    elif args.store:
         results = run_store(args.store, nprobes or [16, 32], args.exact_sample, args.work_dir)
     else:
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]
