@@ -90,7 +90,10 @@ class RayExecutor:
             address = address or os.environ.get("RAY_ADDRESS") or None
             kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
             if address is None:
-                kw.update(num_cpus=cpu_count(), include_dashboard=False)
+                # Ray runs workers at niceness 15 by default; on a local instance
+                # they are the whole job, so they run at the driver's priority.
+                kw.update(num_cpus=cpu_count(), include_dashboard=False,
+                          _system_config={"worker_niceness": 0})  # fmt: skip
             ray.init(address=address, **kw)
             self._owned = True
         self._plan_ref: Any = None
@@ -115,9 +118,13 @@ class RayExecutor:
         """Yield ``(g, fn(plan, g, *args), worker identity, seconds)`` as tasks finish."""
         ray = self._ray
         box = [self._plan(plan)]
-        task = ray.remote(_run_block).options(max_retries=MAX_RETRIES, retry_exceptions=False)
+        # A task takes as many CPUs as it runs BLAS threads: no oversubscription.
+        cpus = self._threads or 1
+        task = ray.remote(_run_block).options(
+            num_cpus=cpus, max_retries=MAX_RETRIES, retry_exceptions=False
+        )
         jobs = list(jobs)
-        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus)
         pending: dict[Any, int] = {}
         at = 0
         try:
