@@ -252,25 +252,24 @@ def _child_store_mine(work: str, nprobe: int) -> dict[str, Any]:
 
 def _child_exact_sample(work: str, sample: int) -> dict[str, Any]:
     from .miner import NegativeMiner
+    from .vectors import question_vectors
 
     a = _dataset(os.path.join(work, "data"))
-    m = NegativeMiner(**a, n_neg=12, tier_proportions=_PROPORTIONS, adjacent_k=3)
     t0 = time.perf_counter()
-    m._sorted_sources()
-    prep = time.perf_counter() - t0
-    key = np.unique(m.pair_cluster * m.n_questions + m.pair_question)
-    pick = key[np.unique(np.linspace(0, key.size - 1, min(sample, key.size)).astype(np.int64))]
-    cl = pick // m.n_questions
-    qq = pick - cl * m.n_questions
-    qvec, rows = m._question_vectors(qq)
+    plan = NegativeMiner(**a, n_neg=12, tier_proportions=_PROPORTIONS, adjacent_k=3).plan
+    prep = time.perf_counter() - t0  # the plan: layout and the cluster-sorted copy
+    n = plan.n_tier3
+    pick = np.unique(np.linspace(0, n - 1, min(sample, n)).astype(np.int64))
+    cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
+    qvec, rows = question_vectors(plan.inputs.questions, qq)
     t0 = time.perf_counter()
-    m._search_tier3(None, qvec, rows, cl, qq, _PROPORTIONS[2])
+    plan.backend.search(qvec, rows, cl, qq, _PROPORTIONS[2])
     secs = time.perf_counter() - t0
     return {
         "sample": int(pick.size),
-        "queries": int(key.size),
+        "queries": int(n),
         "sample_s": round(secs, 2),
-        "scaled_s": round(secs * key.size / pick.size, 1),
+        "scaled_s": round(secs * n / pick.size, 1),
         "prepare_s": round(prep, 2),
     }
 
