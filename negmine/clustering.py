@@ -143,9 +143,15 @@ def cluster_sources(
         cen = src.mean(axis=0, keepdims=True)
     else:
         km = faiss.Kmeans(
-            d, k, niter=int(niter), seed=int(seed), spherical=True, verbose=False,
-            min_points_per_centroid=1, max_points_per_centroid=256,
-        )  # fmt: skip
+            d,
+            k,
+            niter=int(niter),
+            seed=int(seed),
+            spherical=True,
+            verbose=False,
+            min_points_per_centroid=1,
+            max_points_per_centroid=256,
+        )
         km.train(src)
         cen = np.asarray(km.centroids, dtype=np.float32)
     cen = normalized_float32(cen)
@@ -199,6 +205,11 @@ def pair_clusters(pair_indices: Any, source_cluster_ids: Any) -> np.ndarray:
     pairs = as_numpy(pair_indices, "pair_indices")
     if pairs.ndim != 2 or pairs.shape[1] != 2:
         fail("pair_indices", "have shape [P, 2] (question, source)", f"shape {list(pairs.shape)}")
-    src = check_ids(pairs[:, 1], "pair_indices[:, 1]", ndim=1, upper=scl.shape[0],
-                    upper_what="S = len(source_cluster_ids)")  # fmt: skip
+    src = check_ids(
+        pairs[:, 1],
+        "pair_indices[:, 1]",
+        ndim=1,
+        upper=scl.shape[0],
+        upper_what="S = len(source_cluster_ids)",
+    )
     return np.asarray(scl, dtype=np.int64)[src]

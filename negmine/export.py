@@ -129,8 +129,9 @@ def st_columns(
         if output_tiers:
             cols["tiers"] = [[0] + [int(t) for t in row] for row in tiers]
     else:
-        cols = _labeled_pairs(queries, corpus, pairs, neg, ns, ps, tiers, output_scores,
-                              output_tiers, a, p)  # fmt: skip
+        cols = _labeled_pairs(
+            queries, corpus, pairs, neg, ns, ps, tiers, output_scores, output_tiers, a, p
+        )
     return cols
 
 
@@ -210,8 +211,12 @@ def write_columns(columns: dict[str, list[Any]], path: str | os.PathLike[str], k
         from datasets import Dataset
 
         if out.exists():
-            fail("out", "not exist yet (a dataset directory is written whole)", f"'{out}'",
-                 "Choose a new path or remove it.")  # fmt: skip
+            fail(
+                "out",
+                "not exist yet (a dataset directory is written whole)",
+                f"'{out}'",
+                "Choose a new path or remove it.",
+            )
         Dataset.from_dict(columns).save_to_disk(str(out))
     else:
         fail("kind", "be 'jsonl', 'parquet' or 'hf'", repr(kind))
@@ -259,9 +264,13 @@ def export_run(
     res = load_outputs(run_dir)
     neg = np.asarray(res["hard_negatives"])
     if neg.shape[0] != pairs.shape[0] or (neg.size and neg.max() >= len(corpus)):
-        fail("run_dir", f"hold negatives mined from '{data_dir}' ({pairs.shape[0]} pairs, "
-             f"{len(corpus)} sources)", f"'{run_dir}' with {neg.shape[0]} rows",
-             "Export a run with the data directory it was mined from.")  # fmt: skip
+        fail(
+            "run_dir",
+            f"hold negatives mined from '{data_dir}' ({pairs.shape[0]} pairs, "
+            f"{len(corpus)} sources)",
+            f"'{run_dir}' with {neg.shape[0]} rows",
+            "Export a run with the data directory it was mined from.",
+        )
     tiers, ns = np.asarray(res["negative_tiers"]), np.asarray(res["negative_scores"])
     ps = res.get("positive_scores")
     if output_format in FILE_FORMATS:
@@ -269,14 +278,26 @@ def export_run(
         kind = output_format
     else:
         if ps is None:
-            fail("run_dir", "hold positive_scores (written by this negmine version)",
-                 f"'{run_dir}' without them", "Mine again to export a ST format.")  # fmt: skip
+            fail(
+                "run_dir",
+                "hold positive_scores (written by this negmine version)",
+                f"'{run_dir}' without them",
+                "Mine again to export a ST format.",
+            )
         cols = st_columns(
-            queries, corpus, pairs, neg, ns, np.asarray(ps), tiers, output_format=output_format,
-            output_scores=output_scores, output_tiers=output_tiers,
+            queries,
+            corpus,
+            pairs,
+            neg,
+            ns,
+            np.asarray(ps),
+            tiers,
+            output_format=output_format,
+            output_scores=output_scores,
+            output_tiers=output_tiers,
             anchor_column_name=meta.get("anchor_column_name", "anchor"),
             positive_column_name=meta.get("positive_column_name", "positive"),
-        )  # fmt: skip
+        )
         suffix = Path(out).suffix.lower()
         kind = {".jsonl": "jsonl", ".parquet": "parquet"}.get(suffix, "hf")
     path = write_columns(cols, out, kind)

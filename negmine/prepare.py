@@ -33,6 +33,7 @@ __all__ = [
     "check_texts",
     "load_texts",
     "pairs_from_texts",
+    "read_table",
     "prepare_arrays",
     "save_prepared",
     "texts_fingerprint",
@@ -101,8 +102,12 @@ def check_texts(values: Sequence[Any], name: str, allow_empty: bool = False) -> 
                 exc=TypeError,
             )
         if not v.strip():
-            fail(name, "hold non-empty texts", f"{v!r} at row {i}",
-                 "Every question needs a positive text; drop or fill that row.")  # fmt: skip
+            fail(
+                name,
+                "hold non-empty texts",
+                f"{v!r} at row {i}",
+                "Every question needs a positive text; drop or fill that row.",
+            )
     return out
 
 
@@ -188,8 +193,9 @@ def prepare_arrays(
         The clustering's :attr:`negmine.clustering.Clusters.info`.
     """
     src = check_embeddings(source_embeddings, "source_embeddings")
-    qry = check_embeddings(question_embeddings, "question_embeddings", src.shape[1],
-                           "source_embeddings")  # fmt: skip
+    qry = check_embeddings(
+        question_embeddings, "question_embeddings", src.shape[1], "source_embeddings"
+    )
     cl = cluster_sources(src, n_clusters, seed=seed)
     pairs = np.asarray(pair_indices, dtype=np.int64)
     arrays = {
@@ -259,6 +265,56 @@ def load_texts(path: str | os.PathLike[str]) -> tuple[list[str], list[str], dict
     corpus = pq.read_table(p / CORPUS_FILE).column("text").to_pylist()
     for name, col in (("queries", queries), ("corpus", corpus)):
         if texts_fingerprint(col) != meta.get(f"{name}_sha256"):
-            fail("data", f"hold the {name} texts recorded in {PREPARE_FILE}", f"'{p}'",
-                 "The texts changed after prepare; run negmine prepare again.")  # fmt: skip
+            fail(
+                "data",
+                f"hold the {name} texts recorded in {PREPARE_FILE}",
+                f"'{p}'",
+                "The texts changed after prepare; run negmine prepare again.",
+            )
     return queries, corpus, meta
+
+
+def read_table(path: str | os.PathLike[str]) -> dict[str, list[Any]]:
+    """Columns of a ``.jsonl`` file, a ``.parquet`` file or a saved HF dataset directory.
+
+    Returns
+    -------
+    dict of str to list
+        Column name to values, in the file's column order.
+    """
+    p = Path(path)
+    if p.is_dir():
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(p))
+        if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+            fail(
+                "pairs",
+                "be one dataset, not a DatasetDict",
+                f"splits {list(ds.keys())}",
+                f"Point at one split's directory, e.g. '{p / next(iter(ds.keys()))}'.",
+            )
+        return {c: ds[c] for c in ds.column_names}
+    if not p.is_file():
+        raise FileNotFoundError(f"`pairs` must be an existing file or directory; got '{p}'.")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pydict()
+    if p.suffix in (".jsonl", ".json"):
+        cols: dict[str, list[Any]] = {}
+        with open(p, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict):
+                fail(
+                    "pairs", "hold one JSON object per line", f"{type(r).__name__} on line {i + 1}"
+                )
+            for k in r:
+                cols.setdefault(k, [])
+        for k in cols:
+            cols[k] = [r.get(k) for r in rows]
+        return cols
+    if p.suffix == ".txt":
+        return {"text": p.read_text(encoding="utf-8").splitlines()}
+    fail("pairs", "be a .jsonl, .parquet or .txt file or a saved dataset directory", f"'{p}'")

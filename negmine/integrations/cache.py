@@ -100,8 +100,9 @@ class EmbeddingCache:
         self, key: str, questions: np.ndarray, sources: np.ndarray, made_of: dict[str, Any]
     ) -> None:
         d = self._emb_dir(key)
-        _save_arrays(d, {"questions": questions, "sources": sources},
-                     {"key": key, "made_of": made_of})  # fmt: skip
+        _save_arrays(
+            d, {"questions": questions, "sources": sources}, {"key": key, "made_of": made_of}
+        )
         log.info("cache: stored embeddings in %s", d)
 
     def _clusters_dir(self, key: str, n_clusters: Any, seed: int) -> tuple[Path, str]:
@@ -122,9 +123,14 @@ class EmbeddingCache:
         return cen, scl, meta["info"]
 
     def put_clusters(
-        self, key: str, n_clusters: Any, seed: int, centroids: np.ndarray, source_cluster_ids:
-        np.ndarray, info: dict[str, Any]
-    ) -> None:  # fmt: skip
+        self,
+        key: str,
+        n_clusters: Any,
+        seed: int,
+        centroids: np.ndarray,
+        source_cluster_ids: np.ndarray,
+        info: dict[str, Any],
+    ) -> None:
         d, k2 = self._clusters_dir(key, n_clusters, seed)
         arrays = {"centroid_embeddings": centroids, "source_cluster_ids": source_cluster_ids}
         _save_arrays(d, arrays, {"key": k2, "info": info})

@@ -43,8 +43,12 @@ def model_identity(model: Any) -> dict[str, Any]:
         h.update(f"{pname}:{list(t.shape)}:{t.dtype}".encode())
         h.update(raw[:_SAMPLE_BYTES].tobytes())
         h.update(raw[-_SAMPLE_BYTES:].tobytes())
-    return {"name": str(name), "path": str(path), "weights": h.hexdigest(),
-            "class": type(model).__name__}  # fmt: skip
+    return {
+        "name": str(name),
+        "path": str(path),
+        "weights": h.hexdigest(),
+        "class": type(model).__name__,
+    }
 
 
 def prompt_identity(model: Any, prompt_name: str | None, prompt: str | None) -> dict[str, Any]:
@@ -108,12 +112,16 @@ def embed_texts(
         if hit is not None and hit[0].shape[0] == len(queries) and hit[1].shape[0] == len(corpus):
             return hit[0], hit[1], key, {"encode": 0.0}
     t0 = time.perf_counter()
-    common = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                  show_progress_bar=show_progress)  # fmt: skip
-    src = model.encode_document(corpus, prompt_name=corpus_prompt_name, prompt=corpus_prompt,
-                                **common)  # fmt: skip
-    qry = model.encode_query(queries, prompt_name=query_prompt_name, prompt=query_prompt,
-                             **common)  # fmt: skip
+    common = dict(
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=show_progress,
+    )
+    src = model.encode_document(
+        corpus, prompt_name=corpus_prompt_name, prompt=corpus_prompt, **common
+    )
+    qry = model.encode_query(queries, prompt_name=query_prompt_name, prompt=query_prompt, **common)
     qry = np.ascontiguousarray(qry, dtype=np.float32)
     src = np.ascontiguousarray(src, dtype=np.float32)
     seconds = time.perf_counter() - t0

@@ -34,19 +34,29 @@ log = logging.getLogger(__name__)
 #: sentence-transformers parameters negmine does not implement: name -> (the
 #: value that means "unused", why it is refused).
 REFUSED: dict[str, tuple[Any, str]] = {
-    "cross_encoder": (None, "negmine scores candidates with the bi-encoder's cosine only; "
-                      "rescore the output with a CrossEncoder yourself"),
-    "min_score": (None, "negmine has no lower score bound; tier 4 draws random negatives "
-                  "on purpose"),
+    "cross_encoder": (
+        None,
+        "negmine scores candidates with the bi-encoder's cosine only; "
+        "rescore the output with a CrossEncoder yourself",
+    ),
+    "min_score": (
+        None,
+        "negmine has no lower score bound; tier 4 draws random negatives on purpose",
+    ),
     "include_positives": (False, "negmine never returns a positive as a negative"),
-    "use_multi_process": (False, "encode with a multi-process pool yourself and pass the "
-                          "embeddings to negmine.prepare_arrays"),
+    "use_multi_process": (
+        False,
+        "encode with a multi-process pool yourself and pass the "
+        "embeddings to negmine.prepare_arrays",
+    ),
     "as_triplets": (None, "deprecated in sentence-transformers; use output_format"),
-    "margin": (None, "deprecated in sentence-transformers; use absolute_margin or "
-               "relative_margin"),
-    "faiss_batch_size": (16384, "negmine searches in fixed query blocks of its own, so "
-                         "the output never depends on a batch size"),
-}  # fmt: skip
+    "margin": (None, "deprecated in sentence-transformers; use absolute_margin or relative_margin"),
+    "faiss_batch_size": (
+        16384,
+        "negmine searches in fixed query blocks of its own, so "
+        "the output never depends on a batch size",
+    ),
+}
 
 
 def _refuse(given: dict[str, Any]) -> None:
@@ -55,8 +65,7 @@ def _refuse(given: dict[str, Any]) -> None:
             raise TypeError(f"mine_hard_negatives() got an unexpected keyword argument '{name}'")
         unused, why = REFUSED[name]
         if value is not unused and value != unused:
-            fail(name, f"be left at {unused!r}: negmine does not implement it ({why})",
-                 repr(value))  # fmt: skip
+            fail(name, f"be left at {unused!r}: negmine does not implement it ({why})", repr(value))
 
 
 def _columns(dataset: Any, anchor: str | None, positive: str | None) -> tuple[str, str]:
@@ -79,8 +88,12 @@ def _columns(dataset: Any, anchor: str | None, positive: str | None) -> tuple[st
         feat = dataset.features[name]
         dtype = getattr(feat, "dtype", None)
         if dtype not in ("string", "large_string"):
-            fail(f"dataset[{name!r}]", "be a column of texts (string)", f"a column of {feat}",
-                 exc=TypeError)  # fmt: skip
+            fail(
+                f"dataset[{name!r}]",
+                "be a column of texts (string)",
+                f"a column of {feat}",
+                exc=TypeError,
+            )
     return anchor, positive
 
 
@@ -111,20 +124,30 @@ def _inputs(texts: PairTexts, qry, src, key, cache, n_clusters, seed):
 
     hit = cache.get_clusters(key, n_clusters, seed) if cache is not None else None
     if hit is None:
-        arrays, info = prepare_arrays(src, qry, texts.pair_indices, n_clusters=n_clusters,
-                                      seed=seed)  # fmt: skip
+        arrays, info = prepare_arrays(
+            src, qry, texts.pair_indices, n_clusters=n_clusters, seed=seed
+        )
         if cache is not None:
-            cache.put_clusters(key, n_clusters, seed, arrays["centroid_embeddings"],
-                               arrays["source_cluster_ids"], info)  # fmt: skip
+            cache.put_clusters(
+                key,
+                n_clusters,
+                seed,
+                arrays["centroid_embeddings"],
+                arrays["source_cluster_ids"],
+                info,
+            )
         return arrays, info
     cen, scl, info = hit
     from ..clustering import pair_clusters
 
     arrays = {
-        "source_embeddings": src, "question_embeddings": qry, "centroid_embeddings": cen,
+        "source_embeddings": src,
+        "question_embeddings": qry,
+        "centroid_embeddings": cen,
         "pair_indices": texts.pair_indices,
-        "pair_cluster_ids": pair_clusters(texts.pair_indices, scl), "source_cluster_ids": scl,
-    }  # fmt: skip
+        "pair_cluster_ids": pair_clusters(texts.pair_indices, scl),
+        "source_cluster_ids": scl,
+    }
     return arrays, info
 
 
@@ -137,9 +160,12 @@ def _index(index: Any, arrays, key, cache, n_clusters, seed):
     from ..index import SourceIndex
 
     def build() -> SourceIndex:
-        return SourceIndex.build(arrays["source_embeddings"], index,
-                                 source_cluster_ids=arrays["source_cluster_ids"],
-                                 centroid_embeddings=arrays["centroid_embeddings"])  # fmt: skip
+        return SourceIndex.build(
+            arrays["source_embeddings"],
+            index,
+            source_cluster_ids=arrays["source_cluster_ids"],
+            centroid_embeddings=arrays["centroid_embeddings"],
+        )
 
     if cache is None:
         return build()
@@ -277,43 +303,82 @@ def mine_hard_negatives(
     texts = pairs_from_texts(dataset[a], dataset[p], corpus)
     n_pos = np.bincount(texts.pair_indices[:, 0])
     if len(texts.corpus) - int(n_pos.max()) < num_negatives:
-        fail("num_negatives", f"leave enough passages that are not positives ({len(texts.corpus)} "
-             f"distinct passages, a query with {int(n_pos.max())} positives)", num_negatives,
-             "Pass a larger corpus or fewer negatives.")  # fmt: skip
+        fail(
+            "num_negatives",
+            f"leave enough passages that are not positives ({len(texts.corpus)} "
+            f"distinct passages, a query with {int(n_pos.max())} positives)",
+            num_negatives,
+            "Pass a larger corpus or fewer negatives.",
+        )
     window = _rank_window(range_min, range_max, num_negatives, sampling_strategy)
     cache = EmbeddingCache(cache_folder) if cache_folder else None
     qry, src, key, timings = embed_texts(
-        model, texts.queries, texts.corpus, query_prompt_name=query_prompt_name,
-        query_prompt=query_prompt, corpus_prompt_name=corpus_prompt_name,
-        corpus_prompt=corpus_prompt, batch_size=batch_size, show_progress=verbose, cache=cache,
-    )  # fmt: skip
+        model,
+        texts.queries,
+        texts.corpus,
+        query_prompt_name=query_prompt_name,
+        query_prompt=query_prompt,
+        corpus_prompt_name=corpus_prompt_name,
+        corpus_prompt=corpus_prompt,
+        batch_size=batch_size,
+        show_progress=verbose,
+        cache=cache,
+    )
     t0 = time.perf_counter()
     arrays, cl_info = _inputs(texts, qry, src, key, cache, n_clusters, seed)
     idx = _index(index, arrays, key, cache, n_clusters, seed)
     timings["cluster"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = _mine(
-        arrays, seed, n_neg=num_negatives, tier_proportions=tier_proportions,
-        adjacent_k=min(adjacent_k, arrays["centroid_embeddings"].shape[0] - 1), index=idx,
-        nprobe=nprobe, max_score=max_score, relative_margin=relative_margin,
-        absolute_margin=absolute_margin, near_duplicate_threshold=near_duplicate_threshold,
-        tier3_rank_window=window, tier3_sampling=sampling_strategy, show_progress=verbose,
-    )  # fmt: skip
+        arrays,
+        seed,
+        n_neg=num_negatives,
+        tier_proportions=tier_proportions,
+        adjacent_k=min(adjacent_k, arrays["centroid_embeddings"].shape[0] - 1),
+        index=idx,
+        nprobe=nprobe,
+        max_score=max_score,
+        relative_margin=relative_margin,
+        absolute_margin=absolute_margin,
+        near_duplicate_threshold=near_duplicate_threshold,
+        tier3_rank_window=window,
+        tier3_sampling=sampling_strategy,
+        show_progress=verbose,
+    )
     timings["mine"] = time.perf_counter() - t0
     cols = st_columns(
-        texts.queries, texts.corpus, texts.pair_indices, res["hard_negatives"].numpy(),
-        res["negative_scores"].numpy(), res["positive_scores"].numpy(),
-        res["negative_tiers"].numpy(), output_format=output_format, output_scores=output_scores,
-        output_tiers=output_tiers, anchor_column_name=a, positive_column_name=p,
-    )  # fmt: skip
+        texts.queries,
+        texts.corpus,
+        texts.pair_indices,
+        res["hard_negatives"].numpy(),
+        res["negative_scores"].numpy(),
+        res["positive_scores"].numpy(),
+        res["negative_tiers"].numpy(),
+        output_format=output_format,
+        output_scores=output_scores,
+        output_tiers=output_tiers,
+        anchor_column_name=a,
+        positive_column_name=p,
+    )
     out = Dataset.from_dict(cols)
     timings["total"] = time.perf_counter() - t_start
-    log.info("mined %d negatives for %d pairs: %d rows (%s)", num_negatives,
-             len(texts.pair_indices), len(out), output_format)  # fmt: skip
+    log.info(
+        "mined %d negatives for %d pairs: %d rows (%s)",
+        num_negatives,
+        len(texts.pair_indices),
+        len(out),
+        output_format,
+    )
     if not return_info:
         return out
-    info = {"timings": timings, "clusters": cl_info, "cache_hits": list(cache.hits) if cache
-            else [], "stats": res["stats"], "n_queries": len(texts.queries),
-            "n_sources": len(texts.corpus), "n_pairs": len(texts.pair_indices),
-            "n_duplicate_rows": texts.n_duplicate_rows}  # fmt: skip
+    info = {
+        "timings": timings,
+        "clusters": cl_info,
+        "cache_hits": list(cache.hits) if cache else [],
+        "stats": res["stats"],
+        "n_queries": len(texts.queries),
+        "n_sources": len(texts.corpus),
+        "n_pairs": len(texts.pair_indices),
+        "n_duplicate_rows": texts.n_duplicate_rows,
+    }
     return out, info
