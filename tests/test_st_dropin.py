@@ -28,6 +28,12 @@ def model():
     return gt_model.load_model("cpu")
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One embedding cache for the tests that are not about caching (both libraries have one)."""
+    return str(tmp_path_factory.mktemp("st-cache"))
+
+
 def tiny():
     """8 pairs over 16 passages: 8 positives and 8 other passages."""
     q = [f"How do I get started with {t}?" for t in TOPICS]
@@ -69,10 +75,10 @@ def negatives_by_row(out, fmt):
 @pytest.mark.parametrize("scores", [False, True])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("make", [tiny, multi], ids=["tiny", "multi"])
-def test_layout_matches_sentence_transformers(model, fmt, scores, make):
+def test_layout_matches_sentence_transformers(model, shared_cache, fmt, scores, make):
     ds, corpus = make()
     kw = dict(corpus=corpus, num_negatives=3, output_format=fmt, output_scores=scores,
-              verbose=False)  # fmt: skip
+              verbose=False, cache_folder=shared_cache)  # fmt: skip
     ours = mine_hard_negatives(ds, model, **kw)
     theirs = st_util.mine_hard_negatives(ds, model, **kw)
     assert ours.column_names == theirs.column_names
@@ -97,12 +103,12 @@ def test_layout_matches_sentence_transformers(model, fmt, scores, make):
         assert len(set(negs)) == len(negs)
 
 
-def test_repeated_answer_is_one_source_never_a_negative_of_its_queries(model):
+def test_repeated_answer_is_one_source_never_a_negative_of_its_queries(model, shared_cache):
     ds, corpus = multi()
-    corpus = corpus + [ds["answer"][6], ds["answer"][0]]  # positives repeated in the corpus
+    corpus = [*corpus, ds["answer"][6], ds["answer"][0]]  # positives repeated in the corpus
     out, info = mine_hard_negatives(ds, model, corpus=corpus, num_negatives=12,
                                     output_format="n-tuple", verbose=False,
-                                    return_info=True)  # fmt: skip
+                                    return_info=True, cache_folder=shared_cache)  # fmt: skip
     assert info["n_sources"] == 16 and info["n_pairs"] == 10 and info["n_duplicate_rows"] == 1
     pos = positives_of(ds)
     cols = [c for c in out.column_names if c.startswith("negative_")]
@@ -112,10 +118,11 @@ def test_repeated_answer_is_one_source_never_a_negative_of_its_queries(model):
         assert len(set(negs)) == 12
 
 
-def test_tiers_and_scores_are_the_model_cosines(model):
+def test_tiers_and_scores_are_the_model_cosines(model, shared_cache):
     ds, corpus = tiny()
     out = mine_hard_negatives(ds, model, corpus=corpus, num_negatives=4, output_format="n-tuple",
-                              output_scores=True, output_tiers=True, verbose=False)  # fmt: skip
+                              output_scores=True, output_tiers=True, verbose=False,
+                              cache_folder=shared_cache)  # fmt: skip
     assert out.column_names[-2:] == ["scores", "tiers"]
     r = out[3]
     texts = [r["answer"]] + [r[f"negative_{i}"] for i in range(1, 5)]
@@ -175,9 +182,10 @@ def test_unimplemented_parameters_refused_by_name(model, name):
         mine_hard_negatives(ds, model, verbose=False, crossencoder=None)
 
 
-def test_defaults_of_refused_parameters_are_accepted(model):
+def test_defaults_of_refused_parameters_are_accepted(model, shared_cache):
     ds, corpus = tiny()
     out = mine_hard_negatives(ds, model, corpus=corpus, verbose=False, min_score=None,
+                              cache_folder=shared_cache,
                               include_positives=False, use_faiss=True)  # fmt: skip
     assert len(out) == 24
 
