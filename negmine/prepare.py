@@ -112,7 +112,10 @@ def check_texts(values: Sequence[Any], name: str, allow_empty: bool = False) -> 
 
 
 def pairs_from_texts(
-    queries: Sequence[str], positives: Sequence[str], corpus: Sequence[str] | None = None
+    queries: Sequence[str],
+    positives: Sequence[str],
+    corpus: Sequence[str] | None = None,
+    names: tuple[str, str] = ("queries", "positives"),
 ) -> PairTexts:
     """Dedupe texts into ids and rows into pairs.
 
@@ -122,15 +125,17 @@ def pairs_from_texts(
         Row ``i`` says ``positives[i]`` answers ``queries[i]``.
     corpus : sequence of str, optional
         More passages, candidates for negatives only (unless also a positive).
+    names : (str, str)
+        How errors name ``queries`` and ``positives`` (e.g. their columns).
 
     Returns
     -------
     PairTexts
     """
-    q = check_texts(queries, "queries")
-    p = check_texts(positives, "positives")
+    q = check_texts(queries, names[0])
+    p = check_texts(positives, names[1])
     if len(q) != len(p):
-        fail("positives", f"have one text per query (N = {len(q)})", f"{len(p)} texts")
+        fail(names[1], f"have one text per query (N = {len(q)})", f"{len(p)} texts")
     extra = check_texts(corpus, "corpus", allow_empty=True) if corpus is not None else []
     q_id: dict[str, int] = {}
     for t in q:

@@ -200,9 +200,9 @@ def test_defaults_of_refused_parameters_are_accepted(model, shared_cache):
         ({"query": ["a b"], "answer": [3]}, {}, TypeError,
          r"`dataset\['answer'\]` must be a column of texts"),
         ({"query": ["a b", "e f"], "answer": ["c d", None]}, {}, TypeError,
-         "`positives` must hold texts .*NoneType None at row 1"),
+         r"`dataset\['answer'\]` must hold texts .*NoneType None at row 1"),
         ({"query": ["a b", "e f"], "answer": ["c d", " "]}, {}, ValueError,
-         "`positives` must hold non-empty texts; got ' ' at row 1. Every question needs"),
+         r"`dataset\['answer'\]` must hold non-empty texts; got ' ' at row 1. Every question"),
         ({"query": ["a b"]}, {}, ValueError, "`dataset` must have two columns"),
     ],
 )  # fmt: skip

@@ -302,7 +302,7 @@ def mine_hard_negatives(
         fail("sampling_strategy", "be 'top' or 'random'", repr(sampling_strategy))
     a, p = _columns(dataset, anchor_column_name, positive_column_name)
     t_start = time.perf_counter()
-    texts = pairs_from_texts(dataset[a], dataset[p], corpus)
+    texts = pairs_from_texts(dataset[a], dataset[p], corpus, (f"dataset[{a!r}]", f"dataset[{p!r}]"))
     n_pos = np.bincount(texts.pair_indices[:, 0])
     if len(texts.corpus) - int(n_pos.max()) < num_negatives:
         fail(
