@@ -55,15 +55,22 @@ def timed_twice(fn, cache: Path, **kw):
     return out, cold - warm, warm
 
 
-def audit(out, model, ds) -> dict:
+def embeddings_of(ds, extra, cache: Path) -> dict[str, np.ndarray]:
+    """Text -> unit embedding, read from the drop-in's cache (ids as negmine numbers them)."""
+    from negmine.prepare import pairs_from_texts
+
+    t = pairs_from_texts(ds["query"], ds["answer"], extra)
+    (d,) = cache.glob("emb-*")
+    q, s = np.load(d / "questions.npy"), np.load(d / "sources.npy")
+    return dict(zip(t.queries, q, strict=True)) | dict(zip(t.corpus, s, strict=True))
+
+
+def audit(out, emb: dict[str, np.ndarray], ds) -> dict:
     """What the rows hold: positives or duplicates among the negatives."""
     pos: dict[str, set[str]] = {}
     for q, a in zip(ds["query"], ds["answer"], strict=True):
         pos.setdefault(q, set()).add(a)
     neg_cols = [c for c in out.column_names if c.startswith("negative")]
-    texts = sorted({t for c in ["answer", *neg_cols] for t in out[c]} | set(out["query"]))
-    emb = dict(zip(texts, model.encode(texts, normalize_embeddings=True, batch_size=64),
-                   strict=True))  # fmt: skip
     n_neg = is_pos = repeated = near = 0
     cos = []
     for r in out:
@@ -98,19 +105,21 @@ def main() -> int:
         print(f"{len(ds)} rows, {len(set(ds['query']))} queries, "
               f"{len(set(ds['answer']) | set(extra))} distinct passages")  # fmt: skip
         runs = {
-            "st": (st_mine, {"use_faiss": True}),
             "negmine": (nm_mine, {}),
+            "st": (st_mine, {"use_faiss": True}),
             "st_margin": (st_mine, {"use_faiss": True, "relative_margin": 0.05}),
             "negmine_margin": (nm_mine, {"relative_margin": 0.05}),
         }
+        emb = None
         for name, (fn, extra_kw) in runs.items():
             cache = work / ("cache-st" if name.startswith("st") else "cache-nm")
             out, enc, mine = timed_twice(
                 fn, cache, dataset=ds, model=model, corpus=extra, verbose=False,
                 num_negatives=args.num_negatives, output_format="n-tuple", **extra_kw,
             )  # fmt: skip
+            emb = emb or embeddings_of(ds, extra, work / "cache-nm")
             results[name] = {"encode_s": round(enc, 2), "mine_s": round(mine, 3),
-                             **audit(out, model, ds)}  # fmt: skip
+                             **audit(out, emb, ds)}  # fmt: skip
             print(name, results[name], flush=True)
     cols = ["encode_s", "mine_s", "rows", "negatives", "negative_is_positive",
             "rows_with_repeated_negative", "near_duplicate_of_positive",

@@ -10,9 +10,10 @@ pair (default tiers), then reports:
 * ``t1_pool`` / ``t2_pool``: mean sources a pair's tier 1 / tier 2 draw from (its
   cluster minus itself; its three adjacent clusters);
 * ``t12_short``: tier-1 and tier-2 slots that moved to a fallback tier;
+* ``t1_cos``: mean cosine of the tier-1 negatives to their question (how hard they are);
 * ``exact_s``: exact tier-3 search time;
 * ``probe_s`` / ``recall``: tier-3 search over the 8 nearest clusters
-  (``nprobe=8``) and its recall against exact on 1000 queries.
+  (``nprobe=8``) and its recall against exact on 300 queries.
 
     python examples/st_compare/n_clusters.py --sizes 4000,16000,64000 --json /tmp/nc.json
 """
@@ -55,9 +56,10 @@ def one(corpus: dict, spc: int, seed: int) -> dict:
     exact.mine_arrays()
     st = exact.last_stats
     row["t12_short"] = int(st["shortfalls"]["tier1"] + st["shortfalls"]["tier2"])
+    row["t1_cos"] = round(st["tiers"]["1"]["mean_cosine"], 3)
     row["exact_s"] = round(st["timings_seconds"]["tier3_search"], 3)
     if row["C"] > 9:
-        probe = NegativeMiner(**arrays, n_neg=12, nprobe=8, recall_sample=1000, validate=False)
+        probe = NegativeMiner(**arrays, n_neg=12, nprobe=8, recall_sample=300, validate=False)
         probe.mine_arrays()
         row["probe_s"] = round(probe.last_stats["timings_seconds"]["tier3_search"], 3)
         row["recall"] = round(probe.last_stats["tier3_recall"]["recall"], 4)
@@ -72,7 +74,7 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows = []
-    cols = ["S", "spc", "C", "kmeans_s", "t1_pool", "t2_pool", "t12_short", "exact_s",
+    cols = ["S", "spc", "C", "kmeans_s", "t1_pool", "t2_pool", "t12_short", "t1_cos", "exact_s",
             "probe_s", "recall"]  # fmt: skip
     print("".join(f"{c:>10}" for c in cols))
     for s in (int(x) for x in args.sizes.split(",")):
