@@ -164,7 +164,7 @@ def cluster_sources(
     info = {
         "method": "spherical k-means (faiss)",
         "n_clusters": int(cen.shape[0]),
-        "requested": n_clusters if isinstance(n_clusters, (int, np.integer)) else "auto",
+        "requested": "auto" if n_clusters is None or n_clusters == "auto" else k,
         "k": k,
         "seed": int(seed),
         "niter": int(niter),

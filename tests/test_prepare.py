@@ -181,3 +181,17 @@ def test_prepare_embeddings_only(tmp_path):
     assert (
         np.asarray(a["pair_cluster_ids"]).tolist() == ref.source_cluster_ids[[1, 50, 150]].tolist()
     )
+
+
+def test_prepare_embeddings_only_refuses_other_files(tmp_path, capsys):
+    from negmine.cli import main
+
+    pairs = tmp_path / "p.jsonl"
+    rc = main(["prepare", str(pairs), "--embeddings-only", "--questions", "q.npy", "--sources",
+               "s.npy", "--out", str(tmp_path / "d")])  # fmt: skip
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        "negmine prepare: error: `PAIRS` must be a .npy file with --embeddings-only; "
+        f"got '{pairs}'."
+    )
+    assert not (tmp_path / "d").exists()

@@ -121,6 +121,10 @@ def _run_embeddings(args: argparse.Namespace) -> int:
         raise ValueError("`--embeddings-only` needs --questions Q.npy and --sources S.npy.")
     if args.model is not None:
         raise ValueError("`--model` and `--embeddings-only` exclude each other; drop one.")
+    for name, path in (("PAIRS", args.pairs), ("--questions", args.questions),
+                       ("--sources", args.sources)):  # fmt: skip
+        if path.suffix != ".npy":
+            raise ValueError(f"`{name}` must be a .npy file with --embeddings-only; got '{path}'.")
     load = {"allow_pickle": False}
     pairs = np.load(args.pairs, **load)
     arrays, info = prepare_arrays(
