@@ -47,10 +47,12 @@ CORPUS_FILE = "corpus.parquet"
 
 
 def _datasets_io() -> Any:
-    """The module that saves and loads the six-array data directories."""
-    from . import datasets
+    """The module that saves and loads the six-array data directories (``save_dataset``)."""
+    import importlib
 
-    return datasets
+    from . import io
+
+    return io if hasattr(io, "save_dataset") else importlib.import_module(f"{__package__}.datasets")
 
 
 def _atomic() -> Any:
