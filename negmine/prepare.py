@@ -26,6 +26,7 @@ import numpy as np
 
 from ._checks import check_embeddings, fail
 from .clustering import cluster_sources, pair_clusters
+from .io.datasets import save_dataset
 
 __all__ = [
     "PREPARE_FILE",
@@ -44,15 +45,6 @@ log = logging.getLogger(__name__)
 PREPARE_FILE = "prepare.json"
 QUERIES_FILE = "queries.parquet"
 CORPUS_FILE = "corpus.parquet"
-
-
-def _datasets_io() -> Any:
-    """The module that saves and loads the six-array data directories (``save_dataset``)."""
-    import importlib
-
-    from . import io
-
-    return io if hasattr(io, "save_dataset") else importlib.import_module(f"{__package__}.datasets")
 
 
 def _atomic() -> Any:
@@ -193,7 +185,7 @@ def prepare_arrays(
     Returns
     -------
     arrays : dict
-        The :data:`negmine.datasets.INPUT_NAMES` arrays: sources and questions
+        The :data:`negmine.io.datasets.INPUT_NAMES` arrays: sources and questions
         as float32, centroids float32 [C, d], pairs int64 [P, 2], pair and
         source clusters int64.
     info : dict
@@ -233,7 +225,7 @@ def save_prepared(
     marker = p / PREPARE_FILE
     if marker.exists():
         marker.unlink()
-    _datasets_io().save_dataset(p, arrays)
+    save_dataset(p, arrays)
     io = _atomic()
     for name, col in ((QUERIES_FILE, texts.queries), (CORPUS_FILE, texts.corpus)):
         with io.atomic_path(p / name) as tmp:

@@ -110,12 +110,10 @@ def _rank_window(range_min: int, range_max: int | None, num_negatives: int, samp
 
 
 def _mine(arrays: dict[str, np.ndarray], seed: int, **kw: Any) -> dict[str, Any]:
-    """Run the array miner; the one place that names its seed keyword."""
-    from ..config import MiningConfig
+    """Run the array miner."""
     from ..miner import NegativeMiner
 
-    seed_name = "seed" if "seed" in MiningConfig.__dataclass_fields__ else "random_seed"
-    miner = NegativeMiner(**arrays, **{seed_name: seed}, **kw)
+    miner = NegativeMiner(**arrays, seed=seed, **kw)
     res = miner.mine_all_negatives()
     res["stats"] = miner.last_stats or {}
     return res
