@@ -8,12 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
+from reference import positives_of, unit
 
 from negmine.miner import mine_negatives
 from negmine.remine import epoch_negatives, remine
 from negmine.synth import make_corpus
-
-from reference import positives_of, unit
 
 # Three tier-3 blocks (4096 queries each) and two pair blocks' worth of rows.
 CORPUS = {"n_sources": 6000, "n_clusters": 24, "n_pairs": 9000, "d": 32, "seed": 11}
