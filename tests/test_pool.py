@@ -193,3 +193,24 @@ def test_a_run_without_a_pool_is_refused(corpus, tmp_path):
     mine_negatives(**corpus, n_neg=4, output_dir=out)
     with pytest.raises(ValueError, match="pool_depth"):
         remine(out, corpus)
+
+
+FILTERS = {"relative_margin": 0.05, "near_duplicate_threshold": 0.97,
+           "tier3_rank_window": (2, 30), "tier3_sampling": "random"}  # fmt: skip
+
+
+@pytest.mark.parametrize("search", ["probe", "ivf"])
+def test_remine_of_an_approximate_search_equals_mining_from_scratch(corpus, tmp_path, search):
+    from negmine.index import SourceIndex
+
+    kw: dict = {"nprobe": 4}
+    if search == "ivf":
+        kw["index"] = SourceIndex.build(corpus["source_embeddings"], "IVF16,Flat")
+    run = tmp_path / "run"
+    mine_negatives(**corpus, pool_depth=32, output_dir=run, **kw)
+    got = remine(run, corpus, tmp_path / "re", index=kw.get("index"), seed=4, **FILTERS)
+    assert got["stats"]["pool"]["rows_searched_again"] > 0
+    _same(got, mine_negatives(**corpus, pool_depth=32, seed=4, **FILTERS, **kw))
+    if search == "ivf":
+        with pytest.raises(ValueError, match="`index`"):
+            remine(run, corpus, seed=4)

@@ -24,20 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPTH = 48
 TENSORS = ("hard_negatives.pt", "negative_tiers.pt", "negative_scores.pt", "positive_scores.pt")
 POOL = ("pool_keys.npy", "pool_ids.npy", "pool_scores.npy")
-DRIVER = (
-    """
+DRIVER = f"""
 import sys
 from negmine.datasets import load_dataset
 from negmine.miner import mine_negatives
 from negmine.remine import remine
 mode, data, out = sys.argv[1:4]
 if mode == "mine":
-    mine_negatives(**load_dataset(data).arrays, pool_depth=%d, output_dir=out, resume=True)
+    mine_negatives(**load_dataset(data).arrays, pool_depth={DEPTH}, output_dir=out, resume=True)
 else:
     remine(sys.argv[4], data, out, overwrite=True, seed=int(mode))
 """
-    % DEPTH
-)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +71,8 @@ def _files(out: Path, names=TENSORS + POOL) -> dict[str, bytes]:
 
 def _arrays(out: Path) -> dict[str, bytes]:
     got = load_outputs(out)
-    return {k: np.asarray(got[k]).tobytes() for k in ("hard_negatives", "negative_tiers",
-                                                      "negative_scores", "positive_scores")}  # fmt: skip
+    names = ("hard_negatives", "negative_tiers", "negative_scores", "positive_scores")
+    return {k: np.asarray(got[k]).tobytes() for k in names}
 
 
 def test_cli_remine_equals_mining_from_scratch(corpus, data, run_dir, tmp_path):
