@@ -111,10 +111,12 @@ def pooled_tier3_ids(
     Every search of depth ``k <= w`` is answered with the pool's first ``k``
     columns (the filters then count what they remove in that list). A row
     asked for more than ``w`` candidates is complete when its pool ran short
-    (it holds every candidate there is); any other such row is searched
-    again: :func:`tier3_ids` runs on the whole block without the pool (so each
-    row is searched exactly as a run without a pool searches it, in the same
-    query blocks) and those rows are taken from it.
+    (it holds every candidate there is); the other such rows are searched
+    again, together, with the back-end (:func:`tier3_ids` with ``take``).
+    Mining with a pool and re-mining from it both run this function, so they
+    search the same rows in the same groups and agree byte for byte. With the
+    exact back-end the result is also the result without a pool (near-ties
+    aside: a product over other rows may round a last bit differently).
 
     Parameters
     ----------
@@ -152,10 +154,10 @@ def pooled_tier3_ids(
     ids, removed, short = tier3_ids(plan, qvec, rows, cluster, question, c0, search=search)
     again = np.unique(np.concatenate(deeper)) if deeper else np.zeros(0, dtype=np.int64)
     if again.size and recompute:
-        f_ids, f_removed, f_short = tier3_ids(plan, qvec, rows, cluster, question, c0)
-        ids[again] = f_ids[again]
+        f_ids, f_removed, f_short = tier3_ids(plan, qvec, rows, cluster, question, c0, take=again)
+        ids[again] = f_ids
         if removed is not None:
-            removed[again], short[again] = f_removed[again], f_short[again]
+            removed[again], short[again] = f_removed, f_short
     return ids, removed, short, again
 
 
@@ -163,6 +165,7 @@ def tier3_ids(
     plan: MiningPlan, qvec: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
     question: np.ndarray, c0: int = 0, exact: bool = False, keep_window: bool = False,
     search: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+    take: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
     """Tier-3 ids of queries ``c0, c0 + 1, ...`` under the filters and the window.
 
@@ -185,6 +188,9 @@ def tier3_ids(
         Answers the searches instead of the back-end (see
         :func:`negmine.filters.filtered_tier3`; ``sel`` are positions among
         the ``n`` queries).
+    take : int64 [r], optional
+        Only these queries (positions among the ``n``), searched together:
+        each keeps its own random draw, and the result has ``r`` rows.
 
     Returns
     -------
@@ -195,6 +201,15 @@ def tier3_ids(
         None when tier 3 is not filtered.
     """
     cfg = plan.config
+    n3 = cfg.tier_counts[2]
+    u = None
+    if cfg.tier3_sampling == "random" and not keep_window and cfg.tier3_filtered:
+        u = block_uniforms(cfg.seed, c0, c0 + rows.size, cfg.tier_counts)(
+            STAGES["tier3_window"], n3
+        )
+    if take is not None:
+        rows, cluster, question = rows[take], cluster[take], question[take]
+        u = None if u is None else u[take]
 
     def backend_search(sel, k, score_cut=None):
         backend = plan.backend
@@ -203,8 +218,6 @@ def tier3_ids(
         return backend.search(qvec, rows[sel], cluster[sel], question[sel], k, score_cut)
 
     search = search or backend_search
-
-    n3 = cfg.tier_counts[2]
     if not cfg.tier3_filtered or n3 == 0:
         return search(np.arange(rows.size), n3)[1], None, None
     settings = cfg.filters
@@ -220,11 +233,6 @@ def tier3_ids(
         def near(sel: np.ndarray, ids: np.ndarray) -> np.ndarray:
             return plan.vectors.max_to_positives(question[sel], ids) > cut
 
-    u = None
-    if cfg.tier3_sampling == "random" and not keep_window:
-        u = block_uniforms(cfg.seed, c0, c0 + rows.size, cfg.tier_counts)(
-            STAGES["tier3_window"], n3
-        )
     return filtered_tier3(
         search, rows.size, n3, cfg.window, plan.inputs.n_sources, thresholds, columns, near, u,
         keep_window,
