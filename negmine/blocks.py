@@ -8,6 +8,12 @@ writes files, reports progress or keeps state between calls, so any executor
 may run them in any order, anywhere, and get the same bytes: random streams
 are keyed by (seed, block) and the blocks are fixed by negmine, not by the
 caller's batch size.
+
+With ``pool_depth`` a tier-3 block first takes its pool, the unfiltered
+search's best candidates of each query (searched here, or read from a stored
+pool by a re-mine), and serves the filtered tier 3 from it; only the rows
+whose filters or window reach past the pool are searched again
+(:func:`pooled_tier3_ids`).
 """
 
 from __future__ import annotations

@@ -87,7 +87,9 @@ class NegativeMiner:
         (``max_score``, ``relative_margin``, ``absolute_margin``,
         ``near_duplicate_threshold``, ``tier3_rank_window``,
         ``tier3_sampling``), the search (``nprobe``, ``ef_search``,
-        ``rerank``, ``recall_sample``) and the run (``executor``,
+        ``rerank``, ``recall_sample``), the pool (``pool_depth``: keep each
+        tier-3 query's candidates with the outputs, for
+        :func:`negmine.remine.remine`) and the run (``executor``,
         ``ray_address``, ``batch_size``). ``random_seed`` is accepted as an
         old name of ``seed``.
 

@@ -214,3 +214,36 @@ def test_remine_of_an_approximate_search_equals_mining_from_scratch(corpus, tmp_
     if search == "ivf":
         with pytest.raises(ValueError, match="`index`"):
             remine(run, corpus, seed=4)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "32"])
+def test_pool_depth_is_checked(bad):
+    from negmine.config import MiningConfig
+
+    with pytest.raises(ValueError, match=r"`pool_depth` must be an integer >= 1 or None"):
+        MiningConfig(pool_depth=bad)
+
+
+def test_runs_without_a_pool_keep_their_keys():
+    from negmine.config import MiningConfig
+
+    assert "pool_depth" not in MiningConfig().result_dict()
+    assert MiningConfig(pool_depth=8).result_dict()["pool_depth"] == 8
+
+
+def test_a_pooled_run_is_replaced_whole_and_foreign_files_still_refused(corpus, run_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run_dir, out)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        mine_negatives(**corpus, n_neg=4, output_dir=out)
+    mine_negatives(**corpus, n_neg=4, output_dir=out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "hard_negatives.pt", "manifest.json", "negative_scores.pt", "negative_tiers.pt",
+        "positive_scores.pt",
+    ]  # fmt: skip
+    shutil.rmtree(out)
+    shutil.copytree(run_dir, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        remine(run_dir, corpus, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
