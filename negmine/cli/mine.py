@@ -64,6 +64,8 @@ def _miner_keywords(args: argparse.Namespace) -> dict[str, Any]:
         "tier3_rank_window": args.tier3_rank_window,
         "tier3_sampling": args.tier3_sampling,
     }
+    if args.pool_depth is not None:
+        kw["pool_depth"] = args.pool_depth
     # Passed only when asked for, so the in-process default needs nothing new.
     if args.executor != EXECUTORS[0]:
         kw["executor"] = args.executor
