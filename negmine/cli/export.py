@@ -30,10 +30,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--data", type=Path, required=True, metavar="DATA_DIR")
-    p.add_argument("--format", required=True, choices=ST_FORMATS + FILE_FORMATS)
-    p.add_argument("--out", type=Path, required=True, metavar="PATH")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a mining output directory")
+    p.add_argument("--data", type=Path, required=True, metavar="DATA_DIR",
+                   help="the data directory written by negmine prepare")  # fmt: skip
+    p.add_argument("--format", required=True, choices=ST_FORMATS + FILE_FORMATS,
+                   help="a sentence-transformers layout, or one row per pair")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, metavar="PATH",
+                   help="a dataset directory, or a .jsonl/.parquet file")  # fmt: skip
     p.add_argument("--scores", action="store_true", help="ST formats: add the cosines")
     p.add_argument("--tiers", action="store_true", help="ST formats: add the tier of each negative")
     p.set_defaults(func=run)

@@ -41,7 +41,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help=".jsonl, .parquet or saved HF dataset directory of (question, passage) "
         "rows; with --embeddings-only an int .npy [P, 2] of (question, source) ids",
     )
-    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DATA_DIR",
+                   help="the data directory to write (negmine mine input, plus texts)")  # fmt: skip
     p.add_argument(
         "--model",
         default=None,
@@ -64,10 +65,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="k-means clusters (default auto: about one per 64 passages)",
     )
     p.add_argument("--seed", type=int, default=42, help="k-means seed (default 42)")
-    p.add_argument("--query-prompt", default=None)
-    p.add_argument("--query-prompt-name", default=None)
-    p.add_argument("--corpus-prompt", default=None)
-    p.add_argument("--corpus-prompt-name", default=None)
+    p.add_argument("--query-prompt", default=None, help="text put before every question")
+    p.add_argument("--query-prompt-name", default=None,
+                   help="a prompt of the model's own, by name, for the questions")  # fmt: skip
+    p.add_argument("--corpus-prompt", default=None, help="text put before every passage")
+    p.add_argument("--corpus-prompt-name", default=None,
+                   help="a prompt of the model's own, by name, for the passages")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32)")
     p.add_argument("--device", default=None, help="model device (default: the model's choice)")
     p.add_argument(
@@ -82,8 +85,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="PAIRS is a .npy of (question, source) ids; cluster given embeddings",
     )
-    e.add_argument("--questions", type=Path, default=None, metavar="Q.npy")
-    e.add_argument("--sources", type=Path, default=None, metavar="S.npy")
+    e.add_argument("--questions", type=Path, default=None, metavar="Q.npy",
+                   help="with --embeddings-only: question embeddings [Q, d]")  # fmt: skip
+    e.add_argument("--sources", type=Path, default=None, metavar="S.npy",
+                   help="with --embeddings-only: source embeddings [S, d]")  # fmt: skip
     p.set_defaults(func=run)
 
 
