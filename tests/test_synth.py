@@ -82,11 +82,13 @@ def test_same_seed_same_corpus() -> None:
 
 def test_output_does_not_depend_on_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     # several chunks, so the threaded path really runs
-    monkeypatch.setattr(synth, "_CHUNK_ROWS", 256)
-    monkeypatch.setattr(synth, "_MAX_WORKERS", 1)
+    from negmine.synth import vectors
+
+    monkeypatch.setattr(vectors, "_CHUNK_ROWS", 256)
+    monkeypatch.setattr(vectors, "_MAX_WORKERS", 1)
     serial = make_corpus(3_000, 30, 2_000, 32, seed=5)
-    monkeypatch.setattr(synth, "_MAX_WORKERS", 3)
-    monkeypatch.setattr(synth, "_n_workers", lambda: 3)
+    monkeypatch.setattr(vectors, "_MAX_WORKERS", 3)
+    monkeypatch.setattr(vectors, "_n_workers", lambda: 3)
     threaded = make_corpus(3_000, 30, 2_000, 32, seed=5)
     for key in KEYS:
         np.testing.assert_array_equal(serial[key], threaded[key], err_msg=key)
