@@ -27,6 +27,7 @@ from .inputs import check_inputs
 from .plan import PAIR_BLOCK, T3_BLOCK, IndexArg, make_plan
 from .recall import check_recall, measure_recall
 from .run_stats import run_stats
+from .tuning import tune_plan
 
 __all__ = ["PAIR_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
 
@@ -87,7 +88,7 @@ class NegativeMiner:
         (``max_score``, ``relative_margin``, ``absolute_margin``,
         ``near_duplicate_threshold``, ``tier3_rank_window``,
         ``tier3_sampling``), the search (``nprobe``, ``ef_search``,
-        ``rerank``, ``recall_sample``) and the run (``executor``,
+        ``rerank``, ``recall_sample``, ``target_recall``) and the run (``executor``,
         ``ray_address``, ``batch_size``). ``random_seed`` is accepted as an
         old name of ``seed``.
 
@@ -117,7 +118,8 @@ class NegativeMiner:
         self.validate = bool(validate)
         inputs = check_inputs(source_embeddings, question_embeddings, centroid_embeddings,
                               pair_indices, pair_cluster_ids, source_cluster_ids)  # fmt: skip
-        self.plan = make_plan(self.config, inputs, index)
+        # An approximate search runs at measured settings: tuned here unless given.
+        self.plan, self.tuning = tune_plan(make_plan(self.config, inputs, index))
         self.inputs = inputs
         self.layout = self.plan.layout
         self.index = self.plan.index
@@ -189,6 +191,7 @@ class NegativeMiner:
         described["blocks"] = mined.workers
         described["block_seconds"] = {k: [round(x, 4) for x in v] for k, v in mined.seconds.items()}
         stats = run_stats(self.plan, mined, timings, recall["value"], ok, described)
+        stats["tuning"] = self.tuning
         self.last_stats = stats
         log.info("mined %d pairs in %.2f s", len(mined.ids), timings["total"])
         return mined.ids, mined.tiers, mined.scores, stats
