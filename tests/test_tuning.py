@@ -106,6 +106,7 @@ def test_ivf_flat_without_settings_mines_at_the_default_target(big, caplog):
         m = NegativeMiner(*_args(big), index=idx, recall_sample=sample, **MINE)
     lines = [r.getMessage() for r in caplog.records if r.name == "negmine.tuning"]
     assert len(lines) == 1 and "default target" in lines[0] and ">= 0.95" in lines[0]
+    assert m.plan.sorted_sources is None  # the reference's sorted copy is not kept
     stats = m.mine_arrays()[3]
     assert DEFAULT_TARGET_RECALL == 0.95
     assert stats["tuning"]["default"] is True and stats["tuning"]["target"] == 0.95
