@@ -350,6 +350,7 @@ class MiningConfig:
         d = self.to_dict()
         for name in RUNTIME_SETTINGS:
             d.pop(name)
+        d.pop("target_recall")  # the settings it chooses are keyed instead
         return d
 
     def replace(self, **changes: Any) -> MiningConfig:

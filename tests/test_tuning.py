@@ -177,6 +177,7 @@ def test_manifest_and_run_key_record_what_was_used(small, tmp_path):
         assert (tmp_path / "tuned" / name).read_bytes() == (
             tmp_path / "explicit" / name
         ).read_bytes()
+    assert "target_recall" not in MiningConfig(target_recall=0.9).result_dict()
     deeper = {k: v * 2 for k, v in tun["settings"].items()}
     other = NegativeMiner(*_args(small), index=idx, **deeper, **T3_ONLY)
     assert other.run_key() != m.run_key()
