@@ -17,9 +17,11 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "__version__",
+    "epoch_negatives",
     "load_dataset",
     "mine_negatives",
     "read_manifest",
+    "remine",
     "validate_negatives",
 ]
 
@@ -33,6 +35,8 @@ _LAZY = {
     "ValidationError": "validate",
     "ValidationReport": "validate",
     "load_dataset": "io.datasets",
+    "remine": "remine",
+    "epoch_negatives": "remine",
 }
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from .index import SourceIndex, read_manifest
     from .io.datasets import load_dataset
     from .miner import NegativeMiner, mine_negatives
+    from .remine import epoch_negatives, remine
     from .validate import ValidationError, ValidationReport, validate_negatives
 
 

@@ -8,9 +8,17 @@ writes files, reports progress or keeps state between calls, so any executor
 may run them in any order, anywhere, and get the same bytes: random streams
 are keyed by (seed, block) and the blocks are fixed by negmine, not by the
 caller's batch size.
+
+With ``pool_depth`` a tier-3 block first takes its pool, the unfiltered
+search's best candidates of each query (searched here, or read from a stored
+pool by a re-mine), and serves the filtered tier 3 from it; only the rows
+whose filters or window reach past the pool are searched again
+(:func:`pooled_tier3_ids`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,9 +34,11 @@ from .assemble import (
 )
 from .filters import filtered_tier3, score_thresholds
 from .plan import MiningPlan
+from .search.common import QUERY_BLOCK, RESULT_BYTES
 from .vectors import question_vectors
 
-__all__ = ["PAIR_COUNTS", "pair_block", "tier3_block", "tier3_ids"]
+__all__ = ["PAIR_COUNTS", "pair_block", "pool_search", "pooled_tier3_ids", "tier3_block",
+           "tier3_ids"]  # fmt: skip
 
 #: The counts a pair block returns, in order (see :func:`pair_block`).
 PAIR_COUNTS = SHORT_KEYS + COUNTER_KEYS
@@ -43,21 +53,125 @@ def tier3_block(plan: MiningPlan, g: int) -> dict[str, np.ndarray]:
         ``ids`` int64 [m, n3] (``-1`` where short) and, when tier 3 is
         filtered, ``filters`` int64 [2, 5]: candidates each filter removed and
         slots it left to the fallback tier, weighted by the pairs of each query.
+        With a pool (``config.pool_depth``) also ``again`` int64 [1], the rows
+        searched again past the pool, and, when the pool was searched here
+        rather than read from ``plan.pool``, ``pool_scores`` float32 [m, w] and
+        ``pool_ids`` int64 [m, w] (``w = plan.pool_width``).
     """
     c0, c1 = plan.tier3_range(g)
-    qq = plan.t3_question[c0:c1]
+    qq, cl = plan.t3_question[c0:c1], plan.t3_cluster[c0:c1]
     qvec, rows = question_vectors(plan.inputs.questions, qq)
-    ids, removed, short = tier3_ids(plan, qvec, rows, plan.t3_cluster[c0:c1], qq, c0)
-    out = {"ids": ids}
+    out: dict[str, np.ndarray] = {}
+    if plan.config.pool_depth is None:
+        ids, removed, short = tier3_ids(plan, qvec, rows, cl, qq, c0)
+    else:
+        if plan.pool is None:
+            scores, pids = pool_search(plan, qvec, rows, cl, qq)
+            out["pool_scores"], out["pool_ids"] = scores, pids
+        else:
+            scores, pids = plan.pool.block(c0, c1)
+        ids, removed, short, again = pooled_tier3_ids(
+            plan, qvec, rows, cl, qq, c0, scores, pids
+        )  # fmt: skip
+        out["again"] = np.array([again.size], dtype=np.int64)
+    out["ids"] = ids
     if removed is not None:
         w = np.bincount(plan.pair_query, minlength=plan.n_tier3)[c0:c1]
         out["filters"] = np.stack([w @ removed, w @ short])
     return out
 
 
+def pool_search(
+    plan: MiningPlan, qvec: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
+    question: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The pool of queries ``rows``: the back-end's unfiltered top ``plan.pool_width``.
+
+    Returns
+    -------
+    scores : float32 [n, w]
+        Descending cosines to the question; ``-inf`` where the row ran short.
+    ids : int64 [n, w]
+        Source ids (cluster skipped, positives excluded); ``-1`` where short.
+    """
+    k, n = plan.pool_width, rows.size
+    scores = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    # Whole query blocks per call, results within RESULT_BYTES (as the filtered search).
+    step = max(QUERY_BLOCK, RESULT_BYTES // (12 * max(k, 1)) // QUERY_BLOCK * QUERY_BLOCK)
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        scores[a:b], ids[a:b] = plan.backend.search(
+            qvec, rows[a:b], cluster[a:b], question[a:b], k
+        )  # fmt: skip
+    return scores, ids
+
+
+def pooled_tier3_ids(
+    plan: MiningPlan, qvec: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
+    question: np.ndarray, c0: int, pool_scores: np.ndarray, pool_ids: np.ndarray,
+    recompute: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:  # fmt: skip
+    """:func:`tier3_ids` served from a pool of candidates.
+
+    Every search of depth ``k <= w`` is answered with the pool's first ``k``
+    columns (the filters then count what they remove in that list). A row
+    asked for more than ``w`` candidates is complete when its pool ran short
+    (it holds every candidate there is); the other such rows are searched
+    again, together, with the back-end (:func:`tier3_ids` with ``take``).
+    Mining with a pool and re-mining from it both run this function, so they
+    search the same rows in the same groups and agree byte for byte. With the
+    exact back-end the result is also the result without a pool (near-ties
+    aside: a product over other rows may round a last bit differently).
+
+    Parameters
+    ----------
+    plan, qvec, rows, cluster, question, c0
+        As :func:`tier3_ids`.
+    pool_scores : float32 [n, w]
+    pool_ids : int64 [n, w]
+        The pool of each query (see :func:`pool_search`).
+    recompute : bool
+        Search the rows past the pool again. Without it those rows keep what
+        the pool gives them (a lower bound of what they would find).
+
+    Returns
+    -------
+    ids, removed, short
+        As :func:`tier3_ids`.
+    again : int64 [r]
+        The rows (positions among the ``n`` queries) the pool could not settle.
+    """
+    width = pool_ids.shape[1]
+    complete = pool_ids[:, -1] < 0 if width else np.zeros(rows.size, dtype=bool)
+    if width >= plan.inputs.n_sources:
+        complete[:] = True
+    deeper: list[np.ndarray] = []
+
+    def search(sel, k, score_cut=None):
+        if k <= width:
+            return pool_scores[sel, :k], pool_ids[sel, :k]
+        deeper.append(sel[~complete[sel]])
+        d = np.full((sel.size, k), -np.inf, dtype=np.float32)
+        i = np.full((sel.size, k), -1, dtype=np.int64)
+        d[:, :width], i[:, :width] = pool_scores[sel], pool_ids[sel]
+        return d, i
+
+    ids, removed, short = tier3_ids(plan, qvec, rows, cluster, question, c0, search=search)
+    again = np.unique(np.concatenate(deeper)) if deeper else np.zeros(0, dtype=np.int64)
+    if again.size and recompute:
+        f_ids, f_removed, f_short = tier3_ids(plan, qvec, rows, cluster, question, c0, take=again)
+        ids[again] = f_ids
+        if removed is not None:
+            removed[again], short[again] = f_removed, f_short
+    return ids, removed, short, again
+
+
 def tier3_ids(
     plan: MiningPlan, qvec: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
     question: np.ndarray, c0: int = 0, exact: bool = False, keep_window: bool = False,
+    search: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+    take: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
     """Tier-3 ids of queries ``c0, c0 + 1, ...`` under the filters and the window.
 
@@ -76,6 +190,13 @@ def tier3_ids(
         Search with the back-end's exact reference instead.
     keep_window : bool
         Return the whole rank window instead of ``n3`` ids.
+    search : callable ``(sel, k, score_cut) -> (scores, ids)``, optional
+        Answers the searches instead of the back-end (see
+        :func:`negmine.filters.filtered_tier3`; ``sel`` are positions among
+        the ``n`` queries).
+    take : int64 [r], optional
+        Only these queries (positions among the ``n``), searched together:
+        each keeps its own random draw, and the result has ``r`` rows.
 
     Returns
     -------
@@ -85,14 +206,24 @@ def tier3_ids(
         Per query and filter (see :func:`negmine.filters.filtered_tier3`);
         None when tier 3 is not filtered.
     """
-    cfg, backend = plan.config, plan.backend
+    cfg = plan.config
+    n3 = cfg.tier_counts[2]
+    u = None
+    if cfg.tier3_sampling == "random" and not keep_window and cfg.tier3_filtered:
+        u = block_uniforms(cfg.seed, c0, c0 + rows.size, cfg.tier_counts)(
+            STAGES["tier3_window"], n3
+        )
+    if take is not None:
+        rows, cluster, question = rows[take], cluster[take], question[take]
+        u = None if u is None else u[take]
 
-    def search(sel, k, score_cut=None):
+    def backend_search(sel, k, score_cut=None):
+        backend = plan.backend
         if exact:
             return backend.reference(qvec, rows[sel], cluster[sel], question[sel], k)
         return backend.search(qvec, rows[sel], cluster[sel], question[sel], k, score_cut)
 
-    n3 = cfg.tier_counts[2]
+    search = search or backend_search
     if not cfg.tier3_filtered or n3 == 0:
         return search(np.arange(rows.size), n3)[1], None, None
     settings = cfg.filters
@@ -108,11 +239,6 @@ def tier3_ids(
         def near(sel: np.ndarray, ids: np.ndarray) -> np.ndarray:
             return plan.vectors.max_to_positives(question[sel], ids) > cut
 
-    u = None
-    if cfg.tier3_sampling == "random" and not keep_window:
-        u = block_uniforms(cfg.seed, c0, c0 + rows.size, cfg.tier_counts)(
-            STAGES["tier3_window"], n3
-        )
     return filtered_tier3(
         search, rows.size, n3, cfg.window, plan.inputs.n_sources, thresholds, columns, near, u,
         keep_window,

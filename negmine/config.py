@@ -15,6 +15,7 @@ __all__ = [
     "EXECUTORS",
     "FILTER_NAMES",
     "RUNTIME_SETTINGS",
+    "SEARCH_SETTINGS",
     "TIER3_SAMPLING",
     "TIER_NAMES",
     "MiningConfig",
@@ -42,6 +43,9 @@ EXECUTORS = ("local", "ray")
 
 #: Settings that decide where and in what steps the work runs, never its result.
 RUNTIME_SETTINGS = ("executor", "ray_address", "batch_size")
+
+#: Settings that decide the tier-3 search itself, and so what a pool holds.
+SEARCH_SETTINGS = ("nprobe", "ef_search", "rerank", "pool_depth")
 
 
 def resolve_tier_counts(n_neg: int, tier_proportions: Sequence[float] | None) -> tuple[int, ...]:
@@ -148,6 +152,13 @@ class MiningConfig:
         With an approximate index: fetch ``rerank`` times as many tier-3
         candidates and keep the best by exact cosine (default 1, or 4 for
         compressed ``"clusters"`` lists).
+    pool_depth : int or None
+        Keep, for every tier-3 query, its ``pool_depth`` best candidates
+        (the unfiltered search, cluster skipped, positives excluded) and take
+        the filtered tier 3 from them; a row whose filters or window reach
+        past the pool is searched again. The pool is written with the outputs
+        so :func:`negmine.remine` can re-mine without searching. ``None``:
+        no pool.
     recall_sample : int
         With an approximate tier 3, measure its recall against exact search on
         this many tier-3 queries (0: do not measure).
@@ -183,6 +194,7 @@ class MiningConfig:
     nprobe: int | None = None
     ef_search: int | None = None
     rerank: int | None = None
+    pool_depth: int | None = None
     recall_sample: int = 0
     target_recall: float | None = None
     executor: str = "local"
@@ -225,7 +237,7 @@ class MiningConfig:
         self._check_filters()
 
     def _check_search(self) -> None:
-        for name in ("nprobe", "ef_search", "rerank"):
+        for name in ("nprobe", "ef_search", "rerank", "pool_depth"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -351,6 +363,8 @@ class MiningConfig:
         for name in RUNTIME_SETTINGS:
             d.pop(name)
         d.pop("target_recall")  # the settings it chooses are keyed instead
+        if d["pool_depth"] is None:  # the keys of runs without a pool stay as they were
+            d.pop("pool_depth")
         return d
 
     def replace(self, **changes: Any) -> MiningConfig:

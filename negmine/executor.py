@@ -132,12 +132,25 @@ class MinedBlocks:
         self.seconds: dict[str, list[float]] = {"tier3": [], "pairs": []}
         self.reused = 0
         self.computed = 0
+        #: Tier-3 rows searched again past the pool (with a pool).
+        self.searched_again = 0
+        #: The pool searched by this run: float32 / int64 [M, plan.pool_width].
+        self.pool_scores: np.ndarray | None = None
+        self.pool_ids: np.ndarray | None = None
+        if plan.config.pool_depth is not None and plan.pool is None:
+            self.pool_scores = np.empty((plan.n_tier3, plan.pool_width), dtype=np.float32)
+            self.pool_ids = np.empty((plan.n_tier3, plan.pool_width), dtype=np.int64)
 
     def put_tier3(self, plan: MiningPlan, g: int, done: dict[str, np.ndarray]) -> None:
         c0, c1 = plan.tier3_range(g)
         self.t3_ids[c0:c1] = done["ids"]
         if "filters" in done:
             self.filters += done["filters"]
+        if "again" in done:
+            self.searched_again += int(done["again"][0])
+        if self.pool_ids is not None:
+            self.pool_scores[c0:c1] = done["pool_scores"]
+            self.pool_ids[c0:c1] = done["pool_ids"]
 
     def put_pairs(self, plan: MiningPlan, g: int, done: dict[str, np.ndarray]) -> None:
         p0, p1 = plan.pair_range(g)

@@ -88,7 +88,9 @@ class NegativeMiner:
         (``max_score``, ``relative_margin``, ``absolute_margin``,
         ``near_duplicate_threshold``, ``tier3_rank_window``,
         ``tier3_sampling``), the search (``nprobe``, ``ef_search``,
-        ``rerank``, ``recall_sample``, ``target_recall``) and the run (``executor``,
+        ``rerank``, ``recall_sample``, ``target_recall``), the pool (``pool_depth``: keep each
+        tier-3 query's candidates with the outputs, for
+        :func:`negmine.remine.remine`) and the run (``executor``,
         ``ray_address``, ``batch_size``). ``random_seed`` is accepted as an
         old name of ``seed``.
 
@@ -125,6 +127,8 @@ class NegativeMiner:
         self.index = self.plan.index
         self._run_key: str | None = None
         self._positive_scores: np.ndarray | None = None
+        self._fingerprints: dict[str, str] | None = None
+        self._pool: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
         self.last_stats: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ mining
@@ -192,6 +196,14 @@ class NegativeMiner:
         described["block_seconds"] = {k: [round(x, 4) for x in v] for k, v in mined.seconds.items()}
         stats = run_stats(self.plan, mined, timings, recall["value"], ok, described)
         stats["tuning"] = self.tuning
+        if self.config.pool_depth is not None:
+            self._pool = (mined.pool_scores, mined.pool_ids)
+            stats["pool"] = {
+                "depth": self.config.pool_depth,
+                "width": self.plan.pool_width,
+                "read_from": None if self.plan.pool is None else str(self.plan.pool.directory),
+                "rows_searched_again": mined.searched_again,
+            }
         self.last_stats = stats
         log.info("mined %d pairs in %.2f s", len(mined.ids), timings["total"])
         return mined.ids, mined.tiers, mined.scores, stats
@@ -245,9 +257,11 @@ class NegativeMiner:
         The executor, ``batch_size``, progress and thread count are left out:
         the output does not depend on them.
         """
-        from .run_key import run_key
+        from .run_key import input_fingerprints, run_key
 
-        return run_key(self.plan)
+        if self._fingerprints is None:
+            self._fingerprints = input_fingerprints(self.plan)
+        return run_key(self.plan, self._fingerprints)
 
     def mine_to(
         self, output_dir: str | os.PathLike, *, overwrite: bool = False, resume: bool = False
@@ -275,8 +289,8 @@ class NegativeMiner:
         dict
             As :meth:`mine_all_negatives`.
         """
-        from .io import check_output_dir
         from .io.runs import Checkpoints, completed_run, partial_dir
+        from .pool import check_pooled_output_dir
 
         key = self.run_key()
         if resume:
@@ -285,14 +299,20 @@ class NegativeMiner:
                 log.info("%s already holds this run; nothing to do", output_dir)
                 self.last_stats = done[1].get("stats")
                 return done[0]
-        check_output_dir(output_dir, overwrite)
-        ckpt = Checkpoints(partial_dir(output_dir), key, resume)
+        check_pooled_output_dir(output_dir, overwrite)
+        # A re-mine from a stored pool takes seconds: it keeps no checkpoints
+        # (nor may its blocks, which lack the pool, pass for a mining run's).
+        ckpt = None
+        if self.plan.pool is None:
+            ckpt = Checkpoints(partial_dir(output_dir), key, resume)
         self._run_key = key
         ids, tiers, scores, stats = self.mine_arrays(checkpoints=ckpt)
-        stats["checkpoint_blocks"] = {"reused": ckpt.reused, "computed": ckpt.computed}
+        if ckpt is not None:
+            stats["checkpoint_blocks"] = {"reused": ckpt.reused, "computed": ckpt.computed}
         res = self._results(ids, tiers, scores)
         self.save(output_dir, res, overwrite=overwrite)
-        ckpt.finish()
+        if ckpt is not None:
+            ckpt.finish()
         return res
 
     # ------------------------------------------------------------------ output
@@ -300,22 +320,49 @@ class NegativeMiner:
         self, output_dir: str | os.PathLike, results: dict[str, Any], overwrite: bool = False
     ) -> Path:
         """Write ``hard_negatives.pt``, ``negative_tiers.pt``, ``negative_scores.pt``,
-        ``positive_scores.pt`` and ``manifest.json`` (last) into ``output_dir``,
-        each atomically.
+        ``positive_scores.pt``, the pool's files (with ``pool_depth``, see
+        :mod:`negmine.pool`) and ``manifest.json`` (last) into ``output_dir``,
+        swapped in whole.
 
         Returns
         -------
         pathlib.Path
             The output directory.
         """
-        from .io import save_outputs
+        from .pool import save_run_outputs
 
         tensors = {
             k: as_numpy(v, k)
             for k, v in results.items()
             if k.startswith(("hard_", "negative_", "positive_"))
         }
-        return save_outputs(output_dir, tensors, self.manifest(), overwrite=overwrite)
+        write_pool = self._write_pool if self.config.pool_depth is not None else None
+        return save_run_outputs(output_dir, tensors, self.manifest(), write_pool, overwrite)
+
+    def _write_pool(self, stage: Path) -> dict[str, Any]:
+        """Put the pool's files into ``stage``; the manifest's ``pool`` entry."""
+        from .pool import link_pool_files, write_pool_files
+        from .run_key import input_fingerprints
+
+        plan = self.plan
+        if plan.pool is not None:
+            files = link_pool_files(plan.pool, stage)
+        else:
+            scores, ids = self._pool
+            if ids is None:
+                raise RuntimeError("mine before saving: this miner holds no pool yet")
+            files = write_pool_files(stage, plan.t3_keys, scores, ids)
+        if self._fingerprints is None:
+            self._fingerprints = input_fingerprints(plan)
+        stats = self.last_stats or {}
+        return {
+            "depth": self.config.pool_depth,
+            "width": plan.pool_width,
+            "search": plan.describe_search(),
+            "inputs": self._fingerprints,
+            "files": files,
+            "rows_searched_again": (stats.get("pool") or {}).get("rows_searched_again"),
+        }
 
     def manifest(self) -> dict[str, Any]:
         """What a mining output directory records about this run."""

@@ -31,7 +31,7 @@ from .search.backends import (
     SearchContext,
     Tier3Backend,
 )
-from .search.common import QUERY_BLOCK
+from .search.common import QUERY_BLOCK, max_depth
 from .vectors import SourceVectors
 
 __all__ = ["CLUSTERS_NPROBE", "COMPRESSED_RERANK", "PAIR_BLOCK", "T3_BLOCK", "MiningPlan",
@@ -67,6 +67,9 @@ class MiningPlan:
         grouped by cluster.
     pair_query : int64 [P]
         Each pair's tier-3 query.
+    pool : object or None
+        A stored pool of tier-3 candidates to read instead of searching (see
+        :class:`negmine.pool.StoredPool`); None: search.
     """
 
     def __init__(self, config, inputs, positives, layout, index, sorted_sources, t3_key):
@@ -80,6 +83,7 @@ class MiningPlan:
         uniq, self.pair_query = np.unique(t3_key, return_inverse=True)
         self.t3_cluster = uniq // n_q
         self.t3_question = uniq - self.t3_cluster * n_q
+        self.pool: Any = None
 
     # ------------------------------------------------------------ blocks
     @property
@@ -101,6 +105,20 @@ class MiningPlan:
     def pair_range(self, g: int) -> tuple[int, int]:
         """Pairs ``[p0, p1)`` of block ``g``."""
         return g * PAIR_BLOCK, min((g + 1) * PAIR_BLOCK, self.inputs.n_pairs)
+
+    @property
+    def t3_keys(self) -> np.ndarray:
+        """int64 [M]: ``cluster * Q + question`` of each tier-3 query, ascending."""
+        return self.t3_cluster * self.inputs.n_questions + self.t3_question
+
+    @property
+    def pool_width(self) -> int:
+        """Candidates a pool keeps per tier-3 query (``pool_depth`` within the
+        corpus and the depth cap of one search call); 0 without a pool."""
+        depth = self.config.pool_depth
+        if depth is None:
+            return 0
+        return int(min(depth, max_depth(self.inputs.n_sources)))
 
     # ------------------------------------------------------------ search
     @cached_property

@@ -9,10 +9,39 @@ from ._version import __version__
 from .io.runs import hash_arrays
 from .plan import MiningPlan
 
-__all__ = ["run_key"]
+__all__ = ["input_fingerprints", "run_key"]
 
 
-def run_key(plan: MiningPlan) -> str:
+def input_fingerprints(plan: MiningPlan) -> dict[str, str]:
+    """sha256 of each input array of the plan (and of the adjacency it derives).
+
+    Returns
+    -------
+    dict of str to str
+        ``sources``, ``questions``, ``centroids``, ``pair_question``,
+        ``pair_source``, ``pair_cluster``, ``source_cluster``, ``adjacent`` ->
+        ``"sha256:<hex>"`` of the array's dtype, shape and bytes.
+    """
+    inp = plan.inputs
+    arrays = {
+        "sources": inp.sources,
+        "questions": inp.questions,
+        "centroids": inp.raw_centroids,
+        "pair_question": inp.pair_question,
+        "pair_source": inp.pair_source,
+        "pair_cluster": inp.pair_cluster,
+        "source_cluster": inp.source_cluster,
+        "adjacent": plan.layout.adjacent,
+    }
+    out = {}
+    for name, a in arrays.items():
+        h = hashlib.sha256()
+        hash_arrays(h, {name: a})
+        out[name] = "sha256:" + h.hexdigest()
+    return out
+
+
+def run_key(plan: MiningPlan, fingerprints: dict[str, str] | None = None) -> str:
     """sha256 of the inputs, the settings that shape the result, and the search.
 
     Covers the six input arrays (the centroids included: they decide tier 2
@@ -22,27 +51,20 @@ def run_key(plan: MiningPlan) -> str:
     ``batch_size``, progress and thread count are left out: the output does
     not depend on them.
 
+    Parameters
+    ----------
+    plan : MiningPlan
+    fingerprints : dict, optional
+        :func:`input_fingerprints` of the plan, when already computed.
+
     Returns
     -------
     str
         ``"sha256:<hex>"``.
     """
+    fps = fingerprints if fingerprints is not None else input_fingerprints(plan)
     h = hashlib.sha256(f"negmine-run:{__version__}:".encode())
     desc = json.dumps(plan.describe_search(), sort_keys=True)
-    h.update(json.dumps({"config": plan.config.result_dict(), "index": desc},
+    h.update(json.dumps({"config": plan.config.result_dict(), "index": desc, "inputs": fps},
                         sort_keys=True).encode())  # fmt: skip
-    inp = plan.inputs
-    hash_arrays(
-        h,
-        {
-            "sources": inp.sources,
-            "questions": inp.questions,
-            "centroids": inp.raw_centroids,
-            "pair_question": inp.pair_question,
-            "pair_source": inp.pair_source,
-            "pair_cluster": inp.pair_cluster,
-            "source_cluster": inp.source_cluster,
-            "adjacent": plan.layout.adjacent,
-        },
-    )
     return "sha256:" + h.hexdigest()

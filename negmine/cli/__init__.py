@@ -43,7 +43,7 @@ log = logging.getLogger("negmine")
 #: Commands that live in optional modules of this package; each module has
 #: ``register(sub, common)``, which adds its parser and sets ``func`` (the
 #: command: ``args -> exit code``) as a parser default.
-_COMMAND_MODULES = ("prepare", "export")
+_COMMAND_MODULES = ("prepare", "export", "remine")
 
 
 def _register_command_modules(sub: Any, common: argparse.ArgumentParser) -> None:

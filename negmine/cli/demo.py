@@ -76,6 +76,11 @@ def _register_bench(sub: Any, common: argparse.ArgumentParser) -> None:
         help="instead: mine each of --workloads in-process and on a local Ray instance, exact "
         "(not at 1m) and at the first --nprobe (default 16); overhead, block times, same bytes",
     )  # fmt: skip
+    p.add_argument(
+        "--pool", type=int, default=None, metavar="DEPTH",
+        help="instead: on each of --workloads, the cost of keeping a pool of DEPTH tier-3 "
+        "candidates and of re-mining from it (new seed, relative margin, window)",
+    )  # fmt: skip
     p.add_argument("--exact-sample", type=int, default=8192, metavar="N",
                    help="tier-3 queries timed exactly for --store (default 8192)")  # fmt: skip
     p.add_argument("--work-dir", default=None, metavar="DIR",
@@ -120,7 +125,12 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(
             f"`--nprobe` must be comma-separated integers such as 16,32; got '{args.nprobe}'."
         ) from None
-    if args.executors:
+    if args.pool is not None:
+        from ..bench_pool import run_pool
+
+        names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        results = run_pool(names, args.pool)
+    elif args.executors:
         from ..bench_ray import run_executors
 
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]

@@ -70,6 +70,8 @@ def _miner_keywords(args: argparse.Namespace) -> dict[str, Any]:
         "tier3_rank_window": args.tier3_rank_window,
         "tier3_sampling": args.tier3_sampling,
     }
+    if args.pool_depth is not None:
+        kw["pool_depth"] = args.pool_depth
     # Passed only when asked for, so the defaults need nothing new.
     if getattr(args, "target_recall", None) is not None:
         kw["target_recall"] = args.target_recall

@@ -99,7 +99,8 @@ def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, 
     p.add_argument(old, dest=dest, action=_DeprecatedAlias, new=new, help=argparse.SUPPRESS, **kw)
 
 
-def _proportions(text: str) -> list[float]:
+def proportions(text: str) -> list[float]:
+    """``--tier-proportions``: four comma-separated numbers."""
     try:
         vals = [float(x) for x in text.replace(" ", "").split(",")]
     except ValueError:
@@ -128,7 +129,7 @@ class _RankWindow(argparse.Action):
 
 def add_filter_options(p: argparse.ArgumentParser) -> None:
     """The filters of tier 3 and of every tier; all off by default."""
-    g = p.add_argument_group("filters (all off by default; see README, Filters)")
+    g = p.add_argument_group("filters (all off by default; see docs/filters.md)")
     g.add_argument(
         "--max-score", type=float, default=None, metavar="COS",
         help="tier 3 skips sources with cosine to the question above COS",
@@ -185,17 +186,22 @@ def add_mining_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-neg", type=int, default=12, metavar="N",
                    help="negatives per pair (default 12)")  # fmt: skip
     g.add_argument(
-        "--tier-proportions", type=_proportions, default=None, metavar="T1,T2,T3,T4",
+        "--tier-proportions", type=proportions, default=None, metavar="T1,T2,T3,T4",
         help="counts summing to --n-neg, or weights (default: n_neg // 4 each)",
     )  # fmt: skip
     g.add_argument("--adjacent-k", type=int, default=3, metavar="K",
-                   help="adjacent clusters of tier 4 (default 3)")  # fmt: skip
+                   help="adjacent clusters of tier 2 (default 3)")  # fmt: skip
     g.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     g.add_argument(
         "--batch-size", type=int, default=16384, metavar="N",
         help="pairs per step; changes memory only, never the output (default 16384)",
     )  # fmt: skip
     _add_search_options(g)
+    g.add_argument(
+        "--pool-depth", type=int, default=None, metavar="N",
+        help="keep each tier-3 query's N best candidates with the outputs, so that "
+        "negmine remine can mine again (new seeds, filters, windows) without searching",
+    )  # fmt: skip
     g.add_argument(
         "--executor", choices=EXECUTORS, default=EXECUTORS[0],
         help="run the blocks in this process (local, default) or as tasks on a Ray cluster "
