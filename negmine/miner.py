@@ -96,6 +96,11 @@ class NegativeMiner:
 
     Notes
     -----
+    An approximate search runs at measured settings: with ``target_recall``,
+    or with an approximate index and no search settings, the plan is tuned on
+    construction (:func:`negmine.tuning.tune_plan`) and :attr:`tuning` holds
+    the record (None when nothing was tuned).
+
     All filters are off by default; see :mod:`negmine.filters` for their exact
     semantics and how the removed candidates and shortfalls are counted.
     """
