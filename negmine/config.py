@@ -162,6 +162,13 @@ class MiningConfig:
     recall_sample : int
         With an approximate tier 3, measure its recall against exact search on
         this many tier-3 queries (0: do not measure).
+    target_recall : float or None
+        In (0, 1]: choose the cheapest search settings whose tier-3 recall@k,
+        measured on a sample against exact search, reaches this value, and
+        mine with them (see :mod:`negmine.tuning`); instead of ``nprobe``,
+        ``ef_search`` and ``rerank``. ``None``: explicit settings are used as
+        given, and an approximate index given none is tuned to
+        :data:`negmine.tuning.DEFAULT_TARGET_RECALL`.
     executor : {"local", "ray"}
         Where the blocks run: this process, or tasks on a Ray cluster. The
         output is the same bytes either way.
@@ -189,6 +196,7 @@ class MiningConfig:
     rerank: int | None = None
     pool_depth: int | None = None
     recall_sample: int = 0
+    target_recall: float | None = None
     executor: str = "local"
     ray_address: str | None = None
     batch_size: int = 16384
@@ -236,6 +244,7 @@ class MiningConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 fail(name, "be an integer >= 1 or None", repr(v))
             object.__setattr__(self, name, int(v))
+        self._check_target()
         if self.executor not in EXECUTORS:
             fail("executor", f"be one of {', '.join(map(repr, EXECUTORS))}", repr(self.executor))
         if self.ray_address is not None and not isinstance(self.ray_address, str):
@@ -243,6 +252,22 @@ class MiningConfig:
         if self.ray_address is not None and self.executor != "ray":
             fail("ray_address", "come with executor='ray'", repr(self.ray_address),
                  "Pass executor='ray' as well, or drop it.")  # fmt: skip
+
+    def _check_target(self) -> None:
+        v = self.target_recall
+        if v is None:
+            return
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            fail("target_recall", "be a number in (0, 1] or None", repr(v), exc=TypeError)
+        if not 0 < float(v) <= 1:  # NaN fails too
+            fail("target_recall", "be in (0, 1] (a recall@k, e.g. 0.95)", repr(v))
+        given = {n: getattr(self, n) for n in ("nprobe", "ef_search", "rerank")}
+        given = {n: x for n, x in given.items() if x is not None}
+        if given:
+            fail("target_recall", "come without explicit search settings (it chooses them)",
+                 f"{v!r} with {', '.join(f'{n}={x}' for n, x in given.items())}",
+                 "Drop the explicit settings to tune them, or drop target_recall.")  # fmt: skip
+        object.__setattr__(self, "target_recall", float(v))
 
     def _check_filters(self) -> None:
         ranges = {
@@ -337,6 +362,7 @@ class MiningConfig:
         d = self.to_dict()
         for name in RUNTIME_SETTINGS:
             d.pop(name)
+        d.pop("target_recall")  # the settings it chooses are keyed instead
         if d["pool_depth"] is None:  # the keys of runs without a pool stay as they were
             d.pop("pool_depth")
         return d

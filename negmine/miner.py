@@ -27,6 +27,7 @@ from .inputs import check_inputs
 from .plan import PAIR_BLOCK, T3_BLOCK, IndexArg, make_plan
 from .recall import check_recall, measure_recall
 from .run_stats import run_stats
+from .tuning import tune_plan
 
 __all__ = ["PAIR_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
 
@@ -87,7 +88,7 @@ class NegativeMiner:
         (``max_score``, ``relative_margin``, ``absolute_margin``,
         ``near_duplicate_threshold``, ``tier3_rank_window``,
         ``tier3_sampling``), the search (``nprobe``, ``ef_search``,
-        ``rerank``, ``recall_sample``), the pool (``pool_depth``: keep each
+        ``rerank``, ``recall_sample``, ``target_recall``), the pool (``pool_depth``: keep each
         tier-3 query's candidates with the outputs, for
         :func:`negmine.remine.remine`) and the run (``executor``,
         ``ray_address``, ``batch_size``). ``random_seed`` is accepted as an
@@ -95,6 +96,11 @@ class NegativeMiner:
 
     Notes
     -----
+    An approximate search runs at measured settings: with ``target_recall``,
+    or with an approximate index and no search settings, the plan is tuned on
+    construction (:func:`negmine.tuning.tune_plan`) and :attr:`tuning` holds
+    the record (None when nothing was tuned).
+
     All filters are off by default; see :mod:`negmine.filters` for their exact
     semantics and how the removed candidates and shortfalls are counted.
     """
@@ -119,7 +125,8 @@ class NegativeMiner:
         self.validate = bool(validate)
         inputs = check_inputs(source_embeddings, question_embeddings, centroid_embeddings,
                               pair_indices, pair_cluster_ids, source_cluster_ids)  # fmt: skip
-        self.plan = make_plan(self.config, inputs, index)
+        # An approximate search runs at measured settings: tuned here unless given.
+        self.plan, self.tuning = tune_plan(make_plan(self.config, inputs, index))
         self.inputs = inputs
         self.layout = self.plan.layout
         self.index = self.plan.index
@@ -193,6 +200,7 @@ class NegativeMiner:
         described["blocks"] = mined.workers
         described["block_seconds"] = {k: [round(x, 4) for x in v] for k, v in mined.seconds.items()}
         stats = run_stats(self.plan, mined, timings, recall["value"], ok, described)
+        stats["tuning"] = self.tuning
         if self.config.pool_depth is not None:
             self._pool = (mined.pool_scores, mined.pool_ids)
             stats["pool"] = {

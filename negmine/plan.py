@@ -189,6 +189,17 @@ class MiningPlan:
     def approximate(self) -> bool:
         return not self.backend.exact
 
+    def with_search(self, **settings: Any) -> MiningPlan:
+        """This plan at other search settings (``nprobe``, ``ef_search``,
+        ``rerank``, ``target_recall``): the inputs, layout and index are shared,
+        the back-end is built anew, of the same kind for an index."""
+        new = object.__new__(MiningPlan)
+        new.__dict__.update(
+            {k: v for k, v in self.__dict__.items() if k not in ("backend", "vectors")}
+        )
+        new.config = self.config.replace(**settings)
+        return new
+
     # ------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in _DERIVED}

@@ -92,6 +92,10 @@ def _register_check(isub: Any, common: argparse.ArgumentParser) -> None:
     ck.add_argument("--rerank", type=int, default=None, metavar="N",
                     help="fetch N times the candidates and keep the best "
                     "by exact cosine")  # fmt: skip
+    ck.add_argument("--target-recall", type=float, default=None, metavar="R",
+                    help="first tune --nprobe, --ef-search or --rerank to the cheapest "
+                    "settings reaching recall@k >= R (an approximate index given no "
+                    "settings is tuned to 0.95)")  # fmt: skip
     ck.add_argument("--adjacent-k", type=int, default=3, help=argparse.SUPPRESS)
     ck.set_defaults(func=_check)
 
@@ -152,13 +156,17 @@ def _build(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from ..io.datasets import load_dataset
     from ..miner import NegativeMiner
+    from .mine import tuning_line
 
     if args.min_recall is not None and not 0 < args.min_recall <= 1:
         raise ValueError(f"`--min-recall` must lie in (0, 1]; got {args.min_recall}.")
     ds = load_dataset(args.data)
+    # The same sample size as the check: tuning then measures on the very queries checked.
     miner = NegativeMiner(**ds.arrays, n_neg=max(args.k, 1), tier_proportions=[0, 0, 1, 0],
                           adjacent_k=args.adjacent_k, index=args.path, nprobe=args.nprobe,
-                          ef_search=args.ef_search, rerank=args.rerank, validate=False)  # fmt: skip
+                          ef_search=args.ef_search, rerank=args.rerank, validate=False,
+                          target_recall=args.target_recall,
+                          recall_sample=max(args.recall_sample, 0))  # fmt: skip
     rep = miner.check_recall(sample=args.recall_sample, k=args.k)
     desc = rep["index"]
     params = ", ".join(f"{k}={v}" for k, v in desc.get("search_params", {}).items()) or "none"
@@ -166,6 +174,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"index      {args.path} ({desc.get('spec', desc.get('factory'))}: "
           f"{desc.get('factory')}, {kind})")  # fmt: skip
     print(f"search     {params}")
+    if miner.tuning:
+        print(f"tuned      {tuning_line(miner.tuning)}")
     print(f"recall@{rep['k']:<3} {rep['recall']:.4f} on {rep['sample']} tier-3 queries "
           f"(pair's cluster and the question's positives excluded)")  # fmt: skip
     print(f"time       {rep['seconds_search']:.3f} s searching, {rep['seconds_exact']:.3f} s exact")

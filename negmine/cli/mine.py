@@ -10,7 +10,7 @@ from typing import Any
 
 from .options import EXECUTORS, add_command, add_mining_options
 
-__all__ = ["mine", "print_stats", "register"]
+__all__ = ["mine", "print_stats", "register", "tuning_line"]
 
 log = logging.getLogger("negmine")
 
@@ -35,6 +35,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--index", type=Path, default=None, metavar="INDEX_DIR",
                    help="search tier 3 with this prebuilt index (negmine index build)")  # fmt: skip
     add_mining_options(p)
+    p.add_argument(
+        "--target-recall", type=float, default=None, metavar="R",
+        help="tune the search settings of an approximate tier 3 (--nprobe, --ef-search, "
+        "--rerank) to the cheapest whose recall@k against exact search reaches R, measured on "
+        "a sample (an approximate --index given no settings is tuned to 0.95)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -66,7 +72,9 @@ def _miner_keywords(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.pool_depth is not None:
         kw["pool_depth"] = args.pool_depth
-    # Passed only when asked for, so the in-process default needs nothing new.
+    # Passed only when asked for, so the defaults need nothing new.
+    if getattr(args, "target_recall", None) is not None:
+        kw["target_recall"] = args.target_recall
     if args.executor != EXECUTORS[0]:
         kw["executor"] = args.executor
     if args.ray_address is not None:
@@ -110,6 +118,15 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def tuning_line(tun: dict[str, Any]) -> str:
+    """One line on the search settings tuning chose: target, settings, recall, sample, time."""
+    settings = ", ".join(f"{k}={v}" for k, v in tun["settings"].items()) or "as stored"
+    why = " (default)" if tun.get("default") else ""
+    return (f"search tuned to recall@{tun['k']} >= {tun['target']:g}{why}: {settings}, "
+            f"measured {tun['recall']:.4f} on {tun['sample']} queries in "
+            f"{tun['seconds']:.2f} s")  # fmt: skip
+
+
 def print_stats(stats: dict[str, Any], seconds: float) -> None:
     """Print the per-tier table and the run's summary lines."""
     print(f"{'tier':<18}{'count':>10}{'requested':>11}{'fallback':>10}{'mean cos':>10}"
@@ -127,6 +144,9 @@ def print_stats(stats: dict[str, Any], seconds: float) -> None:
         rm = f["removed"]
         print(f"filter {name}={f['value']}: removed {rm['1']}/{rm['2']}/{rm['3']}/{rm['4']} "
               f"(tiers 1/2/3/4), {f['shortfall']} slots to a fallback tier")  # fmt: skip
+    tun = stats.get("tuning")
+    if tun:
+        print(tuning_line(tun))
     rec = stats.get("tier3_recall")
     if rec:
         print(f"tier-3 recall@{rec['k']} against exact search: {rec['recall']:.4f} "

@@ -1,0 +1,239 @@
+"""Search settings tuned to a tier-3 recall target.
+
+An approximate tier 3 is never run at settings whose recall nobody measured.
+Given a target recall ``R``, :func:`tune` searches an even sample of the
+run's tier-3 queries (the pair's cluster and the question's positives
+excluded, as mining does) at a ladder of settings, cheapest first, and keeps
+the first whose recall@k against exact search reaches ``R``:
+
+* ``nprobe`` (``1, 2, 4, ...`` up to every list) for a ``"clusters"`` index,
+  the built-in probing over the user's clusters and a FAISS IVF index;
+* ``ef_search`` (``16, 32, ...`` up to :data:`EF_SEARCH_MAX`, or the index's
+  size) for an HNSW index;
+* then, where the index stores lossy codes (SQ, PQ, fp16), ``rerank``
+  doubled up to :data:`RERANK_MAX` at the deepest of the above.
+
+The exact reference is computed once and reused for every setting. A target
+no setting of the ladder reaches is an error naming the best recall and its
+settings; there is no silent fallback. :func:`tune_plan` is the miner's entry
+point: it tunes when ``target_recall`` is set, and to
+:data:`DEFAULT_TARGET_RECALL` when an approximate index comes without search
+settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, NoReturn
+
+from ._checks import fail
+from .plan import COMPRESSED_RERANK, MiningPlan
+from .recall import _even_sample
+from .search.probe import recall_at_k
+from .vectors import question_vectors
+
+__all__ = [
+    "DEFAULT_TARGET_RECALL",
+    "EF_SEARCH_MAX",
+    "RERANK_MAX",
+    "TUNING_SAMPLE",
+    "search_ladder",
+    "tune",
+    "tune_plan",
+    "tuning_target",
+]
+
+log = logging.getLogger(__name__)
+
+#: The recall@k an approximate index given no search settings is tuned to.
+DEFAULT_TARGET_RECALL = 0.95
+#: Tier-3 queries sampled for tuning when ``recall_sample`` is 0.
+TUNING_SAMPLE = 1000
+#: The deepest ``ef_search`` tried for an HNSW index.
+EF_SEARCH_MAX = 4096
+#: The deepest ``rerank`` tried for an index with lossy codes.
+RERANK_MAX = 32
+
+_SETTINGS = ("nprobe", "ef_search", "rerank")
+
+
+def _doubling(lo: int, hi: int) -> list[int]:
+    """``lo, 2 lo, 4 lo, ...`` below ``hi``, then ``hi``."""
+    out, v = [], lo
+    while v < hi:
+        out.append(v)
+        v *= 2
+    return [*out, hi]
+
+
+def _faiss_knobs(plan: MiningPlan) -> tuple[str | None, int, bool]:
+    """The primary setting of a FAISS index, its largest useful value and
+    whether the index's scores are lossy (codes rather than float32)."""
+    import faiss
+
+    index = plan.index.index
+    ivf = faiss.try_extract_index_ivf(index)
+    top = faiss.downcast_index(index)
+    if ivf is not None:
+        exact_scores = isinstance(top, faiss.IndexIVFFlat)
+        return "nprobe", int(ivf.nlist), not exact_scores
+    if isinstance(top, faiss.IndexHNSW):
+        ef_max = min(EF_SEARCH_MAX, max(16, int(index.ntotal)))
+        return "ef_search", ef_max, not isinstance(top, faiss.IndexHNSWFlat)
+    return None, 0, True
+
+
+def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
+    """The settings :func:`tune` tries for ``plan``, cheapest first.
+
+    Parameters
+    ----------
+    plan : MiningPlan
+        A plan whose search is approximate, or the built-in search (no index).
+
+    Returns
+    -------
+    list of dict
+        Each the search settings to apply (``nprobe``, ``ef_search``, ``rerank``).
+    """
+    index, n_c = plan.index, plan.inputs.n_clusters
+    if index is None or index.is_clusters:
+        steps = [{"nprobe": v} for v in _doubling(1, max(1, n_c - 1))]
+        if index is None or index.manifest["clusters"]["codec"] == "Flat":
+            return steps
+        reranks = [r for r in _doubling(COMPRESSED_RERANK, RERANK_MAX) if r > COMPRESSED_RERANK]
+        return steps + [dict(steps[-1], rerank=r) for r in reranks]
+    knob, top, lossy = _faiss_knobs(plan)
+    steps = (
+        []
+        if knob is None
+        else [{knob: v} for v in _doubling(16 if knob == "ef_search" else 1, top)]
+    )
+    if lossy:
+        last = steps[-1] if steps else {}
+        steps += [dict(last, rerank=r) for r in _doubling(2, RERANK_MAX)]
+    return steps or [{}]
+
+
+def tuning_target(plan: MiningPlan) -> tuple[float | None, bool]:
+    """The recall target ``plan`` is tuned to, and whether it is the default.
+
+    ``config.target_recall`` when set (None for a flat index: exact search
+    meets any target); :data:`DEFAULT_TARGET_RECALL` for an approximate index
+    given no search settings; None otherwise (explicit settings are used as
+    given, the built-in search without ``nprobe`` is exact).
+    """
+    cfg, index = plan.config, plan.index
+    if cfg.tier_counts[2] == 0 or plan.n_tier3 == 0:
+        return None, False
+    if index is not None and index.is_exact:
+        return None, False
+    if cfg.target_recall is not None:
+        return cfg.target_recall, False
+    if index is None or any(getattr(cfg, n) is not None for n in _SETTINGS):
+        return None, False
+    return DEFAULT_TARGET_RECALL, True
+
+
+def tune(
+    plan: MiningPlan, target: float, *, sample: int | None = None, k: int | None = None,
+    default: bool = False,
+) -> tuple[MiningPlan, dict[str, Any]]:  # fmt: skip
+    """The cheapest settings of :func:`search_ladder` whose recall@k reaches ``target``.
+
+    Parameters
+    ----------
+    plan : MiningPlan
+        Without search settings (``nprobe``, ``ef_search``, ``rerank`` unset).
+    target : float
+        Recall@k to reach, in (0, 1].
+    sample : int, optional
+        Tier-3 queries searched (an even sample); default ``config.recall_sample``
+        when set, else :data:`TUNING_SAMPLE`.
+    k : int, optional
+        Depth of the recall; default the end of the tier-3 rank window
+        (``n3`` without one), the depth mining reads.
+    default : bool
+        Whether ``target`` is the default one (recorded, and named in errors).
+
+    Returns
+    -------
+    plan : MiningPlan
+        ``plan`` at the chosen settings (``target_recall`` cleared).
+    tuning : dict
+        ``target``, ``default``, ``k``, ``sample``, ``settings`` (the search
+        settings in force), ``recall``, ``seconds`` (all of the tuning),
+        ``seconds_exact`` (the exact search of the sample) and ``tried`` (each
+        setting tried, cheapest first, with its recall and search seconds).
+
+    Raises
+    ------
+    ValueError
+        When no setting of the ladder reaches ``target``, naming the best
+        recall, its settings and the ways out.
+    """
+    t0 = time.perf_counter()
+    cfg = plan.config
+    k = int(cfg.window[1] if k is None else k)
+    size = int(sample or cfg.recall_sample or TUNING_SAMPLE)
+    pick = _even_sample(plan.n_tier3, size)
+    cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
+    qvec, rows = question_vectors(plan.inputs.questions, qq)
+    kept = plan.sorted_sources
+    _, exact = plan.backend.reference(qvec, rows, cl, qq, k)
+    plan.sorted_sources = kept  # a sorted copy made for the reference is not kept for mining
+    t_exact = time.perf_counter() - t0
+    tried: list[dict[str, Any]] = []
+    for step in search_ladder(plan):
+        t1 = time.perf_counter()
+        cand = plan.with_search(target_recall=None, **step)
+        _, got = cand.backend.search(qvec, rows, cl, qq, k)
+        recall = float(recall_at_k(got, exact))
+        tried.append({"settings": cand.search_params(), "recall": round(recall, 4),
+                      "seconds": round(time.perf_counter() - t1, 4)})  # fmt: skip
+        if recall >= target:
+            return cand, {
+                "target": target, "default": default, "k": k, "sample": int(pick.size),
+                "settings": cand.search_params(), "recall": round(recall, 4),
+                "seconds": round(time.perf_counter() - t0, 4),
+                "seconds_exact": round(t_exact, 4), "tried": tried,
+            }  # fmt: skip
+    _unreachable(plan, target, default, k, int(pick.size), tried)
+
+
+def _unreachable(plan, target, default, k, n, tried) -> NoReturn:
+    best = max(tried, key=lambda t: t["recall"])
+    at = ", ".join(f"{a}={b}" for a, b in best["settings"].items()) or "its stored settings"
+    tops = ", ".join(f"{a}={b}" for a, b in tried[-1]["settings"].items()) or "none"
+    what = plan.describe_search().get("factory", "the built-in search")
+    why = " (the default, as the index came without search settings)" if default else ""
+    fail(
+        "target_recall",
+        f"be reachable within the search settings of this index ({what}: tried "
+        f"{len(tried)} settings up to {tops})",
+        f"{target}{why}; the best tier-3 recall@{k} on {n} sampled queries was "
+        f"{best['recall']:.4f}, at {at}",
+        "Lower target_recall, pass explicit settings to use them as they are, or use an "
+        "index that can reach it (more bits per code, lists that are your clusters, or "
+        "'flat' for exact search).",
+    )
+
+
+def tune_plan(plan: MiningPlan) -> tuple[MiningPlan, dict[str, Any] | None]:
+    """``plan`` tuned to its recall target (see :func:`tuning_target`), if any.
+
+    Returns the plan to mine with and the tuning record (None when not tuned);
+    logs one INFO line when it tunes.
+    """
+    target, default = tuning_target(plan)
+    if target is None:
+        return plan, None
+    tuned, info = tune(plan, target, default=default)
+    why = " (the default target: no search settings were given)" if default else ""
+    settings = ", ".join(f"{a}={b}" for a, b in info["settings"].items()) or "as stored"
+    log.info(
+        "tier-3 search tuned to recall@%d >= %g%s: %s reached %.4f on %d queries in %.2f s",
+        info["k"], target, why, settings, info["recall"], info["sample"], info["seconds"],
+    )  # fmt: skip
+    return tuned, info

@@ -1,0 +1,254 @@
+"""Search settings tuned to a recall target: reached where reachable (checked by
+brute force), refused clearly where not, recorded in the manifest and the run key."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+from reference import small_corpus, tier3_reference
+
+from negmine import NegativeMiner
+from negmine.config import MiningConfig
+from negmine.index import SourceIndex
+from negmine.synth import make_corpus
+from negmine.tuning import DEFAULT_TARGET_RECALL, search_ladder
+
+T3_ONLY = {"n_neg": 3, "tier_proportions": [0, 0, 3, 0], "adjacent_k": 2, "seed": 3}
+MINE = {"n_neg": 12, "tier_proportions": [3, 4, 3, 2], "adjacent_k": 3, "seed": 7}
+KEYS = ("source_embeddings", "question_embeddings", "centroid_embeddings", "pair_indices",
+        "pair_cluster_ids", "source_cluster_ids")  # fmt: skip
+
+
+def _args(c: dict) -> list:
+    return [c[k] for k in KEYS]
+
+
+def _build(c: dict, spec: str) -> SourceIndex:
+    kw = {}
+    if spec.startswith("clusters"):
+        kw = {"source_cluster_ids": c["source_cluster_ids"],
+              "centroid_embeddings": c["centroid_embeddings"]}  # fmt: skip
+    return SourceIndex.build(c["source_embeddings"], spec, **kw)
+
+
+@pytest.fixture(scope="module")
+def small() -> dict:
+    return small_corpus(n_sources=600, n_clusters=10, n_questions=150, d=24, seed=5)
+
+
+@pytest.fixture(scope="module")
+def big() -> dict:
+    return make_corpus(3000, 30, 2000, d=64, seed=1)
+
+
+def _query_recall(res: dict, corpus: dict, k: int) -> float:
+    """Brute-force recall@k of a tier-3-only run, per distinct (question, cluster)."""
+    ids = np.asarray(res["hard_negatives"])
+    ref = tier3_reference(corpus, k)
+    seen: dict[tuple[int, int], float] = {}
+    for p, ((q, _s), c) in enumerate(zip(corpus["pair_indices"], corpus["pair_cluster_ids"],
+                                         strict=True)):  # fmt: skip
+        hit = len(set(ids[p].tolist()) & set(ref[p][0].tolist())) / k
+        seen[(int(q), int(c))] = hit
+    return float(np.mean(list(seen.values())))
+
+
+# ---------------------------------------------------------------- reaching the target
+@pytest.mark.parametrize("spec", ["IVF8,Flat", "clusters", "clusters,SQ8", "HNSW16", None])
+def test_tuning_reaches_the_target_at_the_cheapest_setting(small, spec):
+    """Every tier-3 query is in the sample here, so the tuning's recall is the run's:
+    checked by brute force, and the next cheaper setting checked to miss the target."""
+    target = 0.97
+    index = None if spec is None else _build(small, spec)
+    m = NegativeMiner(*_args(small), index=index, target_recall=target, **T3_ONLY)
+    tun = m.tuning
+    assert tun["sample"] == m.plan.n_tier3 and tun["k"] == 3 and tun["target"] == target
+    assert tun["default"] is False and tun["seconds"] > 0
+    assert tun["settings"] == m.plan.search_params() == tun["tried"][-1]["settings"]
+    assert all(t["recall"] < target for t in tun["tried"][:-1])
+    res = m.mine_all_negatives()
+    brute = _query_recall(res, small, 3)
+    assert brute == pytest.approx(tun["recall"], abs=1e-4)
+    assert brute >= target
+    if len(tun["tried"]) > 1:  # the cheaper setting really misses the target
+        cheaper = NegativeMiner(*_args(small), index=index, **tun["tried"][-2]["settings"],
+                                **T3_ONLY).mine_all_negatives()  # fmt: skip
+        assert _query_recall(cheaper, small, 3) < target
+
+
+def test_ladders_go_from_cheap_to_deep(small, big):
+    ivf = search_ladder(NegativeMiner(*_args(small), index=_build(small, "IVF8,Flat"),
+                                      nprobe=1, **T3_ONLY).plan)  # fmt: skip
+    assert ivf == [{"nprobe": n} for n in (1, 2, 4, 8)]
+    sq = search_ladder(NegativeMiner(*_args(small), index=_build(small, "clusters,SQ8"),
+                                     nprobe=1, **T3_ONLY).plan)  # fmt: skip
+    assert sq == [{"nprobe": n} for n in (1, 2, 4, 8, 9)] + [
+        {"nprobe": 9, "rerank": r} for r in (8, 16, 32)
+    ]
+    builtin = search_ladder(NegativeMiner(*_args(small), nprobe=1, **T3_ONLY).plan)
+    assert builtin == [{"nprobe": n} for n in (1, 2, 4, 8, 9)]
+
+
+# ---------------------------------------------------------------- the default target
+def test_ivf_flat_without_settings_mines_at_the_default_target(big, caplog):
+    """Before tuning, an IVF index given no settings searched at FAISS's nprobe = 1."""
+    idx = _build(big, "IVF16,Flat")
+    sample = 1000
+    old = NegativeMiner(*_args(big), index=idx, nprobe=1, recall_sample=sample, **MINE)
+    old.mine_arrays()
+    assert old.tuning is None and old.last_stats["tuning"] is None
+    assert old.last_stats["tier3_recall"]["recall"] < DEFAULT_TARGET_RECALL
+    with caplog.at_level(logging.INFO, logger="negmine"):
+        m = NegativeMiner(*_args(big), index=idx, recall_sample=sample, **MINE)
+    lines = [r.getMessage() for r in caplog.records if r.name == "negmine.tuning"]
+    assert len(lines) == 1 and "default target" in lines[0] and ">= 0.95" in lines[0]
+    assert m.plan.sorted_sources is None  # the reference's sorted copy is not kept
+    stats = m.mine_arrays()[3]
+    assert DEFAULT_TARGET_RECALL == 0.95
+    assert stats["tuning"]["default"] is True and stats["tuning"]["target"] == 0.95
+    assert stats["tuning"]["settings"]["nprobe"] > 1
+    assert stats["index"]["search_params"] == stats["tuning"]["settings"]
+    # Measured on the mined ids, against exact search, on the tuning's very sample.
+    assert stats["tier3_recall"]["recall"] >= DEFAULT_TARGET_RECALL
+    assert stats["tier3_recall"]["sample"] == stats["tuning"]["sample"] == sample
+
+
+def test_explicit_settings_are_used_as_given(small, caplog):
+    idx = _build(small, "IVF8,Flat")
+    with caplog.at_level(logging.INFO, logger="negmine"):
+        m = NegativeMiner(*_args(small), index=idx, nprobe=1, **T3_ONLY)
+    assert m.tuning is None and m.plan.search_params() == {"nprobe": 1}
+    assert not [r for r in caplog.records if r.name == "negmine.tuning"]
+    # No index and no nprobe: exact, nothing to tune; a flat index meets any target.
+    assert NegativeMiner(*_args(small), **T3_ONLY).tuning is None
+    flat = NegativeMiner(*_args(small), index=_build(small, "flat"), target_recall=1.0, **T3_ONLY)
+    assert flat.tuning is None and flat.plan.backend.exact
+
+
+# ---------------------------------------------------------------- unreachable targets
+def test_an_unreachable_target_is_an_error_naming_the_best(big):
+    idx = _build(big, "IVF16,PQ4")
+    with pytest.raises(ValueError) as err:
+        NegativeMiner(*_args(big), index=idx, target_recall=1.0, **MINE)
+    msg = str(err.value)
+    assert msg.startswith("`target_recall` must be reachable within the search settings")
+    assert "IVF16,PQ4" in msg and "got 1.0" in msg and "Lower target_recall" in msg
+    found = re.search(r"best tier-3 recall@3 on (\d+) sampled queries was ([0-9.]+), at "
+                      r"nprobe=(\d+), rerank=(\d+)", msg)  # fmt: skip
+    assert found, msg
+    n, best, nprobe, rerank = found.groups()
+    assert (int(n), int(nprobe), int(rerank)) == (1000, 16, 32)
+    # The best recall named is what that setting measures.
+    m = NegativeMiner(*_args(big), index=idx, nprobe=16, rerank=32, **MINE)
+    assert m.check_recall(sample=1000)["recall"] == pytest.approx(float(best), abs=1e-4)
+    assert float(best) < 1.0
+
+
+def test_the_default_target_is_never_dropped_silently(big):
+    idx = _build(big, "PQ2")  # no nprobe, no graph: rerank is its only setting
+    with pytest.raises(ValueError) as err:
+        NegativeMiner(*_args(big), index=idx, **MINE)
+    found = re.search(r"got 0\.95 \(the default, as the index came without search settings\); "
+                      r"the best tier-3 recall@3 on 1000 sampled queries was ([0-9.]+), at "
+                      r"rerank=32\.", str(err.value))  # fmt: skip
+    assert found and float(found.group(1)) < 0.95, str(err.value)
+
+
+# ---------------------------------------------------------------- manifest, run key
+def test_manifest_and_run_key_record_what_was_used(small, tmp_path):
+    idx = _build(small, "IVF8,Flat")
+    m = NegativeMiner(*_args(small), index=idx, **T3_ONLY)
+    m.mine_to(tmp_path / "tuned")
+    man = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    tun = man["stats"]["tuning"]
+    assert tun == json.loads(json.dumps(m.tuning))
+    assert set(tun) >= {"target", "settings", "recall", "sample", "seconds", "k"}
+    assert man["stats"]["index"]["search_params"] == tun["settings"]
+    assert man["config"]["target_recall"] is None  # what was asked; the settings: above
+    # The tuned run is the run at the chosen settings: same key, same bytes.
+    same = NegativeMiner(*_args(small), index=idx, **tun["settings"], **T3_ONLY)
+    assert same.run_key() == m.run_key() == man["run_key"]
+    same.mine_to(tmp_path / "explicit")
+    for name in ("hard_negatives.pt", "negative_tiers.pt", "negative_scores.pt"):
+        assert (tmp_path / "tuned" / name).read_bytes() == (
+            tmp_path / "explicit" / name
+        ).read_bytes()
+    assert "target_recall" not in MiningConfig(target_recall=0.9).result_dict()
+    deeper = {k: v * 2 for k, v in tun["settings"].items()}
+    other = NegativeMiner(*_args(small), index=idx, **deeper, **T3_ONLY)
+    assert other.run_key() != m.run_key()
+
+
+# ---------------------------------------------------------------- settings
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5, float("nan")])
+def test_target_recall_out_of_range(bad):
+    with pytest.raises(ValueError, match=r"`target_recall` must be in \(0, 1\]"):
+        MiningConfig(target_recall=bad)
+
+
+@pytest.mark.parametrize("bad", [True, "0.9"])
+def test_target_recall_not_a_number(bad):
+    with pytest.raises(TypeError, match="`target_recall` must be a number"):
+        MiningConfig(target_recall=bad)
+
+
+def test_target_recall_with_explicit_settings_is_refused():
+    with pytest.raises(ValueError, match=r"`target_recall` must come without explicit search "
+                       r"settings .*got 0\.9 with nprobe=4\. Drop"):  # fmt: skip
+        MiningConfig(target_recall=0.9, nprobe=4)
+
+
+# ---------------------------------------------------------------- command line
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "negmine", *args], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, small):
+    from negmine.io.datasets import save_dataset
+
+    d = tmp_path_factory.mktemp("cli") / "data"
+    save_dataset(d, small)
+    for name, spec in (("ivf", "IVF8,Flat"), ("pq", "PQ2x4")):
+        _build(small, spec).save(d.parent / name)
+    return d
+
+
+def test_cli_mine_prints_and_records_the_tuning(data_dir, tmp_path):
+    out = tmp_path / "out"
+    ivf = str(data_dir.parent / "ivf")
+    proc = _cli("mine", str(data_dir), "--out", str(out), "--index", ivf, "--n-neg", "3",
+                "--tier-proportions", "0,0,3,0", "--target-recall", "0.97")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    tun = json.loads((out / "manifest.json").read_text())["stats"]["tuning"]
+    settings = ", ".join(f"{k}={v}" for k, v in tun["settings"].items())
+    line = (f"search tuned to recall@3 >= 0.97: {settings}, measured {tun['recall']:.4f} on "
+            f"{tun['sample']} queries in {tun['seconds']:.2f} s")  # fmt: skip
+    assert line in proc.stdout.splitlines()
+    assert "tier-3 search tuned to recall@3 >= 0.97" in proc.stderr  # the INFO line
+    assert tun["recall"] >= 0.97
+
+
+def test_cli_index_check_tunes_and_refuses_clearly(data_dir):
+    ivf = str(data_dir.parent / "ivf")
+    proc = _cli("index", "check", ivf, "--data", str(data_dir), "--recall-sample", "100")
+    assert proc.returncode == 0, proc.stderr
+    tuned = next(x for x in proc.stdout.splitlines() if x.startswith("tuned "))
+    assert "search tuned to recall@3 >= 0.95 (default)" in tuned
+    recall = float(next(x for x in proc.stdout.splitlines() if x.startswith("recall@")).split()[1])
+    assert recall >= 0.95 and f"measured {recall:.4f} on 100 queries" in tuned
+    bad = _cli("index", "check", str(data_dir.parent / "pq"), "--data", str(data_dir),
+               "--target-recall", "1.0")  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "`target_recall` must be reachable" in bad.stderr and "Lower target_recall" in bad.stderr
+    both = _cli("index", "check", ivf, "--data", str(data_dir), "--target-recall", "0.9",
+                "--nprobe", "2")  # fmt: skip
+    assert both.returncode == 2 and "`target_recall` must come without" in both.stderr
