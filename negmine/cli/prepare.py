@@ -120,7 +120,8 @@ def _corpus(path: Path | None) -> list[str] | None:
 
 
 def _run_embeddings(args: argparse.Namespace) -> int:
-    from ..prepare import _datasets_io, prepare_arrays
+    from ..io.datasets import save_dataset
+    from ..prepare import prepare_arrays
 
     if args.questions is None or args.sources is None:
         raise ValueError("`--embeddings-only` needs --questions Q.npy and --sources S.npy.")
@@ -139,7 +140,7 @@ def _run_embeddings(args: argparse.Namespace) -> int:
         n_clusters=args.n_clusters,
         seed=args.seed,
     )
-    _datasets_io().save_dataset(args.out, arrays)
+    save_dataset(args.out, arrays)
     log.info("%d sources in %d clusters", len(arrays["source_embeddings"]), info["n_clusters"])
     print(args.out)
     return 0
