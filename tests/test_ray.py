@@ -26,7 +26,7 @@ from negmine.synth import make_corpus  # noqa: E402
 OUTPUTS = ("hard_negatives.pt", "negative_tiers.pt", "negative_scores.pt", "positive_scores.pt")
 FILTERS = {"relative_margin": 0.05, "near_duplicate_threshold": 0.97,
            "tier3_rank_window": (2, 30), "tier3_sampling": "random"}  # fmt: skip
-CORPUS = {"n_sources": 5000, "n_clusters": 20, "n_pairs": 9000, "d": 32, "seed": 3}
+CORPUS = {"n_sources": 3000, "n_clusters": 20, "n_pairs": 5200, "d": 32, "seed": 3}
 
 
 @pytest.fixture(scope="module")
