@@ -12,7 +12,7 @@ from negmine.index import SourceIndex
 from negmine.index.specs import choose_spec, parse_bytes
 from negmine.synth import make_corpus
 
-MINE = {"n_neg": 6, "tier_proportions": [1, 1, 3, 1], "adjacent_k": 2, "random_seed": 3}
+MINE = {"n_neg": 6, "tier_proportions": [1, 1, 3, 1], "adjacent_k": 2, "seed": 3}
 
 
 def _args(c: dict) -> tuple:

@@ -84,3 +84,13 @@ def test_centroids_count_even_where_the_adjacency_stays(corpus):
     b = NegativeMiner(**moved, **BASE, nprobe=2)
     assert np.array_equal(a.layout.adjacent, b.layout.adjacent)
     assert a.run_key() != b.run_key()
+
+
+def test_random_seed_is_the_old_name_of_seed(corpus):
+    kw = {k: v for k, v in BASE.items() if k != "seed"}
+    with pytest.warns(DeprecationWarning, match="`random_seed` is now `seed`"):
+        old = NegativeMiner(**corpus, **kw, random_seed=11)
+    new = NegativeMiner(**corpus, **kw, seed=11)
+    assert old.config == new.config and old.run_key() == new.run_key()
+    with pytest.raises(TypeError, match="not both"):
+        NegativeMiner(**corpus, **kw, seed=1, random_seed=1)
