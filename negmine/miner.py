@@ -294,8 +294,8 @@ class NegativeMiner:
         dict
             As :meth:`mine_all_negatives`.
         """
+        from .io import check_output_dir
         from .io.runs import Checkpoints, completed_run, partial_dir
-        from .pool import check_pooled_output_dir
 
         key = self.run_key()
         if resume:
@@ -304,7 +304,7 @@ class NegativeMiner:
                 log.info("%s already holds this run; nothing to do", output_dir)
                 self.last_stats = done[1].get("stats")
                 return done[0]
-        check_pooled_output_dir(output_dir, overwrite)
+        check_output_dir(output_dir, overwrite)
         # A re-mine from a stored pool takes seconds: it keeps no checkpoints
         # (nor may its blocks, which lack the pool, pass for a mining run's).
         ckpt = None
@@ -334,15 +334,16 @@ class NegativeMiner:
         pathlib.Path
             The output directory.
         """
-        from .pool import save_run_outputs
+        from .io import save_outputs
+        from .pool import POOL_KEY
 
         tensors = {
             k: as_numpy(v, k)
             for k, v in results.items()
             if k.startswith(("hard_", "negative_", "positive_"))
         }
-        write_pool = self._write_pool if self.config.pool_depth is not None else None
-        return save_run_outputs(output_dir, tensors, self.manifest(), write_pool, overwrite)
+        extra = {POOL_KEY: self._write_pool} if self.config.pool_depth is not None else None
+        return save_outputs(output_dir, tensors, self.manifest(), overwrite=overwrite, extra=extra)
 
     def _write_pool(self, stage: Path) -> dict[str, Any]:
         """Put the pool's files into ``stage``; the manifest's ``pool`` entry."""

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +33,15 @@ import numpy as np
 from ._checks import fail
 from .io import (
     MANIFEST_NAME,
-    TENSOR_FILES_KEY,
     atomic_path,
-    atomic_write_json,
-    check_output_dir,
-    pause_point,
-    replace_dir,
-    save_outputs,
-    save_pt_tensor,
-    staging_dir,
 )
 
 __all__ = [
     "POOL_FILES",
     "POOL_KEY",
     "StoredPool",
-    "check_pooled_output_dir",
     "link_pool_files",
     "read_pool",
-    "save_run_outputs",
     "write_pool_files",
 ]
 
@@ -137,92 +126,6 @@ def _read_manifest(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def _pool_files(manifest: Mapping[str, Any] | None) -> set[str]:
-    rec = (manifest or {}).get(POOL_KEY)
-    files = rec.get("files") if isinstance(rec, dict) else None
-    if not isinstance(files, dict):
-        return set()
-    return {
-        v["file"] for v in files.values() if isinstance(v, dict) and isinstance(v.get("file"), str)
-    }
-
-
-def check_pooled_output_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """:func:`negmine.io.check_output_dir`, counting an earlier run's pool files as its own."""
-    d = Path(out_dir)
-    old = _read_manifest(d) if d.is_dir() else None
-    pool_files = _pool_files(old)
-    if not pool_files:
-        return check_output_dir(d, overwrite)
-    present = sorted(p.name for p in d.iterdir())
-    if not overwrite:
-        fail("output_dir", "be new or empty unless overwrite=True",
-             f"{str(d)!r} holding {', '.join(present[:5])}",
-             "Pass overwrite=True (--overwrite) to replace the earlier run, or choose "
-             "another directory.", exc=FileExistsError)  # fmt: skip
-    listed = old.get(TENSOR_FILES_KEY) if isinstance(old.get(TENSOR_FILES_KEY), dict) else {}
-    ours = {MANIFEST_NAME} | pool_files | {f"{k}.pt" for k in _STANDARD}
-    ours |= {v["file"] for v in listed.values() if isinstance(v, dict) and "file" in v}
-    foreign = [n for n in present if n not in ours]
-    if foreign:
-        fail("output_dir", "hold only negmine outputs to be replaced",
-             f"{str(d)!r} also holding {', '.join(foreign[:5])}",
-             "Move those files away or choose another directory.",
-             exc=FileExistsError)  # fmt: skip
-    return d
-
-
-def save_run_outputs(
-    out_dir: str | os.PathLike,
-    tensors: Mapping[str, np.ndarray],
-    manifest: Mapping[str, Any],
-    write_pool: Callable[[Path], dict[str, Any]] | None,
-    overwrite: bool = False,
-) -> Path:
-    """Save a run's outputs, with its pool when ``write_pool`` is given.
-
-    Without a pool (and no earlier pooled run in ``out_dir``) this is
-    :func:`negmine.io.save_outputs`. Otherwise the same steps: a staging
-    directory beside ``out_dir`` receives one ``.pt`` per tensor, the pool
-    files (``write_pool(stage)`` writes them and returns the manifest's
-    ``pool`` entry) and ``manifest.json`` last, and is swapped in whole.
-
-    Parameters
-    ----------
-    out_dir : path
-    tensors : mapping of str to array
-        ``hard_negatives`` int64 [P, n_neg], ``negative_tiers`` int64 [P, n_neg],
-        ``negative_scores`` float32 [P, n_neg], ``positive_scores`` float32 [P].
-    manifest : mapping
-        The run's manifest (without ``tensor_files`` and ``pool``).
-    write_pool : callable ``(stage Path) -> dict`` or None
-    overwrite : bool
-    """
-    d = check_pooled_output_dir(out_dir, overwrite)
-    if write_pool is None and not _pool_files(_read_manifest(d) if d.is_dir() else None):
-        return save_outputs(d, tensors, manifest, overwrite=overwrite)
-    stage = staging_dir(d)
-    try:
-        record = {}
-        for key, a in tensors.items():
-            a = np.ascontiguousarray(a)
-            save_pt_tensor(stage / f"{key}.pt", a)
-            record[key] = {"file": f"{key}.pt", "dtype": str(a.dtype), "shape": list(a.shape)}
-            pause_point("during-write")
-        full = dict(manifest)
-        full[TENSOR_FILES_KEY] = record
-        if write_pool is not None:
-            full[POOL_KEY] = write_pool(stage)
-            pause_point("during-write")
-        atomic_write_json(stage / MANIFEST_NAME, full)
-        pause_point("before-swap")
-        replace_dir(stage, d)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return d
 
 
 class StoredPool:

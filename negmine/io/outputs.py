@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,17 @@ def _listed_files(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in rec.items() if isinstance(v, dict) and isinstance(v.get("file"), str)}
 
 
+def _extra_files(manifest: Mapping[str, Any]) -> set[str]:
+    """Files an entry of ``manifest`` lists under ``"files"`` (a run's pool, say)."""
+    out = set()
+    for entry in manifest.values():
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if isinstance(files, dict):
+            out |= {v["file"] for v in files.values()
+                    if isinstance(v, dict) and isinstance(v.get("file"), str)}  # fmt: skip
+    return out
+
+
 def _safe_name(name: str) -> bool:
     return bool(name) and Path(name).name == name and name not in (".", "..")
 
@@ -110,6 +121,7 @@ def check_output_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
             )
         old, _ = _read_manifest(d)
         ours = {MANIFEST_NAME} | {e["file"] for e in _listed_files(old or {}).values()}
+        ours |= _extra_files(old or {})
         ours |= {f"{k}.pt" for k in (*REQUIRED_OUTPUTS, *OPTIONAL_OUTPUTS)}
         foreign = [n for n in present if n not in ours]
         if foreign:
@@ -168,6 +180,7 @@ def save_outputs(
     tensors: Mapping[str, Any],
     manifest: Mapping[str, Any],
     overwrite: bool = False,
+    extra: Mapping[str, Callable[[Path], dict[str, Any]]] | None = None,
 ) -> Path:
     """Write mining results: one ``.pt`` per tensor, then ``manifest.json``.
 
@@ -189,6 +202,11 @@ def save_outputs(
         If False, refuse (``FileExistsError``) when ``out_dir`` exists and is
         not empty. With True, a directory holding only negmine outputs is
         replaced; one holding other files is still refused.
+    extra : mapping of str to callable ``(stage Path) -> dict``, optional
+        More files of the run: each callable writes its files into the
+        staging directory and returns the manifest entry stored under its key,
+        which lists them under ``"files"`` (``{name: {"file": ...}}``), so a
+        later run may replace them.
 
     Returns
     -------
@@ -215,6 +233,12 @@ def save_outputs(
             with atomic_path(stage / record[key]["file"]) as tmp:
                 torch.save(t, tmp)
             pause_point("during-write")
+        if extra:
+            full = json.loads(text)
+            for key, write in extra.items():
+                full[key] = write(stage)
+                pause_point("during-write")
+            text = _json_text(full, "manifest") + "\n"
         atomic_write_bytes(stage / MANIFEST_NAME, text.encode("utf-8"))
         pause_point("before-swap")
         replace_dir(stage, d)
