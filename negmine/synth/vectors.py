@@ -154,13 +154,15 @@ def _make_questions(
     source_topic: np.ndarray,
     bases: np.ndarray,
     shape_map: np.ndarray | None = None,
+    cos_range: tuple[float, float] = _QUESTION_COS,
 ) -> np.ndarray:
     """Questions float32 [Q, d]: unit vectors at a drawn cosine to their first positive.
 
     Each question turns its positive towards a random direction that is
     partly isotropic and partly inside the positive's topic subspace (which
     moves it towards other sources of the cluster). ``shape_map`` (float32
-    [d, d]), when given, shapes that direction like the sources.
+    [d, d]), when given, shapes that direction like the sources; the cosine
+    is drawn uniformly in ``cos_range``.
     """
     f32 = np.float32
     n_q = first_pos.size
@@ -169,7 +171,7 @@ def _make_questions(
     questions = np.empty((n_q, d), dtype=f32)
     rows = min(_CHUNK_ROWS, n_q)
     scratch = _Scratch()
-    lo, hi = _QUESTION_COS
+    lo, hi = cos_range
     local = f32(_QUESTION_LOCAL / math.sqrt(r))
 
     def task(k: int, j0: int) -> None:
