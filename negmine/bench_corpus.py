@@ -191,15 +191,16 @@ def pca_candidate_recall(
     """Recall@k of a PCA-reduced candidate pass followed by an exact re-rank.
 
     Each query searches the sources outside its cluster, its positive
-    excluded (what tier 3 of the miner searches). The reference is the exact
-    top-``k`` by inner product; a returned source counts as found when it
-    scores at least the ``k``-th of them (so a duplicate of a top source is
-    as good as the source). The candidate pass ranks the same sources by
-    the inner product of their projections on ``axes`` and keeps the best
-    ``R``; those are re-scored exactly and the top ``k`` kept, for each ``R``
-    in ``rerank``. Projections are not centred: subtracting the mean from
-    the sources changes all scores of a query by the same amount, and from
-    the queries would add a per-source bias.
+    excluded (tier 3 of the miner also skips a question's other positives).
+    The reference is the exact top-``k`` by inner product; a returned source
+    counts as found when it scores at least the ``k``-th of them (so a
+    duplicate of a top source is as good as the source). The candidate pass
+    ranks the same sources by the inner product of their projections on
+    ``axes`` and keeps the best ``R``; those are re-scored exactly and the
+    top ``k`` kept, for each ``R`` in ``rerank``. Projections are not
+    centred: subtracting the mean from the sources changes all scores of a
+    query by the same amount, and from the queries would add a per-source
+    bias.
 
     Parameters
     ----------
@@ -241,12 +242,12 @@ def pca_candidate_recall(
         rows = np.arange(q.shape[0])
         exact = q @ src.T
         own += int((scl[_top(exact, k)] == qc[:, None]).sum())
-        outside = scl[None, :] == qc[:, None]
-        outside[rows, np.asarray(query_positive_ids[i0 : i0 + _QUERY_ROWS])] = True
-        exact[outside] = -np.inf
+        skipped = scl[None, :] == qc[:, None]
+        skipped[rows, np.asarray(query_positive_ids[i0 : i0 + _QUERY_ROWS])] = True
+        exact[skipped] = -np.inf
         kth = np.take_along_axis(exact, _top(exact, k)[:, -1:], axis=1)[:, 0]
         low = (q @ proj_axes) @ src_low.T
-        low[outside] = -np.inf
+        low[skipped] = -np.inf
         cand = _top(low, depth)
         for r in found:
             rescored = np.take_along_axis(exact, cand[:, :r], axis=1)

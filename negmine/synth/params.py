@@ -55,8 +55,8 @@ class _Spectrum:
     spectrum). ``question_cos`` replaces ``_QUESTION_COS``: the noisier
     sources have fewer close neighbours, so questions move further from their
     positive to keep it the top hit about as often. These were calibrated by
-    hand, on a grid, so that a corpus of 100k sources in 300 clusters
-    reproduces the figures measured on real embeddings, stored beside them:
+    hand, on a grid, so that corpora of 30k to 100k sources in 300 clusters
+    reproduce the figures measured on real embeddings, stored beside them:
     the share of the variance around the mean kept by the first k principal
     axes (``energy``, pairs of k and share) and the norm of the mean of the
     unit rows (``mean_norm``).
