@@ -21,7 +21,8 @@ import numpy as np
 
 from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
-from .common import blas_threads, faiss_single_threaded, heap_over, run_query_blocks
+from .common import faiss_single_threaded, heap_over, run_query_blocks
+from .products import matmul_into, product_threads
 
 __all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists", "probe_outside_cluster", "recall_at_k"]
 
@@ -81,6 +82,7 @@ def probe_outside_cluster(
     k: int,
     nprobe: int,
     progress: Callable[[int], None] | None = None,
+    products: str = "numpy",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products over the ``nprobe`` nearest clusters but one's own.
 
@@ -116,6 +118,9 @@ def probe_outside_cluster(
         Clusters probed per query, >= 1; values above ``C - 1`` act as ``C - 1``.
     progress : callable, optional
         Called with the number of queries finished after each block.
+    products : {"numpy", "torch"}
+        Library of the query x source products (see
+        :mod:`negmine.search.products`), on :data:`PROBE_BLAS_THREADS` threads.
 
     Returns
     -------
@@ -145,7 +150,8 @@ def probe_outside_cluster(
     if not isinstance(vectors, ClusterLists):
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
     kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe)
-    with faiss_single_threaded(), blas_threads(PROBE_BLAS_THREADS):
+    kernel.products = products
+    with faiss_single_threaded(), product_threads(products, PROBE_BLAS_THREADS):
         run_query_blocks(kernel.run, PROBE_BLOCK, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
@@ -165,6 +171,7 @@ class _ProbeKernel:
         self.cand_d = np.empty(0, dtype=np.float32)
         self.cand_i = np.empty(0, dtype=np.int64)
         self.local = np.empty(0, dtype=np.int64)
+        self.products = "numpy"
 
     def _scores(self, n: int) -> np.ndarray:
         if self.buf.size < n:
@@ -222,7 +229,7 @@ class _ProbeKernel:
                 sub = rows[r0 : r0 + step]
                 n_sub = sub.size
                 scores = self._scores(n_sub * width).reshape(n_sub, width)
-                np.matmul(xq[sub], src.T, out=scores)
+                matmul_into(xq[sub], src, scores, self.products)
                 if p1 > p0:
                     local[sub] = np.arange(n_sub)
                     hit_row = local[pos_row[p0:p1]]
