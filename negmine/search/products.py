@@ -183,24 +183,34 @@ def _write_cache(path: Path, key: str, record: dict[str, Any]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _time_library(library: str, shape: tuple[int, int], d: int, threads: int) -> float:
-    """Best seconds of one ``[m, d] @ [d, n]`` product through ``library``."""
-    m, n = shape
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, d), dtype=np.float32)
-    b = rng.standard_normal((n, d), dtype=np.float32)
-    out = np.empty((m, n), dtype=np.float32)
+def _time_library(library: str, a: np.ndarray, b: np.ndarray, threads: int) -> float:
+    """Best seconds of one ``a @ b.T`` through ``library`` over about
+    ``_TIME_PER_SHAPE / 2`` seconds (at least 3 calls, after an untimed one)."""
+    out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
     best = math.inf
     with product_threads(library, threads):
         matmul_into(a, b, out, library)  # untimed: first-call set-up
-        t_end = time.perf_counter() + _TIME_PER_SHAPE
+        t_end = time.perf_counter() + _TIME_PER_SHAPE / 2
         reps = 0
         while reps < 3 or time.perf_counter() < t_end:
             t0 = time.perf_counter()
             matmul_into(a, b, out, library)
             best = min(best, time.perf_counter() - t0)
             reps += 1
-    return best
+    return max(best, 1e-9)
+
+
+def _best_seconds(libs: list[str], shape: tuple[int, int], d: int, threads: int) -> list[float]:
+    """Best seconds of each library's ``[m, d] @ [d, n]``, in two rounds of
+    opposite order, so that both libraries meet the same load of the machine."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((shape[0], d), dtype=np.float32)
+    b = rng.standard_normal((shape[1], d), dtype=np.float32)
+    best = dict.fromkeys(libs, math.inf)
+    for order in (libs, libs[::-1]):
+        for lib in order:
+            best[lib] = min(best[lib], _time_library(lib, a, b, threads))
+    return [best[lib] for lib in libs]
 
 
 def calibrate(
@@ -211,10 +221,11 @@ def calibrate(
 ) -> dict[str, Any]:
     """Time numpy's and torch's float32 products here and name the faster library.
 
-    Each library computes products ``[m, d] @ [d, n]`` of every shape (the
-    fastest of repeated calls counts, about 0.1 s per shape), on ``threads``
-    threads. The score of a library is the geometric mean of its GFLOP/s
-    over the shapes; the higher one wins. Without torch the answer is numpy.
+    Each library computes products ``[m, d] @ [d, n]`` of every shape on
+    ``threads`` threads, repeated for about 0.1 s per shape and library in two
+    rounds of opposite order; the fastest call counts. The score of a library
+    is the geometric mean of its GFLOP/s over the shapes; the higher one wins.
+    Without torch the answer is numpy.
 
     Parameters
     ----------
@@ -233,8 +244,16 @@ def calibrate(
     dict
         ``library`` (``"numpy"`` or ``"torch"``), ``gflops`` (library -> score),
         ``gflops_by_shape`` (library -> ``"mxn"`` -> GFLOP/s), ``threads``,
-        ``d``, ``cpu``, ``seconds`` (time spent measuring) and ``cached``
-        (whether the record came from the cache).
+        ``d``, ``cpu``, ``versions``, ``seconds`` (time spent measuring),
+        ``load_average`` and ``cpu_count`` (a load above the count means other
+        processes shared the cores: the figures are then theirs as much as the
+        libraries') and ``cached`` (whether the record came from the cache).
+
+    Notes
+    -----
+    The first measurement of a machine is kept: ``"auto"`` then chooses the
+    same library on every run there, whatever the load of the moment.
+    Delete :func:`cache_path`, or pass ``cache=False``, to measure again.
     """
     n = int(threads) if threads is not None else blas_thread_count()
     shapes = [(int(m), int(w)) for m, w in shapes]
@@ -254,13 +273,12 @@ def calibrate(
         if isinstance(hit, dict) and hit.get("library") in libs:
             return {**hit, "cached": True}
     t0 = time.perf_counter()
-    by_shape: dict[str, dict[str, float]] = {}
-    score: dict[str, float] = {}
-    for lib in libs:
-        secs = [max(_time_library(lib, (m, w), d, n), 1e-9) for m, w in shapes]
-        flops = [2.0 * m * w * d / t / 1e9 for (m, w), t in zip(shapes, secs, strict=True)]
-        by_shape[lib] = {f"{m}x{w}": round(f, 2) for (m, w), f in zip(shapes, flops, strict=True)}
-        score[lib] = math.exp(float(np.mean(np.log(flops))))
+    secs = np.array([_best_seconds(libs, shape, int(d), n) for shape in shapes])  # [shape, lib]
+    flops = 2.0 * d * np.array([m * w for m, w in shapes], dtype=np.float64)[:, None] / secs / 1e9
+    names = [f"{m}x{w}" for m, w in shapes]
+    by_shape = {lib: {s: round(float(f), 2) for s, f in zip(names, flops[:, j], strict=True)}
+                for j, lib in enumerate(libs)}  # fmt: skip
+    score = {lib: math.exp(float(np.mean(np.log(flops[:, j])))) for j, lib in enumerate(libs)}
     record = {
         "library": max(libs, key=lambda lib: score[lib]),
         "gflops": {lib: round(v, 2) for lib, v in score.items()},
@@ -270,6 +288,8 @@ def calibrate(
         "cpu": cpu,
         "versions": versions,
         "seconds": round(time.perf_counter() - t0, 3),
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
     }
     log.info("products: %s (GFLOP/s %s, %d threads)", record["library"], score, n)
     if cache:
