@@ -14,7 +14,7 @@ from negmine import NegativeMiner
 from negmine._checks import normalized_float32
 from negmine.bench import bare_product_seconds
 from negmine.cli import _build_parser
-from negmine.cli.mine import _miner_keywords
+from negmine.cli.mine import _miner_keywords, mine, print_stats
 from negmine.config import MiningConfig
 from negmine.inputs import check_inputs
 from negmine.layout import ClusterLayout, PositiveSets, adjacent_clusters
@@ -197,6 +197,15 @@ def test_unwritable_cache_only_costs_a_measurement(tmp_path, monkeypatch):
         assert cal["library"] in LIBS and not cal["cached"]
 
 
+def test_without_torch_auto_is_numpy(monkeypatch):
+    import negmine.search.products as products
+
+    monkeypatch.setattr(products, "torch_available", lambda: False)
+    cal = calibrate(d=16, shapes=((32, 32),), threads=1)
+    assert cal["library"] == "numpy" and set(cal["gflops"]) == {"numpy"}
+    assert resolve_products("auto", 16, 1)["library"] == "numpy"
+
+
 def _plan(corpus: dict, **settings):
     inputs = check_inputs(
         corpus["source_embeddings"], corpus["question_embeddings"],
@@ -247,11 +256,17 @@ def test_bad_value_names_products(bad):
         resolve_products(bad)
 
 
-def test_cli_option_and_bench_baseline():
+def test_cli_option_and_bench_baseline(capsys):
     parse = _build_parser().parse_args
     assert "products" not in _miner_keywords(parse(["mine", "D", "--out", "O"]))
-    kw = _miner_keywords(parse(["mine", "D", "--out", "O", "--products", "auto"]))
-    assert kw["products"] == "auto"
+    args = parse(["mine", "D", "--out", "O", "--products", "auto", "--nprobe", "2", "-q"])
+    assert _miner_keywords(args)["products"] == "auto"
+    corpus = small_corpus(n_sources=200, n_clusters=5, n_questions=40, seed=6)
+    stats = mine(args, corpus, None)
+    assert stats["products"]["setting"] == "auto"
+    print_stats(stats, 1.0)
+    lib = stats["products"]["library"]
+    assert f"products through {lib} (auto; GFLOP/s numpy " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parse(["mine", "D", "--out", "O", "--products", "mkl"])
     rng = np.random.default_rng(0)

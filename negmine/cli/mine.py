@@ -157,6 +157,10 @@ def print_stats(stats: dict[str, Any], seconds: float) -> None:
     tun = stats.get("tuning")
     if tun:
         print(tuning_line(tun))
+    prod = stats.get("products") or {}
+    if prod.get("calibration"):
+        gf = ", ".join(f"{k} {v:g}" for k, v in prod["calibration"]["gflops"].items())
+        print(f"products through {prod['library']} (auto; GFLOP/s {gf})")
     rec = stats.get("tier3_recall")
     if rec:
         print(f"tier-3 recall@{rec['k']} against exact search: {rec['recall']:.4f} "
