@@ -169,117 +169,6 @@ def _child_tiers(n_pairs: int) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- index store
-def _dataset(path: str) -> dict[str, Any]:
-    from .io.datasets import load_dataset
-
-    return load_dataset(path).arrays  # memory-mapped, as a user's .npy files are
-
-
-def _child_prepare(name: str, work: str) -> dict[str, Any]:
-    from .io.datasets import save_dataset
-    from .synth import make_corpus
-
-    n_src, n_pairs, n_c = WORKLOADS[name]
-    t0 = time.perf_counter()
-    corpus = make_corpus(n_src, n_c, n_pairs, _DIM, seed=0)
-    gen = time.perf_counter() - t0
-    save_dataset(os.path.join(work, "data"), corpus)
-    return {
-        "generate_s": round(gen, 2),
-        "questions": len(corpus["question_embeddings"]),
-        "source_bytes": int(corpus["source_embeddings"].nbytes),
-    }
-
-
-def _child_build(work: str, spec: str) -> dict[str, Any]:
-    from .index import SourceIndex
-
-    a = _dataset(os.path.join(work, "data"))
-    t0 = time.perf_counter()
-    idx = SourceIndex.build(
-        a["source_embeddings"],
-        spec,
-        source_cluster_ids=a["source_cluster_ids"],
-        centroid_embeddings=a["centroid_embeddings"],
-    )
-    build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    idx.save(os.path.join(work, "index"))
-    return {
-        "build_s": round(build, 2),
-        "save_s": round(time.perf_counter() - t0, 2),
-        "index_bytes": idx.manifest["index_bytes"],
-        "factory": idx.manifest["factory"],
-        "build_peak_rss_mb": round(_peak_rss_mb()),
-    }
-
-
-def _child_store_mine(work: str, nprobe: int) -> dict[str, Any]:
-    from .index import SourceIndex
-    from .miner import NegativeMiner
-
-    where = os.path.join(work, "index")
-    t0 = time.perf_counter()
-    SourceIndex.load(where, mmap=True, verify=False)
-    open_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    idx = SourceIndex.load(where, mmap=True)
-    open_checked = time.perf_counter() - t0
-    a = _dataset(os.path.join(work, "data"))
-    m = NegativeMiner(
-        **a,
-        n_neg=12,
-        tier_proportions=_PROPORTIONS,
-        adjacent_k=3,
-        index=idx,
-        nprobe=nprobe,
-        recall_sample=2000,
-    )
-    t0 = time.perf_counter()
-    m.mine_arrays()
-    st = m.last_stats or {}
-    rec = st.get("tier3_recall") or {}
-    secs = time.perf_counter() - t0 - rec.get("seconds", 0.0)  # the check is not mining
-    tm = st.get("timings_seconds", {})
-    return {
-        "nprobe": nprobe,
-        "mine_s": round(secs, 2),
-        "recall": rec.get("recall"),
-        "tier3_s": tm.get("tier3_search"),
-        "rest_s": round(secs - tm.get("tier3_search", 0), 2),
-        "open_checked_s": round(open_checked, 3),
-        "open_unchecked_s": round(open_fast, 4),
-        "tier3_queries": st.get("tier3_queries"),
-        "peak_rss_mb": round(_peak_rss_mb()),
-        "timings": tm,
-    }
-
-
-def _child_exact_sample(work: str, sample: int) -> dict[str, Any]:
-    from .miner import NegativeMiner
-    from .vectors import question_vectors
-
-    a = _dataset(os.path.join(work, "data"))
-    t0 = time.perf_counter()
-    plan = NegativeMiner(**a, n_neg=12, tier_proportions=_PROPORTIONS, adjacent_k=3).plan
-    prep = time.perf_counter() - t0  # the plan: layout and the cluster-sorted copy
-    n = plan.n_tier3
-    pick = np.unique(np.linspace(0, n - 1, min(sample, n)).astype(np.int64))
-    cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
-    qvec, rows = question_vectors(plan.inputs.questions, qq)
-    t0 = time.perf_counter()
-    plan.backend.search(qvec, rows, cl, qq, _PROPORTIONS[2])
-    secs = time.perf_counter() - t0
-    return {
-        "sample": int(pick.size),
-        "queries": int(n),
-        "sample_s": round(secs, 2),
-        "scaled_s": round(secs * n / pick.size, 1),
-        "prepare_s": round(prep, 2),
-    }
-
-
 def _make_work_dir(work_dir: str | None) -> str:
     """A fresh directory for the store workload, inside ``work_dir`` (created
     with its parents when missing) or the system's temporary directory."""
@@ -295,67 +184,6 @@ def _make_work_dir(work_dir: str | None) -> str:
             f"`--work-dir` must be a directory negmine can create and write in; got "
             f"'{work_dir}' ({e.strerror or e}: '{e.filename or work_dir}')."
         ) from e
-
-
-def run_store(
-    name: str, nprobes: list[int], exact_sample: int = 8192, work_dir: str | None = None
-) -> dict[str, Any]:
-    """The index-store workload: build a ``clusters`` index once, open it from
-    the store, mine every pair at each ``nprobe``; exact mining timed on an
-    even sample of ``exact_sample`` tier-3 queries before and after, scaled.
-
-    Each step runs in its own child process (its own peak RSS), on a dataset
-    saved as ``.npy`` files and memory-mapped, as a user's would be.
-    """
-    import shutil
-
-    if name not in WORKLOADS:
-        raise ValueError(f"`--store` must name among {sorted(WORKLOADS)}; got '{name}'.")
-    n_src, n_pairs, n_c = WORKLOADS[name]
-    work = _make_work_dir(work_dir)
-    try:
-        prep = _spawn(f"--prepare={name}:{work}")
-        src_mb = prep["source_bytes"] / 2**20
-        print(
-            f"{name}: {n_src:,} sources, {n_pairs:,} pairs, {n_c} clusters, d={_DIM} "
-            f"(source embeddings {src_mb:,.0f} MiB; generated in {prep['generate_s']} s)",
-            flush=True,
-        )
-        b = _spawn(f"--build={work}:clusters")
-        print(
-            f"index 'clusters' ({b['factory']}): built in {b['build_s']} s, saved in "
-            f"{b['save_s']} s, {b['index_bytes'] / 2**20:,.0f} MiB",
-            flush=True,
-        )
-        ex = [_spawn(f"--exact={work}:{exact_sample}")]
-        print(
-            f"exact tier 3: {ex[0]['sample']} queries in {ex[0]['sample_s']} s -> "
-            f"{ex[0]['queries']:,} queries ~ {ex[0]['scaled_s']:,.0f} s",
-            flush=True,
-        )
-        runs = [_spawn(f"--store-mine={work}:{p}") for p in nprobes]
-        ex.append(_spawn(f"--exact={work}:{exact_sample}"))
-        print(f"exact tier 3 again: {ex[1]['sample_s']} s -> ~ {ex[1]['scaled_s']:,.0f} s")
-        t3_exact = (ex[0]["scaled_s"] + ex[1]["scaled_s"]) / 2
-        print(
-            f"open from the store: {runs[0]['open_checked_s']} s with the sha256 check, "
-            f"{runs[0]['open_unchecked_s']} s without (memory-mapped)"
-        )
-        print("target: recall@3 >= 0.95 at >= 30x faster than exact; peak RSS <= 2x sources")
-        for r in runs:
-            exact_total = t3_exact + ex[0]["prepare_s"] + r["rest_s"]
-            r["exact_mine_est_s"] = round(exact_total, 1)
-            r["speedup"] = round(exact_total / r["mine_s"], 1)
-            r["rss_ratio"] = round(r["peak_rss_mb"] / src_mb, 2)
-            print(
-                f"nprobe {r['nprobe']:>3}: mining {r['mine_s']:.1f} s (tier 3 {r['tier3_s']:.1f} s)"
-                f", exact ~ {exact_total:,.0f} s -> {r['speedup']:.1f}x; recall@3 {r['recall']}; "
-                f"peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']:.2f}x the sources",
-                flush=True,
-            )
-        return {"workload": name, "prepare": prep, "build": b, "exact": ex, "runs": runs}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _spawn(arg: str) -> dict[str, Any]:
@@ -425,20 +253,6 @@ if __name__ == "__main__":
     if arg.startswith("--child="):
         name, _, probes = arg.split("=", 1)[1].partition(":")
         print(json.dumps(_child_workload(name, [int(p) for p in probes.split(",") if p])))
-    elif arg.startswith(("--prepare=", "--build=", "--store-mine=", "--exact=")):
-        flag, _, rest = arg.partition("=")
-        if flag == "--prepare":
-            name, _, work = rest.partition(":")
-            res = _child_prepare(name, work)
-        else:
-            work, _, value = rest.rpartition(":")
-            if flag == "--build":
-                res = _child_build(work, value)
-            elif flag == "--store-mine":
-                res = _child_store_mine(work, int(value))
-            else:
-                res = _child_exact_sample(work, int(value))
-        print(json.dumps(res))
     elif arg.startswith("--tiers="):
         print(json.dumps(_child_tiers(int(arg.split("=", 1)[1]))))
     else:

@@ -36,8 +36,8 @@ from .search.probe import PROBE_BLAS_THREADS
 from .search.products import resolve_products
 from .vectors import SourceVectors
 
-__all__ = ["CLUSTERS_NPROBE", "COMPRESSED_RERANK", "PAIR_BLOCK", "T3_BLOCK", "MiningPlan",
-           "make_plan"]  # fmt: skip
+__all__ = ["CLUSTERS_NPROBE", "COMPRESSED_RERANK", "PAIR_BLOCK", "REDUCED_RERANK", "T3_BLOCK",
+           "MiningPlan", "make_plan", "raw_cluster_lists"]  # fmt: skip
 
 #: Tier-3 queries per block (a multiple of the search's query block).
 T3_BLOCK = 4 * QUERY_BLOCK
@@ -47,6 +47,8 @@ PAIR_BLOCK = 64 * RNG_BLOCK
 CLUSTERS_NPROBE = 32
 #: Re-rank factor of compressed ``"clusters"`` lists when no ``rerank`` is given.
 COMPRESSED_RERANK = 4
+#: Re-rank factor of reduced ``"clusters,PCA<m>"`` lists when no ``rerank`` is given.
+REDUCED_RERANK = 8
 
 IndexArg = SourceIndex | str | os.PathLike | None
 
@@ -162,6 +164,9 @@ class MiningPlan:
         index = self.index
         if index is not None and index.is_clusters and _codec(index) == "Flat":
             return self.backend.lists
+        if index is not None and self.sorted_sources is None:
+            # No full copy beside an index: each cluster gathered when searched.
+            return raw_cluster_lists(self.inputs.sources, self.layout)
         if self.sorted_sources is None:
             self.sorted_sources = sorted_sources(self.inputs.sources, self.layout)
         return ClusterLists.from_sorted(self.sorted_sources, self.layout.offsets)
@@ -176,7 +181,8 @@ class MiningPlan:
             if cfg.nprobe is None:
                 params["nprobe"] = min(CLUSTERS_NPROBE, max(1, self.inputs.n_clusters - 1))
             if cfg.rerank is None and _codec(index) != "Flat":
-                params["rerank"] = COMPRESSED_RERANK
+                reduced = index.reduction is not None
+                params["rerank"] = REDUCED_RERANK if reduced else COMPRESSED_RERANK
         return {k: int(v) for k, v in params.items() if v is not None}
 
     def describe_search(self) -> dict[str, Any]:
@@ -252,6 +258,16 @@ def sorted_sources(raw: Any, layout: ClusterLayout) -> np.ndarray:
     return out
 
 
+def raw_cluster_lists(raw: Any, layout: ClusterLayout) -> ClusterLists:
+    """Cluster lists gathered from the raw embeddings one cluster at a time."""
+    order, offsets = layout.order, layout.offsets
+
+    def block(c: int) -> np.ndarray:
+        return normalized_float32(take_rows(raw, order[offsets[c] : offsets[c + 1]]))
+
+    return ClusterLists(block, offsets, raw.shape[1])
+
+
 def _make_backend(plan: MiningPlan) -> Tier3Backend:
     ctx = SearchContext(
         plan.layout, plan.positives, plan.inputs.centroids, plan.raw_vectors, plan.exact_lists
@@ -268,7 +284,9 @@ def _make_backend(plan: MiningPlan) -> Tier3Backend:
         return ExactBackend(ctx, desc, index.vectors(), cluster_sorted=False, products=lib)
     if index.is_clusters:
         lists = index.cluster_lists(plan.layout.offsets)
-        return ProbeBackend(ctx, desc, lists, params["nprobe"], params.get("rerank"), products=lib)
+        project = index.projection() if index.reduction is not None else None
+        return ProbeBackend(ctx, desc, lists, params["nprobe"], params.get("rerank"), project,
+                            products=lib)  # fmt: skip
     index.set_search_params(nprobe=plan.config.nprobe, ef_search=plan.config.ef_search)
     return FaissBackend(ctx, desc, index, params.get("rerank"))
 

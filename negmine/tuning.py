@@ -11,7 +11,9 @@ the first whose recall@k against exact search reaches ``R``:
 * ``ef_search`` (``16, 32, ...`` up to :data:`EF_SEARCH_MAX`, or the index's
   size) for an HNSW index;
 * then, where the index stores lossy codes (SQ, PQ, fp16), ``rerank``
-  doubled up to :data:`RERANK_MAX` at the deepest of the above.
+  doubled up to :data:`RERANK_MAX` at the deepest of the above;
+* for reduced lists (``"clusters,PCA<m>"``), whose candidate pass is cheap but
+  coarse, each ``nprobe`` at the re-rank depths of :data:`REDUCED_LADDER`.
 
 The exact reference is computed once and reused for every setting. A target
 no setting of the ladder reaches is an error naming the best recall and its
@@ -28,7 +30,7 @@ import time
 from typing import Any, NoReturn
 
 from ._checks import fail
-from .plan import COMPRESSED_RERANK, MiningPlan
+from .plan import COMPRESSED_RERANK, REDUCED_RERANK, MiningPlan
 from .recall import _even_sample
 from .search.probe import recall_at_k
 from .vectors import question_vectors
@@ -36,6 +38,7 @@ from .vectors import question_vectors
 __all__ = [
     "DEFAULT_TARGET_RECALL",
     "EF_SEARCH_MAX",
+    "REDUCED_LADDER",
     "RERANK_MAX",
     "TUNING_SAMPLE",
     "search_ladder",
@@ -54,6 +57,8 @@ TUNING_SAMPLE = 1000
 EF_SEARCH_MAX = 4096
 #: The deepest ``rerank`` tried for an index with lossy codes.
 RERANK_MAX = 32
+#: Re-rank depths tried at each ``nprobe`` of reduced lists.
+REDUCED_LADDER = (REDUCED_RERANK, 2 * REDUCED_RERANK, 4 * REDUCED_RERANK)
 
 _SETTINGS = ("nprobe", "ef_search", "rerank")
 
@@ -102,6 +107,8 @@ def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
         steps = [{"nprobe": v} for v in _doubling(1, max(1, n_c - 1))]
         if index is None or index.manifest["clusters"]["codec"] == "Flat":
             return steps
+        if index.reduction is not None:
+            return [dict(s, rerank=r) for s in steps for r in REDUCED_LADDER]
         reranks = [r for r in _doubling(COMPRESSED_RERANK, RERANK_MAX) if r > COMPRESSED_RERANK]
         return steps + [dict(steps[-1], rerank=r) for r in reranks]
     knob, top, lossy = _faiss_knobs(plan)

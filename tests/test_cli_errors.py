@@ -270,8 +270,9 @@ def test_bench_work_dir_is_created_or_named(tmp_path):
     assert line.startswith("negmine bench: error: `--work-dir` must be a directory negmine can")
     assert f"got '{blocker / 'sub'}' (Not a directory" in line
     work = tmp_path / "not" / "yet"
-    proc = _run("bench", "--store", "20k", "--nprobe", "4", "--exact-sample", "64",
-                "--work-dir", str(work))  # fmt: skip
+    proc = _run("bench", "--store", "20k", "--spec", "clusters,fast", "--nprobe", "4",
+                "--exact-sample", "64", "--work-dir", str(work))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "nprobe   4: mining" in proc.stdout
+    assert "[clusters,fast] tuned to recall@3 >= 0.95" in proc.stdout
+    assert "[clusters,fast] recall@3 / tier-3 seconds" in proc.stdout
     assert work.is_dir() and not any(work.iterdir())  # its own files removed, the dir kept

@@ -60,7 +60,12 @@ EXPECTED = {
     "exact_filters": "dcf43c285bb00dc0aa96b5102a35240260b5cba95ca802f80b0d0d1818ef59cb",
     "exact_max_score": "86faa46d87e5665c013b175543531f1006c8c7fe3ed7761fdc4002da93fa4ddc",
     "flat_index": "b94215d92fd2f58b5e82547af58073850e8f3f8977888c11ebb6955af00217cc",
-    "ivf_filters": "b8c9ecc09b5ae2fe59d9d1b5887f8c377156591a0f0a52248ac356ebe549c9e8",
+    # FAISS scores IVF lists with its AVX-512 kernels where the CPU has them
+    # (recorded on an AMD EPYC): other rounding, another near-tie at the window.
+    "ivf_filters": (
+        "b8c9ecc09b5ae2fe59d9d1b5887f8c377156591a0f0a52248ac356ebe549c9e8",
+        "29cd5300cff01e0ffeaabba1abb39ec3d233a76812566da6d212edd8e1ccc837",
+    ),
     "ivf_index": "159ef1cee8598897f03a4a99fa8c0a4b7ca11c8b8fe6d0b4531c0a01183eccbe",
     "probe": "88488db2f2fd6069a14e8cc7c61ea7c690038207c70dee290bbb48960ce166e7",
     "probe_filters": "a20e09a3e612647d7e277668e9b7d495c2b42025736e456411690dd1fc7f55b0",
@@ -109,4 +114,6 @@ def test_outputs_match_recorded_reference(corpus, case):
         print(f'\n    "{case}": "{got}",')
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"digests recorded on x86-64; this is {platform.machine()}")
-    assert got == EXPECTED[case], f"{case}: the output bytes changed"
+    want = EXPECTED[case]
+    allowed = want if isinstance(want, tuple) else (want,)
+    assert got in allowed, f"{case}: the output bytes changed"

@@ -55,7 +55,7 @@ def _register_bench(sub: Any, common: argparse.ArgumentParser) -> None:
         sub, common, "bench", help="time mining against the bare matrix product",
         example="negmine bench --workloads 20k --nprobe 8,16\n"
         "  negmine bench --executors --workloads 100k --nprobe 16\n"
-        "  negmine bench --store 1m --nprobe 16 --work-dir /data/bench",
+        "  negmine bench --store 1m --spec clusters --spec clusters,fast --work-dir /data/bench",
     )  # fmt: skip
     p.add_argument("--workloads", default="20k,100k", metavar="W,W,...",
                    help="comma-separated among 20k, 100k, 1m (default 20k,100k)")  # fmt: skip
@@ -68,9 +68,27 @@ def _register_bench(sub: Any, common: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--store", default=None, metavar="WORKLOAD",
-        help="instead: the index-store workload (e.g. 1m): build a 'clusters' index, open it "
-        "memory-mapped, mine every pair at each --nprobe (default 16,32), exact timed on a sample",
+        help="instead: the index-store workload (20k, 100k, 1m or 10m): build each --spec, open it "
+        "memory-mapped, mine every pair tuned to --target-recall, exact timed on a sample; "
+        "--nprobe adds each storage's recall/time curve at those values",
     )  # fmt: skip
+    p.add_argument(
+        "--spec",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="a storage for --store, repeatable (default: clusters, clusters,fast)",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        metavar="R",
+        help="tier-3 recall@3 --store tunes each storage to (default 0.95)",
+    )
+    p.add_argument("--corpus", choices=["minilm", "latent"], default="minilm",
+                   help="--store's synthetic corpus: spectrum of all-MiniLM-L6-v2 embeddings "
+                   "(default) or the plain latent-manifold one")  # fmt: skip
     p.add_argument(
         "--executors", action="store_true",
         help="instead: mine each of --workloads in-process and on a local Ray instance, exact "
@@ -81,8 +99,13 @@ def _register_bench(sub: Any, common: argparse.ArgumentParser) -> None:
         help="instead: on each of --workloads, the cost of keeping a pool of DEPTH tier-3 "
         "candidates and of re-mining from it (new seed, relative margin, window)",
     )  # fmt: skip
-    p.add_argument("--exact-sample", type=int, default=8192, metavar="N",
-                   help="tier-3 queries timed exactly for --store (default 8192)")  # fmt: skip
+    p.add_argument(
+        "--exact-sample",
+        type=int,
+        default=8192,
+        metavar="N",
+        help="tier-3 queries timed exactly for --store (default 8192; 0: skip)",
+    )
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="where --store keeps its files, created if missing (default: the "
                    "system's temporary directory)")  # fmt: skip
@@ -117,7 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..bench import run, run_store
+    from ..bench import run
 
     try:
         nprobes = [int(x) for x in args.nprobe.split(",") if x.strip()]
@@ -136,7 +159,13 @@ def _bench(args: argparse.Namespace) -> int:
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]
         results = run_executors(names, (nprobes or [16])[0])
     elif args.store:
-        results = run_store(args.store, nprobes or [16, 32], args.exact_sample, args.work_dir)
+        from ..bench_store import run_store
+
+        results = run_store(
+            args.store, args.spec or ["clusters", "clusters,fast"], args.target_recall,
+            corpus=args.corpus, curve=nprobes, exact_sample=args.exact_sample,
+            work_dir=args.work_dir,
+        )  # fmt: skip
     else:
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]
         results = run(names, tiers_pairs=args.tiers_pairs, nprobes=nprobes)

@@ -130,8 +130,10 @@ def ivf_cluster_lists(index: Any, manifest: dict[str, Any], offsets: np.ndarray)
     import faiss
 
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    lists, d = ivf.invlists, int(index.d)
+    lists, d = ivf.invlists, int(ivf.d)  # reduced lists are narrower than the index
     codec = manifest["clusters"]["codec"]
+    if codec.startswith("PCA"):
+        codec = "Flat"  # float32 values, of the reduced width
     code_size = int(ivf.code_size)
 
     sizes = np.diff(offsets)

@@ -83,6 +83,26 @@ class SourceIndex:
         """True for a cluster-aligned index (spec ``"clusters"``)."""
         return "clusters" in self.manifest
 
+    @property
+    def reduction(self) -> dict[str, Any] | None:
+        """The manifest's record of reduced lists (``"clusters,PCA<m>"``), or None."""
+        return self.manifest.get("clusters", {}).get("reduction")
+
+    def projection(self) -> np.ndarray:
+        """The axes float32 [m, d] questions are projected on for reduced lists.
+
+        Raises
+        ------
+        TypeError
+            If the lists are not reduced.
+        """
+        if self.reduction is None:
+            raise TypeError("projection() needs reduced lists; this index is "
+                            + self.manifest["factory"])  # fmt: skip
+        from .reduce import projection
+
+        return projection(self.index)[0]
+
     @classmethod
     def build(
         cls,
@@ -102,10 +122,11 @@ class SourceIndex:
         source_embeddings : array-like, float, shape [S, d]
             Raw embeddings; a normalised float32 copy is indexed.
         spec : str
-            ``"flat"`` (exact); ``"clusters"``, ``"clusters,SQ8"`` or
-            ``"clusters,fp16"`` (inverted lists that are exactly the user's
-            clusters, see Notes); ``"auto"`` (chosen by size and
-            ``memory_budget``, the reason recorded in the manifest); or a FAISS
+            ``"flat"`` (exact); ``"clusters"``, ``"clusters,fast"``,
+            ``"clusters,PCA<m>"``, ``"clusters,SQ8"`` or ``"clusters,fp16"``
+            (inverted lists that are exactly the user's clusters, see Notes);
+            ``"auto"`` (chosen by size and ``memory_budget``, the reason
+            recorded in the manifest); or a FAISS
             factory string such as ``"HNSW32"`` or ``"IVF1024,Flat"``
             (inner-product metric).
         source_cluster_ids : int [S], optional
@@ -135,6 +156,11 @@ class SourceIndex:
         reading each list as one contiguous block (:mod:`negmine.probe`).
         Compressed lists (SQ8: 1 byte per value, fp16: 2) are decoded block
         by block and the candidates re-ranked exactly from the embeddings.
+        Reduced lists (``"clusters,PCA<m>"``; ``"clusters,fast"`` chooses ``m``
+        by the spectrum) hold each source centred and projected on the ``m``
+        leading principal axes: the candidate pass multiplies ``m``-wide rows,
+        and every candidate is re-scored exactly from the embeddings
+        (:mod:`negmine.index.reduce`).
         """
         index, manifest = build_index(
             source_embeddings, spec, source_cluster_ids, centroid_embeddings, memory_budget,

@@ -14,8 +14,10 @@ import numpy as np
 
 from .._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
 from .manifest import _FP_CHUNK, assignment_fingerprint, fingerprint
+from .reduce import fit_pca, parse_reduction, reduce_rows, wrap_reduced
 
 __all__ = [
+    "AUTO_FAST_MIN",
     "AUTO_FLAT_MAX",
     "assignment_fingerprint",
     "build_clusters",
@@ -26,6 +28,10 @@ __all__ = [
 #: Below this many sources "auto" keeps exact search: one blocked matrix
 #: product over them costs about as much as building an index would save.
 AUTO_FLAT_MAX = 100_000
+#: From this many sources "auto" gives clustered data reduced lists
+#: (``"clusters,fast"``): their candidate pass costs a fraction of float32
+#: products (see docs/benchmarks.md).
+AUTO_FAST_MIN = 500_000
 
 _CODECS = {"flat": ("Flat", 4), "fp16": ("SQfp16", 2), "sq8": ("SQ8", 1)}
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -65,7 +71,9 @@ def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, s
     budget, then fp16 (half), then 8-bit scalar quantisation (a quarter).
     When the clusters are known, the inverted lists are the clusters
     themselves (``"clusters"``): tier 3 must skip the pair's own cluster, and
-    generic lists crowd around it. Without clusters, ``IVF<K>`` with ``K``
+    generic lists crowd around it; from :data:`AUTO_FAST_MIN` sources, or when
+    float32 lists exceed the budget, they are reduced (``"clusters,fast"``)
+    if those fit, and compressed otherwise. Without clusters, ``IVF<K>`` with ``K``
     about ``8 sqrt(n)`` (the guidelines give 4 to 16 ``sqrt(n)``), with an
     HNSW coarse quantizer from a million sources on.
 
@@ -88,11 +96,7 @@ def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, s
             break
     size = f"{n} sources > {AUTO_FLAT_MAX}" if n > AUTO_FLAT_MAX else "float32 over budget"
     if has_clusters:
-        spec = "clusters" if codec == "flat" else f"clusters,{codec}"
-        return spec, (
-            f"{size}; clusters given, so the lists are the clusters (tier 3 skips "
-            f"the own cluster by construction); {why} of {budget / 2**20:.0f} MiB"
-        )
+        return _clusters_choice(n, d, codec, f"{why} of {budget / 2**20:.0f} MiB", size, budget)
     k = 1 << max(4, round(float(np.log2(8 * np.sqrt(n)))))
     k = min(k, max(1, n // 39))  # FAISS wants >= 39 training points per list
     quant = f"IVF{k}_HNSW32" if n >= 1_000_000 else f"IVF{k}"
@@ -102,8 +106,27 @@ def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, s
     )
 
 
-def _add_in_lists(index: Any, src: np.ndarray, scl: np.ndarray) -> None:
-    """Add the normalised sources to the lists of their clusters, ascending id within each."""
+def _clusters_choice(
+    n: int, d: int, codec: str, why: str, size: str, budget: int
+) -> tuple[str, str]:
+    """The ``"auto"`` choice among cluster lists: float32, reduced, compressed."""
+    lists = "clusters given, so the lists are the clusters (tier 3 skips the own cluster)"
+    fast_bytes = n * max(1, d // 2) * 4  # reduced lists at their widest
+    large = n >= AUTO_FAST_MIN
+    if (codec != "flat" or large) and fast_bytes * 1.05 <= budget:
+        cause = f"{n} sources >= {AUTO_FAST_MIN}" if large else "float32 over budget"
+        return "clusters,fast", (
+            f"{size}; {lists}; {cause}: reduced (PCA) lists, at most "
+            f"{fast_bytes / 2**20:.0f} MiB, a cheap candidate pass re-ranked exactly, fit the "
+            f"budget of {budget / 2**20:.0f} MiB"
+        )
+    spec = "clusters" if codec == "flat" else f"clusters,{codec}"
+    return spec, f"{size}; {lists}; {why}"
+
+
+def _add_in_lists(index: Any, src: np.ndarray, scl: np.ndarray, transform: Any = None) -> None:
+    """Add the normalised sources to the lists of their clusters, ascending id within each
+    (``transform`` maps unit rows float32 [n, d] to what the lists store)."""
     from faiss.contrib.ivf_tools import add_preassigned
 
     n, d = src.shape
@@ -114,6 +137,8 @@ def _add_in_lists(index: Any, src: np.ndarray, scl: np.ndarray) -> None:
         x = normalized_float32(take_rows(src, np.sort(rows)), out=buf[: rows.size])
         # src[sorted rows] keeps reads sequential; put them back in list order.
         x = x[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]
+        if transform is not None:
+            x = np.ascontiguousarray(transform(x), dtype=np.float32)
         add_preassigned(index, x, scl[rows], rows)
         release_pages(src)
 
@@ -139,8 +164,11 @@ def build_clusters(
 
     n, d = src.shape
     codec = kind.split(",", 1)[1].strip() if "," in kind else "flat"
-    if codec not in _CODECS:
-        fail("spec", "be 'clusters', 'clusters,SQ8' or 'clusters,fp16'", repr(kind))
+    reduced = codec == "fast" or codec.startswith("pca")
+    if not reduced and codec not in _CODECS:
+        fail("spec", "be 'clusters', 'clusters,fast', 'clusters,PCA<m>', 'clusters,SQ8' or "
+             "'clusters,fp16'", repr(kind))  # fmt: skip
+    dims = parse_reduction(codec, d) if reduced else None
     if source_cluster_ids is None or centroid_embeddings is None:
         fail("source_cluster_ids", "be given with `centroid_embeddings` for spec 'clusters'",
              "None", "Pass the k-means labels and centroids (CLI: --data DIR).")  # fmt: skip
@@ -151,27 +179,45 @@ def build_clusters(
                     upper_what="C = len(centroid_embeddings)")  # fmt: skip
     if scl.shape[0] != n:
         fail("source_cluster_ids", f"have one entry per source (S = {n})", f"length {scl.shape[0]}")
-    quantizer = faiss.IndexFlatIP(d)
-    quantizer.add(cen)
     ip = faiss.METRIC_INNER_PRODUCT
-    if codec == "flat":
-        index = faiss.IndexIVFFlat(quantizer, d, n_c, ip)
+    info: dict[str, Any] = {}
+    if reduced:
+        axes, mean, info = fit_pca(src, dims)
+        bias = -(axes @ mean)
+        m = axes.shape[0]
+        quantizer = faiss.IndexFlatIP(m)
+        quantizer.add(np.ascontiguousarray(cen @ axes.T))
+        ivf = faiss.IndexIVFFlat(quantizer, m, n_c, ip)
+        _add_in_lists(ivf, src, scl, lambda x: reduce_rows(x, axes, bias))
+        index = wrap_reduced(ivf, axes, mean)
+        name = f"PCA{m}"
+        factory = f"PCA{m},IVF{n_c},Flat"
+        info = {"method": "pca", "spec": codec, **info, "centred": True,
+                "width_bytes": 4 * m, "query": "projected without centring"}  # fmt: skip
     else:
-        qt = faiss.ScalarQuantizer.QT_8bit if codec == "sq8" else faiss.ScalarQuantizer.QT_fp16
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, n_c, qt, ip, False)
-    if not index.is_trained:  # the scalar quantizer's ranges; the lists are fixed
-        rng = np.random.default_rng(0)
-        take = np.sort(rng.choice(n, size=min(n, 65536), replace=False))
-        index.train(normalized_float32(src[take]))
-    _add_in_lists(index, src, scl)
-    factory = f"IVF{n_c},{_CODECS[codec][0]}"
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(cen)
+        if codec == "flat":
+            index = faiss.IndexIVFFlat(quantizer, d, n_c, ip)
+        else:
+            qt = faiss.ScalarQuantizer.QT_8bit if codec == "sq8" else faiss.ScalarQuantizer.QT_fp16
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, n_c, qt, ip, False)
+        if not index.is_trained:  # the scalar quantizer's ranges; the lists are fixed
+            rng = np.random.default_rng(0)
+            take = np.sort(rng.choice(n, size=min(n, 65536), replace=False))
+            index.train(normalized_float32(src[take]))
+        _add_in_lists(index, src, scl)
+        name = _CODECS[codec][0]
+        factory = f"IVF{n_c},{name}"
     extra = {
         "clusters": {
             "n_clusters": int(n_c),
-            "codec": _CODECS[codec][0],
+            "codec": name,
             "assignment": assignment_fingerprint(scl, n_c),
             "centroids": fingerprint(cen),
             "list_order": "ascending source id within each cluster",
         }
     }
+    if info:
+        extra["clusters"]["reduction"] = info
     return index, factory, extra

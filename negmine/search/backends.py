@@ -137,9 +137,16 @@ class ExactBackend(Tier3Backend):
         )  # fmt: skip
 
 
+#: Candidate rows re-scored at once (bounds the gathered vectors to a few tens of MiB).
+RESCORE_ROWS = 1024
+
+
 class _Reranked(Tier3Backend):
     """A back-end that fetches ``rerank * k`` candidates and keeps the best ``k``
-    by exact cosine."""
+    by exact cosine (always, when its own scores are not cosines)."""
+
+    #: Whether the candidate pass's scores are exact cosines.
+    exact_scores: bool = True
 
     def __init__(self, ctx, description, rerank: int | None):
         super().__init__(ctx, description)
@@ -148,39 +155,62 @@ class _Reranked(Tier3Backend):
     def search(self, queries, rows, cluster, question, k, score_cut=None):
         r = self.rerank or 1
         d, i = self._candidates(queries, rows, cluster, question, k * r)
-        if r > 1:
-            d, i = self._rescore(queries[rows], i, k)
+        if r > 1 or not self.exact_scores:
+            d, i = self._rescore(queries, rows, i, k)
         return d, i
 
     def _candidates(self, queries, rows, cluster, question, k):
         raise NotImplementedError
 
-    def _rescore(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Keep the ``k`` best of candidates ``ids`` [M, k'] by exact cosine to ``q`` [M, d]."""
-        ok = ids >= 0
-        uniq, at = np.unique(np.where(ok, ids, 0), return_inverse=True)
-        vec = self.ctx.raw_vectors.gather(uniq)
-        sc = np.einsum("md,mkd->mk", q, vec[at.reshape(ids.shape)])
-        sc = np.where(ok, sc, -np.inf).astype(np.float32)
-        id_key = np.where(ok, ids, np.iinfo(np.int64).max)
-        order = np.lexsort((id_key, -sc), axis=-1)[:, :k]
-        return np.take_along_axis(sc, order, 1), np.take_along_axis(ids, order, 1)
+    def _rescore(
+        self, queries: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the ``k`` best of candidates ``ids`` [M, k'] by exact cosine to
+        ``queries[rows]``, descending, ties by lower id.
+
+        Each chunk of :data:`RESCORE_ROWS` rows gathers the union of its
+        candidates once (queries come grouped by the cluster they skip, so
+        neighbouring rows share many candidates) and scores each row's own.
+        """
+        m = ids.shape[0]
+        out_d = np.empty((m, k), dtype=np.float32)
+        out_i = np.empty((m, k), dtype=np.int64)
+        id_max = np.iinfo(np.int64).max
+        for r0 in range(0, m, RESCORE_ROWS):
+            blk = ids[r0 : r0 + RESCORE_ROWS]
+            ok = blk >= 0
+            uniq, at = np.unique(np.where(ok, blk, 0), return_inverse=True)
+            vec = self.ctx.raw_vectors.gather(uniq)
+            q = queries[rows[r0 : r0 + RESCORE_ROWS]]
+            sc = np.einsum("md,mkd->mk", q, vec[at.reshape(blk.shape)])
+            sc = np.where(ok, sc, -np.inf).astype(np.float32)
+            order = np.lexsort((np.where(ok, blk, id_max), -sc), axis=-1)[:, :k]
+            out_d[r0 : r0 + RESCORE_ROWS] = np.take_along_axis(sc, order, 1)
+            out_i[r0 : r0 + RESCORE_ROWS] = np.take_along_axis(blk, order, 1)
+        return out_d, out_i
 
 
 class ProbeBackend(_Reranked):
-    """The ``nprobe`` nearest clusters other than each query's own, over ``lists``."""
+    """The ``nprobe`` nearest clusters other than each query's own, over ``lists``
+    (reduced to the axes ``project`` [m, d] when given: then every candidate is
+    re-scored exactly)."""
 
-    def __init__(self, ctx, description, lists: ClusterLists, nprobe: int, rerank: int | None,
-                 products: str = "numpy"):  # fmt: skip
+    def __init__(
+        self, ctx, description, lists: ClusterLists, nprobe: int, rerank: int | None,
+        project: np.ndarray | None = None, products: str = "numpy",
+    ):  # fmt: skip
         super().__init__(ctx, description, rerank)
         self.lists = lists
         self.nprobe = nprobe
+        self.project = project
+        self.exact_scores = project is None
         self.products = products
 
     def _candidates(self, queries, rows, cluster, question, k):
         return probe_outside_cluster(
             self.lists, self.ctx.centroids, queries, rows, cluster, question, self.ctx.layout,
-            self.ctx.positives, k, nprobe=self.nprobe, products=self.products,
+            self.ctx.positives, k, nprobe=self.nprobe, project=self.project,
+            products=self.products,
         )  # fmt: skip
 
 

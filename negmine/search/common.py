@@ -25,9 +25,10 @@ QUERY_BLOCK = 1024
 def heap_over(dist: np.ndarray, ids: np.ndarray):
     """A FAISS min-heap over rows of ``dist`` float32 [n, k] / ``ids`` int64 [n, k].
 
-    Both must be filled with ``-inf`` / ``-1``: all-equal rows already are valid
-    heaps, so no (multi-threaded) heapify is needed, and a ``-inf`` score is
-    never admitted.
+    Both must be valid heaps: filled with ``-inf`` / ``-1`` (all-equal rows
+    already are heaps, so no multi-threaded heapify is needed, and a ``-inf``
+    score is never admitted), or left so by earlier ``addn`` calls, which is how
+    a search carries one running top-k per query across several lists.
     """
     import faiss
 

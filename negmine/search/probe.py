@@ -82,6 +82,7 @@ def probe_outside_cluster(
     k: int,
     nprobe: int,
     progress: Callable[[int], None] | None = None,
+    project: np.ndarray | None = None,
     products: str = "numpy",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products over the ``nprobe`` nearest clusters but one's own.
@@ -118,6 +119,10 @@ def probe_outside_cluster(
         Clusters probed per query, >= 1; values above ``C - 1`` act as ``C - 1``.
     progress : callable, optional
         Called with the number of queries finished after each block.
+    project : float32 [m, d], optional
+        Axes the lists are reduced to (``vectors`` then holds ``m`` columns):
+        probe sets are still chosen with the full queries, the products use
+        ``queries @ project.T``, and the scores are those reduced products.
     products : {"numpy", "torch"}
         Library of the query x source products (see
         :mod:`negmine.search.products`), on :data:`PROBE_BLAS_THREADS` threads.
@@ -149,7 +154,7 @@ def probe_outside_cluster(
         return out_d, out_i
     if not isinstance(vectors, ClusterLists):
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
-    kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe)
+    kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project)
     kernel.products = products
     with faiss_single_threaded(), product_threads(products, PROBE_BLAS_THREADS):
         run_query_blocks(kernel.run, PROBE_BLOCK, queries, query_rows, query_cluster,
@@ -160,8 +165,9 @@ def probe_outside_cluster(
 class _ProbeKernel:
     """One block of queries against the sources of their probed clusters."""
 
-    def __init__(self, lists, centroids, layout, positives, k, nprobe):
+    def __init__(self, lists, centroids, layout, positives, k, nprobe, project=None):
         self.lists = lists
+        self.project = project
         self.centroids = centroids
         self.layout = layout
         self.positives = positives
@@ -189,11 +195,12 @@ class _ProbeKernel:
         cs = xq @ self.centroids.T
         cs[np.arange(nb), cl] = -np.inf
         probes = _probe_sets(cs, n_probe)
+        if self.project is not None:
+            xq = xq @ self.project.T
         # Invert: (row, slot) pairs grouped by probed cluster.
         flat_c = probes.reshape(-1)
         by_c = np.argsort(flat_c, kind="stable")
         pair_row = by_c // n_probe
-        pair_slot = by_c % n_probe
         bounds = np.zeros(n_c + 1, dtype=np.int64)
         np.cumsum(np.bincount(flat_c, minlength=n_c), out=bounds[1:])
         # Positives of the block, as layout positions grouped by their cluster.
@@ -203,15 +210,16 @@ class _ProbeKernel:
         by_pc = np.argsort(pos_col, kind="stable")
         pos_col = pos_col[by_pc]
         pos_row = owner[by_pc]
-        # Candidate buffer [B, nprobe, k] of layout positions.
-        size = nb * n_probe * k
+        # One running top-k heap per query (layout positions) across its clusters:
+        # a source enters only if it beats the query's k-th best so far.
+        size = nb * k
         if self.cand_d.size < size:
             self.cand_d = np.empty(size, dtype=np.float32)
             self.cand_i = np.empty(size, dtype=np.int64)
-        cand_d = self.cand_d[:size].reshape(nb, n_probe, k)
-        cand_i = self.cand_i[:size].reshape(nb, n_probe, k)
-        cand_d.fill(-np.inf)
-        cand_i.fill(-1)
+        top_d = self.cand_d[:size].reshape(nb, k)
+        top_i = self.cand_i[:size].reshape(nb, k)
+        top_d.fill(-np.inf)
+        top_i.fill(-1)
         if self.local.size < nb:
             self.local = np.full(nb, -1, dtype=np.int64)
         local = self.local
@@ -220,7 +228,6 @@ class _ProbeKernel:
             if hi == lo:
                 continue
             rows = pair_row[bounds[c] : bounds[c + 1]]
-            slots = pair_slot[bounds[c] : bounds[c + 1]]
             p0, p1 = np.searchsorted(pos_col, [lo, hi])
             src = self.lists.block(c)
             width = hi - lo
@@ -236,24 +243,15 @@ class _ProbeKernel:
                     ok = hit_row >= 0
                     scores[hit_row[ok], pos_col[p0:p1][ok] - lo] = -np.inf
                     local[sub] = -1
-                dist = np.full((n_sub, k), -np.inf, dtype=np.float32)
-                ids = np.full((n_sub, k), -1, dtype=np.int64)
+                dist, ids = top_d[sub], top_i[sub]
                 heap_over(dist, ids).addn(width, faiss.swig_ptr(scores), lo, 0, n_sub)
-                cand_d[sub, slots[r0 : r0 + step]] = dist
-                cand_i[sub, slots[r0 : r0 + step]] = ids
-        # Final top-k of each row's nprobe * k candidates.
-        flat_d = cand_d.reshape(nb, n_probe * k)
-        flat_i = cand_i.reshape(nb, n_probe * k)
-        flat_i = np.where(flat_i < 0, -1, lay.order[np.maximum(flat_i, 0)])
-        if n_probe > 1:
-            top = np.argpartition(flat_d, n_probe * k - k, axis=1)[:, n_probe * k - k :]
-            flat_d = np.take_along_axis(flat_d, top, axis=1)
-            flat_i = np.take_along_axis(flat_i, top, axis=1)
+                top_d[sub], top_i[sub] = dist, ids
+        flat_i = np.where(top_i < 0, -1, lay.order[np.maximum(top_i, 0)])
         # Descending score, ties (and the -inf padding) by ascending id, -1 last.
         id_key = np.where(flat_i >= 0, flat_i, np.iinfo(np.int64).max)
-        order = np.lexsort((id_key, -flat_d), axis=-1)
+        order = np.lexsort((id_key, -top_d), axis=-1)
         return (
-            np.take_along_axis(flat_d, order, axis=1),
+            np.take_along_axis(top_d, order, axis=1),
             np.take_along_axis(flat_i, order, axis=1),
         )
 

@@ -5,8 +5,10 @@ question-answering collection after k-means: a few broad topics on the unit
 sphere, clusters laid out inside each topic so that neighbouring clusters
 overlap, heavy-tailed cluster sizes, sources spread along a low-dimensional
 per-topic subspace plus isotropic noise, and questions that are noisy copies
-of their positive source. :func:`top_hits_share` measures how often the exact
-nearest sources of a question fall inside the question's own cluster.
+of their positive source; ``spectrum="minilm"`` shapes the covariance
+spectrum like that of real sentence embeddings. :func:`top_hits_share`
+measures how often the exact nearest sources of a question fall inside the
+question's own cluster.
 
 Everything is float32 and generated in row chunks, with no [S, C] matrix, so
 a corpus of a million 384-wide sources costs little more than its own arrays.

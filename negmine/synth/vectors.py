@@ -78,12 +78,17 @@ def _make_sources(
     mix_table: np.ndarray | None,
     spread_w: float,
     mix_w: float,
+    shape: tuple[np.ndarray, np.ndarray] | None = None,
+    noise_w: float = _NOISE_W,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw the sources of generating clusters ``label`` (int64 [S]).
 
     Each chunk of rows is generated sorted by topic and cluster, so topic
     subspaces and cluster sums work on contiguous slices, and is put back in
-    row order at the end.
+    row order at the end. ``shape``, a map float32 [d, d] and an offset
+    float32 [d] (see ``spectrum.py``), is applied to each row before it is
+    normalised: ``row @ map + offset``. ``noise_w`` is the expected norm of
+    the isotropic noise added to each row.
 
     Returns
     -------
@@ -110,7 +115,7 @@ def _make_sources(
         lab = label[j0 : j0 + rows][order]
         n = lab.size
         blk, t = scratch.get("blk", n, d), scratch.get("tmp", n, d)
-        _fill_noise(rng, blk, _NOISE_W)
+        _fill_noise(rng, blk, noise_w)
         np.take(centres, lab, axis=0, out=t, mode="clip")
         blk += t
         if mix_table is not None:
@@ -121,6 +126,10 @@ def _make_sources(
         coords = rng.standard_normal((n, r), dtype=f32)
         coords *= spread
         _add_local(blk, coords, cluster_topic[lab], bases, t)
+        if shape is not None:
+            np.matmul(blk, shape[0], out=t)
+            t += shape[1]
+            blk, t = t, blk
         _normalize_rows(blk)
         run_starts, run_ends = _runs(lab)
         part = np.empty((run_starts.size, d), dtype=np.float64)
@@ -144,12 +153,14 @@ def _make_questions(
     first_pos: np.ndarray,
     source_topic: np.ndarray,
     bases: np.ndarray,
+    shape_map: np.ndarray | None = None,
 ) -> np.ndarray:
     """Questions float32 [Q, d]: unit vectors at a drawn cosine to their first positive.
 
     Each question turns its positive towards a random direction that is
     partly isotropic and partly inside the positive's topic subspace (which
-    moves it towards other sources of the cluster).
+    moves it towards other sources of the cluster). ``shape_map`` (float32
+    [d, d]), when given, shapes that direction like the sources.
     """
     f32 = np.float32
     n_q = first_pos.size
@@ -173,6 +184,9 @@ def _make_questions(
         coords = rng.standard_normal((n, r), dtype=f32)
         coords *= local
         _add_local(m, coords, source_topic[pos], bases, t)
+        if shape_map is not None:
+            np.matmul(m, shape_map, out=t)
+            m, t = t, m
         # keep the part orthogonal to the positive, then rotate towards it
         np.multiply(p, np.einsum("ij,ij->i", m, p)[:, None], out=t)
         m -= t
