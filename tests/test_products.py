@@ -225,6 +225,14 @@ def test_library_is_keyed_only_where_it_is_not_numpy():
     plan = _plan(corpus, products="torch")
     assert plan.backend.products == "torch"
     assert plan.products == {"setting": "torch", "library": "torch", "calibration": None}
+    # Mined end to end (exact tier 3): the same negatives, no near-tie in this corpus.
+    res = {lib: NegativeMiner(**corpus, n_neg=4, seed=1, products=lib).mine_all_negatives()
+           for lib in LIBS}  # fmt: skip
+    for name in ("hard_negatives", "negative_tiers"):
+        assert np.array_equal(res["numpy"][name].numpy(), res["torch"][name].numpy())
+    np.testing.assert_allclose(
+        res["numpy"]["negative_scores"].numpy(), res["torch"]["negative_scores"].numpy(), atol=TOL
+    )
 
 
 def test_auto_resolves_once_and_is_recorded():
