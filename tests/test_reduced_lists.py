@@ -95,15 +95,21 @@ def test_scores_are_exact_cosines_and_shallow_rerank_loses_some(corpus):
 
 
 def test_recall_on_a_clustered_corpus_rises_with_the_rerank():
+    """On a corpus with the spectrum of real embeddings, ``fast`` keeps 80 % of the
+    energy in 32 of 64 dims; re-ranked deep enough it finds what float32 lists
+    find at the same nprobe."""
     c = make_corpus(6000, 40, 1500, d=64, seed=4, spectrum="minilm")
-    idx = _build(c, "clusters,PCA24")
-    recalls = []
-    for rerank in (2, 16):
-        m = NegativeMiner(**c, index=idx, nprobe=8, rerank=rerank, recall_sample=1500, **T3)
+
+    def recall(spec: str, rerank: int | None) -> float:
+        m = NegativeMiner(**c, index=_build(c, spec), nprobe=8, rerank=rerank,
+                          recall_sample=1500, **T3)  # fmt: skip
         m.mine_arrays()
-        recalls.append(m.last_stats["tier3_recall"]["recall"])
-    assert recalls[0] < recalls[1]
-    assert recalls[1] >= 0.9
+        return m.last_stats["tier3_recall"]["recall"]
+
+    shallow, deep = recall("clusters,fast", 2), recall("clusters,fast", 32)
+    full = recall("clusters", None)
+    assert shallow < deep
+    assert deep >= max(0.9, full - 0.02)
 
 
 def test_manifest_records_the_reduction(tmp_path, corpus):

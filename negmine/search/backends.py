@@ -137,8 +137,11 @@ class ExactBackend(Tier3Backend):
         )  # fmt: skip
 
 
-#: Candidate rows re-scored at once (bounds the gathered vectors to a few tens of MiB).
-RESCORE_ROWS = 1024
+#: Query rows whose candidates are gathered together (their union, once).
+RESCORE_ROWS = 4096
+#: Query rows scored at once from the gathered union (bounds the [rows, k', d]
+#: operand to a few tens of MiB).
+SCORE_ROWS = 256
 
 
 class _Reranked(Tier3Backend):
@@ -181,9 +184,13 @@ class _Reranked(Tier3Backend):
             ok = blk >= 0
             uniq, at = np.unique(np.where(ok, blk, 0), return_inverse=True)
             vec = self.ctx.raw_vectors.gather(uniq)
+            at = at.reshape(blk.shape)
             q = queries[rows[r0 : r0 + RESCORE_ROWS]]
-            sc = np.einsum("md,mkd->mk", q, vec[at.reshape(blk.shape)])
-            sc = np.where(ok, sc, -np.inf).astype(np.float32)
+            sc = np.empty(blk.shape, dtype=np.float32)
+            for s0 in range(0, blk.shape[0], SCORE_ROWS):
+                s1 = s0 + SCORE_ROWS
+                sc[s0:s1] = np.einsum("md,mkd->mk", q[s0:s1], vec[at[s0:s1]])
+            sc[~ok] = -np.inf
             order = np.lexsort((np.where(ok, blk, id_max), -sc), axis=-1)[:, :k]
             out_d[r0 : r0 + RESCORE_ROWS] = np.take_along_axis(sc, order, 1)
             out_i[r0 : r0 + RESCORE_ROWS] = np.take_along_axis(blk, order, 1)
