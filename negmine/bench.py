@@ -32,24 +32,30 @@ _DIM = 384
 _PROPORTIONS = [3, 4, 3, 2]
 
 
-def bare_product_seconds(queries: np.ndarray, sources: np.ndarray) -> float:
+def bare_product_seconds(queries: np.ndarray, sources: np.ndarray, library: str = "numpy") -> float:
     """Seconds for ``queries @ sources.T`` in the miner's blocks, results discarded.
 
     Parameters
     ----------
     queries : float32 [M, d]
     sources : float32 [S, d]
+    library : {"numpy", "torch"}
+        Library of the products, as mining's ``products`` (see
+        :mod:`negmine.search.products`).
     """
     from .search import QUERY_BLOCK, SOURCE_CHUNK
+    from .search.products import matmul_into, product_threads
 
     chunk = min(SOURCE_CHUNK, sources.shape[0])
     buf = np.empty(QUERY_BLOCK * chunk, dtype=np.float32)
     t0 = time.perf_counter()
-    for b0 in range(0, queries.shape[0], QUERY_BLOCK):
-        xq = queries[b0 : b0 + QUERY_BLOCK]
-        for s0 in range(0, sources.shape[0], chunk):
-            xs = sources[s0 : s0 + chunk]
-            np.matmul(xq, xs.T, out=buf[: len(xq) * len(xs)].reshape(len(xq), len(xs)))
+    with product_threads(library):
+        for b0 in range(0, queries.shape[0], QUERY_BLOCK):
+            xq = queries[b0 : b0 + QUERY_BLOCK]
+            for s0 in range(0, sources.shape[0], chunk):
+                xs = sources[s0 : s0 + chunk]
+                out = buf[: len(xq) * len(xs)].reshape(len(xq), len(xs))
+                matmul_into(xq, xs, out, library)
     return time.perf_counter() - t0
 
 

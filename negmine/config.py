@@ -14,6 +14,7 @@ from ._checks import fail
 __all__ = [
     "EXECUTORS",
     "FILTER_NAMES",
+    "PRODUCTS",
     "RUNTIME_SETTINGS",
     "SEARCH_SETTINGS",
     "TIER3_SAMPLING",
@@ -40,6 +41,10 @@ TIER3_SAMPLING = ("top", "random")
 
 #: Where mining blocks run.
 EXECUTORS = ("local", "ray")
+
+#: Libraries of tier 3's float32 products: numpy's BLAS, torch's, or the faster
+#: one of the machine (see :mod:`negmine.search.products`).
+PRODUCTS = ("numpy", "torch", "auto")
 
 #: Settings that decide where and in what steps the work runs, never its result.
 RUNTIME_SETTINGS = ("executor", "ray_address", "batch_size")
@@ -169,6 +174,13 @@ class MiningConfig:
         ``ef_search`` and ``rerank``. ``None``: explicit settings are used as
         given, and an approximate index given none is tuned to
         :data:`negmine.tuning.DEFAULT_TARGET_RECALL`.
+    products : {"numpy", "torch", "auto"}
+        The library of tier 3's matrix products: numpy's BLAS (OpenBLAS in
+        numpy's wheel), torch's (MKL in its CPU wheel), or ``"auto"``, the
+        faster of the two on this machine, measured once and cached (see
+        :func:`negmine.search.products.calibrate`). The libraries round
+        differently, so a near-tie may order differently between them; the
+        output is keyed and recorded with the library used.
     executor : {"local", "ray"}
         Where the blocks run: this process, or tasks on a Ray cluster. The
         output is the same bytes either way.
@@ -197,6 +209,7 @@ class MiningConfig:
     pool_depth: int | None = None
     recall_sample: int = 0
     target_recall: float | None = None
+    products: str = "numpy"
     executor: str = "local"
     ray_address: str | None = None
     batch_size: int = 16384
@@ -245,6 +258,7 @@ class MiningConfig:
                 fail(name, "be an integer >= 1 or None", repr(v))
             object.__setattr__(self, name, int(v))
         self._check_target()
+        self._check_products()
         if self.executor not in EXECUTORS:
             fail("executor", f"be one of {', '.join(map(repr, EXECUTORS))}", repr(self.executor))
         if self.ray_address is not None and not isinstance(self.ray_address, str):
@@ -268,6 +282,17 @@ class MiningConfig:
                  f"{v!r} with {', '.join(f'{n}={x}' for n, x in given.items())}",
                  "Drop the explicit settings to tune them, or drop target_recall.")  # fmt: skip
         object.__setattr__(self, "target_recall", float(v))
+
+    def _check_products(self) -> None:
+        v = self.products
+        if not isinstance(v, str) or v not in PRODUCTS:
+            fail("products", f"be one of {', '.join(map(repr, PRODUCTS))}", repr(v))
+        if v == "torch":
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:
+                fail("products", "name an importable library", "'torch' (torch is not installed)",
+                     "Install torch, or use 'numpy' ('auto' falls back to numpy).")  # fmt: skip
 
     def _check_filters(self) -> None:
         ranges = {
@@ -365,6 +390,8 @@ class MiningConfig:
         d.pop("target_recall")  # the settings it chooses are keyed instead
         if d["pool_depth"] is None:  # the keys of runs without a pool stay as they were
             d.pop("pool_depth")
+        if d["products"] == "numpy":  # keyed only where it can change the bytes
+            d.pop("products")
         return d
 
     def replace(self, **changes: Any) -> MiningConfig:

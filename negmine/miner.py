@@ -201,6 +201,7 @@ class NegativeMiner:
         described["block_seconds"] = {k: [round(x, 4) for x in v] for k, v in mined.seconds.items()}
         stats = run_stats(self.plan, mined, timings, recall["value"], ok, described)
         stats["tuning"] = self.tuning
+        stats["products"] = self.plan.products
         if self.config.pool_depth is not None:
             self._pool = (mined.pool_scores, mined.pool_ids)
             stats["pool"] = {

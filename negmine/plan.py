@@ -32,6 +32,8 @@ from .search.backends import (
     Tier3Backend,
 )
 from .search.common import QUERY_BLOCK, max_depth
+from .search.probe import PROBE_BLAS_THREADS
+from .search.products import resolve_products
 from .vectors import SourceVectors
 
 __all__ = ["CLUSTERS_NPROBE", "COMPRESSED_RERANK", "PAIR_BLOCK", "REDUCED_RERANK", "T3_BLOCK",
@@ -72,6 +74,9 @@ class MiningPlan:
     pool : object or None
         A stored pool of tier-3 candidates to read instead of searching (see
         :class:`negmine.pool.StoredPool`); None: search.
+    products : dict
+        The library of the search's products: ``setting``, ``library`` and, for
+        ``"auto"``, its ``calibration`` (``config.products`` is the library).
     """
 
     def __init__(self, config, inputs, positives, layout, index, sorted_sources, t3_key):
@@ -86,6 +91,7 @@ class MiningPlan:
         self.t3_cluster = uniq // n_q
         self.t3_question = uniq - self.t3_cluster * n_q
         self.pool: Any = None
+        self.products: dict[str, Any] = resolve_products(config.products)
 
     # ------------------------------------------------------------ blocks
     @property
@@ -267,18 +273,20 @@ def _make_backend(plan: MiningPlan) -> Tier3Backend:
         plan.layout, plan.positives, plan.inputs.centroids, plan.raw_vectors, plan.exact_lists
     )
     desc, params, index = plan.describe_search(), plan.search_params(), plan.index
+    lib = plan.config.products
     if index is None:
         vecs = plan.sorted_sources
         if plan.config.nprobe is None:
-            return ExactBackend(ctx, desc, vecs, cluster_sorted=True)
+            return ExactBackend(ctx, desc, vecs, cluster_sorted=True, products=lib)
         lists = ClusterLists.from_sorted(vecs, plan.layout.offsets)
-        return ProbeBackend(ctx, desc, lists, plan.config.nprobe, None)
+        return ProbeBackend(ctx, desc, lists, plan.config.nprobe, None, products=lib)
     if index.is_exact:
-        return ExactBackend(ctx, desc, index.vectors(), cluster_sorted=False)
+        return ExactBackend(ctx, desc, index.vectors(), cluster_sorted=False, products=lib)
     if index.is_clusters:
         lists = index.cluster_lists(plan.layout.offsets)
         project = index.projection() if index.reduction is not None else None
-        return ProbeBackend(ctx, desc, lists, params["nprobe"], params.get("rerank"), project)
+        return ProbeBackend(ctx, desc, lists, params["nprobe"], params.get("rerank"), project,
+                            products=lib)  # fmt: skip
     index.set_search_params(nprobe=plan.config.nprobe, ef_search=plan.config.ef_search)
     return FaissBackend(ctx, desc, index, params.get("rerank"))
 
@@ -349,4 +357,12 @@ def make_plan(config: MiningConfig, inputs: MiningInputs, index: IndexArg = None
     idx = open_index(index, config, inputs, layout)
     srt = sorted_sources(inputs.sources, layout) if idx is None else None
     key = inputs.pair_cluster * inputs.n_questions + inputs.pair_question
-    return MiningPlan(config, inputs, positives, layout, idx, srt, key)
+    # "auto" is resolved once, here: the plan (and every copy a worker unpickles)
+    # names the library, and the run key and the manifest record it.
+    probes = idx.is_clusters if idx is not None else config.nprobe is not None
+    threads = PROBE_BLAS_THREADS if probes else None
+    products = resolve_products(config.products, inputs.dim, threads)
+    plan = MiningPlan(config.replace(products=products["library"]), inputs, positives, layout,
+                      idx, srt, key)  # fmt: skip
+    plan.products = products
+    return plan

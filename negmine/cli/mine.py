@@ -14,6 +14,9 @@ __all__ = ["mine", "print_stats", "register", "tuning_line"]
 
 log = logging.getLogger("negmine")
 
+#: Values of ``--products`` (those of :data:`negmine.config.PRODUCTS`); the first is the default.
+PRODUCTS = ("numpy", "torch", "auto")
+
 _EXAMPLE = (
     "negmine mine data/ --out runs/first --n-neg 12 --tier-proportions 3,4,3,2 --seed 7\n"
     "  negmine mine data/ --out runs/first --resume        # continue an interrupted run"
@@ -40,6 +43,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="tune the search settings of an approximate tier 3 (--nprobe, --ef-search, "
         "--rerank) to the cheapest whose recall@k against exact search reaches R, measured on "
         "a sample (an approximate --index given no settings is tuned to 0.95)",
+    )  # fmt: skip
+    p.add_argument(
+        "--products", choices=PRODUCTS, default="numpy",
+        help="library of tier 3's matrix products: numpy (default), torch, or auto (the faster "
+        "on this machine, measured once and cached); the libraries round differently",
     )  # fmt: skip
     p.set_defaults(func=run)
 
@@ -75,6 +83,8 @@ def _miner_keywords(args: argparse.Namespace) -> dict[str, Any]:
     # Passed only when asked for, so the defaults need nothing new.
     if getattr(args, "target_recall", None) is not None:
         kw["target_recall"] = args.target_recall
+    if getattr(args, "products", "numpy") != "numpy":
+        kw["products"] = args.products
     if args.executor != EXECUTORS[0]:
         kw["executor"] = args.executor
     if args.ray_address is not None:
@@ -147,6 +157,10 @@ def print_stats(stats: dict[str, Any], seconds: float) -> None:
     tun = stats.get("tuning")
     if tun:
         print(tuning_line(tun))
+    prod = stats.get("products") or {}
+    if prod.get("calibration"):
+        gf = ", ".join(f"{k} {v:g}" for k, v in prod["calibration"]["gflops"].items())
+        print(f"products through {prod['library']} (auto; GFLOP/s {gf})")
     rec = stats.get("tier3_recall")
     if rec:
         print(f"tier-3 recall@{rec['k']} against exact search: {rec['recall']:.4f} "

@@ -119,10 +119,12 @@ class ExactBackend(Tier3Backend):
 
     exact = True
 
-    def __init__(self, ctx, description, vectors: np.ndarray, cluster_sorted: bool):
+    def __init__(self, ctx, description, vectors: np.ndarray, cluster_sorted: bool,
+                 products: str = "numpy"):  # fmt: skip
         super().__init__(ctx, description)
         self.vectors = vectors
         self.cluster_sorted = cluster_sorted
+        self.products = products
         self._workspace: np.ndarray | None = None
 
     def search(self, queries, rows, cluster, question, k, score_cut=None):
@@ -131,6 +133,7 @@ class ExactBackend(Tier3Backend):
         return exact_outside_cluster(
             self.vectors, *self._args(queries, rows, cluster, question), k,
             cluster_sorted=self.cluster_sorted, workspace=self._workspace, score_cut=score_cut,
+            products=self.products,
         )  # fmt: skip
 
 
@@ -201,18 +204,20 @@ class ProbeBackend(_Reranked):
 
     def __init__(
         self, ctx, description, lists: ClusterLists, nprobe: int, rerank: int | None,
-        project: np.ndarray | None = None,
+        project: np.ndarray | None = None, products: str = "numpy",
     ):  # fmt: skip
         super().__init__(ctx, description, rerank)
         self.lists = lists
         self.nprobe = nprobe
         self.project = project
         self.exact_scores = project is None
+        self.products = products
 
     def _candidates(self, queries, rows, cluster, question, k):
         return probe_outside_cluster(
             self.lists, self.ctx.centroids, queries, rows, cluster, question, self.ctx.layout,
             self.ctx.positives, k, nprobe=self.nprobe, project=self.project,
+            products=self.products,
         )  # fmt: skip
 
 

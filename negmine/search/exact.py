@@ -22,6 +22,7 @@ import numpy as np
 
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .common import QUERY_BLOCK, _new_heap, faiss_single_threaded, run_query_blocks
+from .products import matmul_into, product_threads
 
 __all__ = ["QUERY_BLOCK", "SOURCE_CHUNK", "exact_outside_cluster", "workspace_for"]
 
@@ -44,6 +45,7 @@ def exact_outside_cluster(
     cluster_sorted: bool = False,
     workspace: np.ndarray | None = None,
     score_cut: tuple[np.ndarray, np.ndarray] | None = None,
+    products: str = "numpy",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products outside each query's cluster.
 
@@ -77,6 +79,9 @@ def exact_outside_cluster(
         array: scores above a row's last threshold are excluded like the
         skipped cluster, and ``counts[:, j]`` receives how many sources outside
         the cluster and not positives scored above threshold ``j``.
+    products : {"numpy", "torch"}
+        Library of the products (see :mod:`negmine.search.products`): numpy's
+        BLAS on the threads the caller gave it, or torch on as many.
 
     Returns
     -------
@@ -94,10 +99,11 @@ def exact_outside_cluster(
     # Each heap update runs single-threaded on a share of the rows in plain
     # threads (the FAISS call releases the GIL).
     n_workers = max(1, min(os.cpu_count() or 1, 8))
-    with faiss_single_threaded(), ThreadPoolExecutor(n_workers) as pool:
+    with faiss_single_threaded(), ThreadPoolExecutor(n_workers) as pool, product_threads(products):
         kernel = _BlockKernel(
             vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace
         )
+        kernel.products = products
         run = kernel.run if score_cut is None else _with_cut(kernel.run, *score_cut)
         run_query_blocks(run, QUERY_BLOCK, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
@@ -135,6 +141,7 @@ class _BlockKernel:
         ok = workspace is not None and workspace.dtype == np.float32 and workspace.size >= size
         self.buf = workspace if ok else np.empty(size, dtype=np.float32)
         self.over = np.empty(0, dtype=bool)
+        self.products = "numpy"
 
     def _mask_runs(self, scores, s0, s1, runs) -> None:
         lay = self.layout
@@ -235,7 +242,7 @@ class _BlockKernel:
             s1 = min(s0 + self.chunk, n_s)
             ns = s1 - s0
             scores = self.buf[: nb * ns].reshape(nb, ns)
-            np.matmul(xq, self.vectors[s0:s1].T, out=scores)
+            matmul_into(xq, self.vectors[s0:s1], scores, self.products)
             self._mask_runs(scores, s0, s1, runs)
             hit = (pos_col >= s0) & (pos_col < s1)
             scores[owner[hit], pos_col[hit] - s0] = -np.inf

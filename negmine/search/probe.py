@@ -21,7 +21,8 @@ import numpy as np
 
 from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
-from .common import blas_threads, faiss_single_threaded, heap_over, run_query_blocks
+from .common import faiss_single_threaded, heap_over, run_query_blocks
+from .products import matmul_into, product_threads
 
 __all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists", "probe_outside_cluster", "recall_at_k"]
 
@@ -82,6 +83,7 @@ def probe_outside_cluster(
     nprobe: int,
     progress: Callable[[int], None] | None = None,
     project: np.ndarray | None = None,
+    products: str = "numpy",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products over the ``nprobe`` nearest clusters but one's own.
 
@@ -121,6 +123,9 @@ def probe_outside_cluster(
         Axes the lists are reduced to (``vectors`` then holds ``m`` columns):
         probe sets are still chosen with the full queries, the products use
         ``queries @ project.T``, and the scores are those reduced products.
+    products : {"numpy", "torch"}
+        Library of the query x source products (see
+        :mod:`negmine.search.products`), on :data:`PROBE_BLAS_THREADS` threads.
 
     Returns
     -------
@@ -150,7 +155,8 @@ def probe_outside_cluster(
     if not isinstance(vectors, ClusterLists):
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
     kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project)
-    with faiss_single_threaded(), blas_threads(PROBE_BLAS_THREADS):
+    kernel.products = products
+    with faiss_single_threaded(), product_threads(products, PROBE_BLAS_THREADS):
         run_query_blocks(kernel.run, PROBE_BLOCK, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
@@ -171,6 +177,7 @@ class _ProbeKernel:
         self.cand_d = np.empty(0, dtype=np.float32)
         self.cand_i = np.empty(0, dtype=np.int64)
         self.local = np.empty(0, dtype=np.int64)
+        self.products = "numpy"
 
     def _scores(self, n: int) -> np.ndarray:
         if self.buf.size < n:
@@ -229,7 +236,7 @@ class _ProbeKernel:
                 sub = rows[r0 : r0 + step]
                 n_sub = sub.size
                 scores = self._scores(n_sub * width).reshape(n_sub, width)
-                np.matmul(xq[sub], src.T, out=scores)
+                matmul_into(xq[sub], src, scores, self.products)
                 if p1 > p0:
                     local[sub] = np.arange(n_sub)
                     hit_row = local[pos_row[p0:p1]]
