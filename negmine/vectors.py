@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import normalized_float32, take_rows
+from ._checks import normalized_float32, release_pages, take_rows
 from .layout import PositiveSets, csr_expand
 
 __all__ = ["SourceVectors", "question_vectors"]
@@ -92,6 +92,20 @@ class SourceVectors:
         if self._gather is not None:
             return self._gather(ids, out)
         return normalized_float32(take_rows(self.raw, ids), out=out)
+
+    def gather_mapped(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Like :meth:`gather`, but a memory-mapped input stays mapped: for many
+        scattered gathers in a row (an exact re-rank), where dropping the pages
+        after each would fault them in again and again. Call :meth:`release`
+        after the last one.
+        """
+        if self._gather is not None:
+            return self._gather(ids, out)
+        return normalized_float32(np.take(np.asarray(self.raw), ids, axis=0), out=out)
+
+    def release(self) -> None:
+        """Drop the pages :meth:`gather_mapped` left mapped (see :func:`release_pages`)."""
+        release_pages(self.raw)
 
     def _bufs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self._a.shape[0] < n:

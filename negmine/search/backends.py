@@ -137,11 +137,9 @@ class ExactBackend(Tier3Backend):
         )  # fmt: skip
 
 
-#: Query rows whose candidates are gathered together (their union, once).
-RESCORE_ROWS = 4096
-#: Query rows scored at once from the gathered union (bounds the [rows, k', d]
-#: operand to a few tens of MiB).
-SCORE_ROWS = 256
+#: Query rows re-scored at once: their candidates' vectors (``rows x k'`` of them,
+#: gathered into one reused buffer) stay within a few tens of MiB.
+RESCORE_ROWS = 256
 
 
 class _Reranked(Tier3Backend):
@@ -171,30 +169,37 @@ class _Reranked(Tier3Backend):
         """Keep the ``k`` best of candidates ``ids`` [M, k'] by exact cosine to
         ``queries[rows]``, descending, ties by lower id.
 
-        Each chunk of :data:`RESCORE_ROWS` rows gathers the union of its
-        candidates once (queries come grouped by the cluster they skip, so
-        neighbouring rows share many candidates) and scores each row's own.
+        Candidates are gathered :data:`RESCORE_ROWS` query rows at a time into
+        one reused buffer, and each row's scored against its own. Memory-mapped
+        embeddings stay mapped until the end of the call (the resident set may
+        grow by the pages the candidates touch), then are released.
         """
-        m = ids.shape[0]
+        m, kk = ids.shape
         out_d = np.empty((m, k), dtype=np.float32)
         out_i = np.empty((m, k), dtype=np.int64)
         id_max = np.iinfo(np.int64).max
-        for r0 in range(0, m, RESCORE_ROWS):
-            blk = ids[r0 : r0 + RESCORE_ROWS]
+        step = max(1, min(RESCORE_ROWS, m))
+        buf = self._buffer(step * kk, queries.shape[1])
+        raw = self.ctx.raw_vectors
+        for r0 in range(0, m, step):
+            blk = ids[r0 : r0 + step]
             ok = blk >= 0
-            uniq, at = np.unique(np.where(ok, blk, 0), return_inverse=True)
-            vec = self.ctx.raw_vectors.gather(uniq)
-            at = at.reshape(blk.shape)
-            q = queries[rows[r0 : r0 + RESCORE_ROWS]]
-            sc = np.empty(blk.shape, dtype=np.float32)
-            for s0 in range(0, blk.shape[0], SCORE_ROWS):
-                s1 = s0 + SCORE_ROWS
-                sc[s0:s1] = np.einsum("md,mkd->mk", q[s0:s1], vec[at[s0:s1]])
-            sc[~ok] = -np.inf
+            n = blk.size
+            vec = raw.gather_mapped(np.where(ok, blk, 0).reshape(-1), out=buf[:n])
+            q = queries[rows[r0 : r0 + step]]
+            sc = np.einsum("md,mkd->mk", q, vec.reshape(*blk.shape, -1))
+            sc = np.where(ok, sc, -np.inf).astype(np.float32)
             order = np.lexsort((np.where(ok, blk, id_max), -sc), axis=-1)[:, :k]
-            out_d[r0 : r0 + RESCORE_ROWS] = np.take_along_axis(sc, order, 1)
-            out_i[r0 : r0 + RESCORE_ROWS] = np.take_along_axis(blk, order, 1)
+            out_d[r0 : r0 + step] = np.take_along_axis(sc, order, 1)
+            out_i[r0 : r0 + step] = np.take_along_axis(blk, order, 1)
+        raw.release()
         return out_d, out_i
+
+    def _buffer(self, n: int, d: int) -> np.ndarray:
+        buf = getattr(self, "_vec_buf", None)
+        if buf is None or buf.shape[0] < n or buf.shape[1] != d:
+            buf = self._vec_buf = np.empty((n, d), dtype=np.float32)
+        return buf
 
 
 class ProbeBackend(_Reranked):
