@@ -164,7 +164,7 @@ def _bench(args: argparse.Namespace) -> int:
         results = run_store(
             args.store, args.spec or ["clusters", "clusters,fast"], args.target_recall,
             corpus=args.corpus, curve=nprobes, exact_sample=args.exact_sample,
-            work_dir=args.work_dir,
+            work_dir=args.work_dir, pairs_sample=args.pairs_sample,
         )  # fmt: skip
     else:
         names = [w.strip() for w in args.workloads.split(",") if w.strip()]

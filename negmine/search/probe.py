@@ -7,7 +7,11 @@ those clusters, minus its question's positives. Work per block of queries is
 inverted: each probed cluster is visited once, with one matrix product of the
 queries probing it against the cluster's contiguous slice of the
 cluster-sorted sources, so the cost scales with ``nprobe / C`` of the exact
-kernel's.
+kernel's. Each query keeps one running top-``k`` heap across its clusters,
+fed its nearest cluster first; once a heap is warm, only the scores above its
+smallest kept one are pushed (:func:`_admit`). With ``project`` the lists
+hold reduced (PCA) rows and the products are ``m``-wide
+(:mod:`negmine.index.reduce`).
 
 :func:`recall_at_k` measures how much of an exact result an approximate one
 recovers.
@@ -294,9 +298,7 @@ def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> No
     cols = np.full((n, most), -1, dtype=np.int64)
     vals[r, at] = scores[r, c]
     cols[r, at] = c + lo
-    heap_over(dist, ids).addn_with_ids(
-        most, faiss.swig_ptr(vals), faiss.swig_ptr(cols), most, 0, n
-    )
+    heap_over(dist, ids).addn_with_ids(most, faiss.swig_ptr(vals), faiss.swig_ptr(cols), most, 0, n)
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
