@@ -152,13 +152,12 @@ def build_clusters(
 
     Returns
     -------
-    index : faiss.IndexIVF
+    index : faiss.IndexIVF or faiss.IndexPreTransform
     factory : str
-        ``"IVF<C>,Flat"``, ``"IVF<C>,SQfp16"`` or ``"IVF<C>,SQ8"``.
+        ``"IVF<C>,Flat"``, ``"IVF<C>,SQfp16"``, ``"IVF<C>,SQ8"`` or ``"PCA<m>,IVF<C>,Flat"``.
     manifest : dict
         The ``"clusters"`` entry of the index manifest.
     """
-    import faiss
 
     from .._checks import check_ids
 
@@ -179,35 +178,11 @@ def build_clusters(
                     upper_what="C = len(centroid_embeddings)")  # fmt: skip
     if scl.shape[0] != n:
         fail("source_cluster_ids", f"have one entry per source (S = {n})", f"length {scl.shape[0]}")
-    ip = faiss.METRIC_INNER_PRODUCT
-    info: dict[str, Any] = {}
     if reduced:
-        axes, mean, info = fit_pca(src, dims)
-        bias = -(axes @ mean)
-        m = axes.shape[0]
-        quantizer = faiss.IndexFlatIP(m)
-        quantizer.add(np.ascontiguousarray(cen @ axes.T))
-        ivf = faiss.IndexIVFFlat(quantizer, m, n_c, ip)
-        _add_in_lists(ivf, src, scl, lambda x: reduce_rows(x, axes, bias))
-        index = wrap_reduced(ivf, axes, mean)
-        name = f"PCA{m}"
-        factory = f"PCA{m},IVF{n_c},Flat"
-        info = {"method": "pca", "spec": codec, **info, "centred": True,
-                "width_bytes": 4 * m, "query": "projected without centring"}  # fmt: skip
+        index, name, info = _reduced_lists(src, scl, cen, dims, codec)
+        factory = f"{name},IVF{n_c},Flat"
     else:
-        quantizer = faiss.IndexFlatIP(d)
-        quantizer.add(cen)
-        if codec == "flat":
-            index = faiss.IndexIVFFlat(quantizer, d, n_c, ip)
-        else:
-            qt = faiss.ScalarQuantizer.QT_8bit if codec == "sq8" else faiss.ScalarQuantizer.QT_fp16
-            index = faiss.IndexIVFScalarQuantizer(quantizer, d, n_c, qt, ip, False)
-        if not index.is_trained:  # the scalar quantizer's ranges; the lists are fixed
-            rng = np.random.default_rng(0)
-            take = np.sort(rng.choice(n, size=min(n, 65536), replace=False))
-            index.train(normalized_float32(src[take]))
-        _add_in_lists(index, src, scl)
-        name = _CODECS[codec][0]
+        index, name, info = _float_lists(src, scl, cen, codec), _CODECS[codec][0], {}
         factory = f"IVF{n_c},{name}"
     extra = {
         "clusters": {
@@ -221,3 +196,43 @@ def build_clusters(
     if info:
         extra["clusters"]["reduction"] = info
     return index, factory, extra
+
+
+def _float_lists(src: np.ndarray, scl: np.ndarray, cen: np.ndarray, codec: str) -> Any:
+    """IVF lists of float32, fp16 or SQ8 values over the normalised sources."""
+    import faiss
+
+    n, d = src.shape
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(cen)
+    ip = faiss.METRIC_INNER_PRODUCT
+    if codec == "flat":
+        index = faiss.IndexIVFFlat(quantizer, d, cen.shape[0], ip)
+    else:
+        qt = faiss.ScalarQuantizer.QT_8bit if codec == "sq8" else faiss.ScalarQuantizer.QT_fp16
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, cen.shape[0], qt, ip, False)
+    if not index.is_trained:  # the scalar quantizer's ranges; the lists are fixed
+        rng = np.random.default_rng(0)
+        take = np.sort(rng.choice(n, size=min(n, 65536), replace=False))
+        index.train(normalized_float32(src[take]))
+    _add_in_lists(index, src, scl)
+    return index
+
+
+def _reduced_lists(
+    src: np.ndarray, scl: np.ndarray, cen: np.ndarray, dims: int | None, codec: str
+) -> tuple[Any, str, dict[str, Any]]:
+    """IVF lists of the sources reduced on their principal axes (see
+    :mod:`negmine.index.reduce`), the codec's name and the manifest's record."""
+    import faiss
+
+    axes, mean, info = fit_pca(src, dims)
+    bias = -(axes @ mean)
+    m = axes.shape[0]
+    quantizer = faiss.IndexFlatIP(m)
+    quantizer.add(np.ascontiguousarray(cen @ axes.T))
+    ivf = faiss.IndexIVFFlat(quantizer, m, cen.shape[0], faiss.METRIC_INNER_PRODUCT)
+    _add_in_lists(ivf, src, scl, lambda x: reduce_rows(x, axes, bias))
+    record = {"method": "pca", "spec": codec, **info, "centred": True, "width_bytes": 4 * m,
+              "query": "projected without centring"}  # fmt: skip
+    return wrap_reduced(ivf, axes, mean), f"PCA{m}", record
