@@ -22,6 +22,7 @@ from .assemble import RNG_BLOCK
 from .config import MiningConfig
 from .index import SourceIndex, fingerprint
 from .index.lists import ClusterLists
+from .index.reduce import DEFAULT_RERANK
 from .inputs import MiningInputs
 from .layout import ClusterLayout, PositiveSets, adjacent_clusters
 from .search.backends import (
@@ -48,7 +49,7 @@ CLUSTERS_NPROBE = 32
 #: Re-rank factor of compressed ``"clusters"`` lists when no ``rerank`` is given.
 COMPRESSED_RERANK = 4
 #: Re-rank factor of reduced ``"clusters,PCA<m>"`` lists when no ``rerank`` is given.
-REDUCED_RERANK = 8
+REDUCED_RERANK = DEFAULT_RERANK
 
 IndexArg = SourceIndex | str | os.PathLike | None
 

@@ -119,6 +119,7 @@ def test_manifest_records_the_reduction(tmp_path, corpus):
     red = man["clusters"]["reduction"]
     assert man["factory"] == "PCA8,IVF10,Flat" and man["clusters"]["codec"] == "PCA8"
     assert red["dims"] == 8 and red["width_bytes"] == 32 and red["centred"] is True
+    assert red["rerank_default"] == REDUCED_LADDER[0]
     src = unit(corpus["source_embeddings"])
     ev = np.linalg.eigvalsh(np.cov(src.T, bias=True))[::-1]
     assert red["energy"] == pytest.approx(ev[:8].sum() / ev.sum(), abs=1e-3)

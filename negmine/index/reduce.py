@@ -29,6 +29,7 @@ import numpy as np
 from .._checks import fail, normalized_float32
 
 __all__ = [
+    "DEFAULT_RERANK",
     "FAST_ENERGY",
     "fit_pca",
     "parse_reduction",
@@ -39,6 +40,8 @@ __all__ = [
 
 #: Share of the centred sources' energy ``"clusters,fast"`` keeps.
 FAST_ENERGY = 0.8
+#: Re-rank factor of reduced lists when a run gives none (recorded in the manifest).
+DEFAULT_RERANK = 8
 #: Sources the principal axes are fitted on (an even sample).
 PCA_SAMPLE = 65536
 _PCA = re.compile(r"pca(\d+)")

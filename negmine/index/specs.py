@@ -14,7 +14,7 @@ import numpy as np
 
 from .._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
 from .manifest import _FP_CHUNK, assignment_fingerprint, fingerprint
-from .reduce import fit_pca, parse_reduction, reduce_rows, wrap_reduced
+from .reduce import DEFAULT_RERANK, fit_pca, parse_reduction, reduce_rows, wrap_reduced
 
 __all__ = [
     "AUTO_FAST_MIN",
@@ -234,5 +234,5 @@ def _reduced_lists(
     ivf = faiss.IndexIVFFlat(quantizer, m, cen.shape[0], faiss.METRIC_INNER_PRODUCT)
     _add_in_lists(ivf, src, scl, lambda x: reduce_rows(x, axes, bias))
     record = {"method": "pca", "spec": codec, **info, "centred": True, "width_bytes": 4 * m,
-              "query": "projected without centring"}  # fmt: skip
+              "query": "projected without centring", "rerank_default": DEFAULT_RERANK}  # fmt: skip
     return wrap_reduced(ivf, axes, mean), f"PCA{m}", record
