@@ -6,7 +6,8 @@ run's tier-3 queries (the pair's cluster and the question's positives
 excluded, as mining does) at a ladder of settings, cheapest first, and keeps
 the first whose recall@k against exact search reaches ``R``:
 
-* ``nprobe`` (``1, 2, 4, ...`` up to every list) for a ``"clusters"`` index,
+* ``nprobe`` (``1, 2, 3, 4, 6, 8, 11, 16, ...``, steps of about sqrt 2, up to
+  every list) for a ``"clusters"`` index,
   the built-in probing over the user's clusters and a FAISS IVF index;
 * ``ef_search`` (``16, 32, ...`` up to :data:`EF_SEARCH_MAX`, or the index's
   size) for an HNSW index;
@@ -63,6 +64,19 @@ REDUCED_LADDER = (REDUCED_RERANK, 2 * REDUCED_RERANK, 4 * REDUCED_RERANK)
 _SETTINGS = ("nprobe", "ef_search", "rerank")
 
 
+def _nprobes(hi: int) -> list[int]:
+    """``nprobe`` values ``1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, ...`` (steps of
+    about sqrt 2, so the chosen one costs at most ~1.4x the cheapest that would
+    do) below ``hi``, then ``hi``."""
+    out: list[int] = []
+    i = 0
+    while (v := round(2 ** (i / 2))) < hi:
+        if not out or v > out[-1]:
+            out.append(v)
+        i += 1
+    return [*out, hi]
+
+
 def _doubling(lo: int, hi: int) -> list[int]:
     """``lo, 2 lo, 4 lo, ...`` below ``hi``, then ``hi``."""
     out, v = [], lo
@@ -104,7 +118,7 @@ def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
     """
     index, n_c = plan.index, plan.inputs.n_clusters
     if index is None or index.is_clusters:
-        steps = [{"nprobe": v} for v in _doubling(1, max(1, n_c - 1))]
+        steps = [{"nprobe": v} for v in _nprobes(max(1, n_c - 1))]
         if index is None or index.manifest["clusters"]["codec"] == "Flat":
             return steps
         if index.reduction is not None:
@@ -115,7 +129,7 @@ def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
     steps = (
         []
         if knob is None
-        else [{knob: v} for v in _doubling(16 if knob == "ef_search" else 1, top)]
+        else [{knob: v} for v in (_doubling(16, top) if knob == "ef_search" else _nprobes(top))]
     )
     if lossy:
         last = steps[-1] if steps else {}

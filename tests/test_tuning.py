@@ -83,14 +83,14 @@ def test_tuning_reaches_the_target_at_the_cheapest_setting(small, spec):
 def test_ladders_go_from_cheap_to_deep(small, big):
     ivf = search_ladder(NegativeMiner(*_args(small), index=_build(small, "IVF8,Flat"),
                                       nprobe=1, **T3_ONLY).plan)  # fmt: skip
-    assert ivf == [{"nprobe": n} for n in (1, 2, 4, 8)]
+    assert ivf == [{"nprobe": n} for n in (1, 2, 3, 4, 6, 8)]
     sq = search_ladder(NegativeMiner(*_args(small), index=_build(small, "clusters,SQ8"),
                                      nprobe=1, **T3_ONLY).plan)  # fmt: skip
-    assert sq == [{"nprobe": n} for n in (1, 2, 4, 8, 9)] + [
+    assert sq == [{"nprobe": n} for n in (1, 2, 3, 4, 6, 8, 9)] + [
         {"nprobe": 9, "rerank": r} for r in (8, 16, 32)
     ]
     builtin = search_ladder(NegativeMiner(*_args(small), nprobe=1, **T3_ONLY).plan)
-    assert builtin == [{"nprobe": n} for n in (1, 2, 4, 8, 9)]
+    assert builtin == [{"nprobe": n} for n in (1, 2, 3, 4, 6, 8, 9)]
 
 
 # ---------------------------------------------------------------- the default target
