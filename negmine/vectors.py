@@ -205,11 +205,12 @@ class SourceVectors:
             p1 = min(p0 + CHUNK, ids.shape[0])
             uq, inv = question_vectors(raw_questions, questions[p0:p1])
             qv = np.take(uq, inv, axis=0, out=qbuf[: p1 - p0])
-            av = self.gather(anchors[p0:p1], abuf[: p1 - p0])
+            av = self.gather_mapped(anchors[p0:p1], abuf[: p1 - p0])
             for j in range(ids.shape[1]):
-                sv = self.gather(ids[p0:p1, j], sbuf[: p1 - p0])
+                sv = self.gather_mapped(ids[p0:p1, j], sbuf[: p1 - p0])
                 out[p0:p1, j] = np.einsum("ij,ij->i", qv, sv)
                 out_a[p0:p1, j] = np.einsum("ij,ij->i", av, sv)
+        self.release()  # scattered gathers kept the file mapped until here
         return out, out_a
 
     def question_to_source(

@@ -235,9 +235,8 @@ def test_auto_records_its_choice(corpus):
 def test_choose_spec_follows_size_and_budget():
     g = 2**30
     assert choose_spec(50_000, 384, True, 8 * g)[0] == "flat"
-    assert choose_spec(400_000, 384, True, 8 * g)[0] == "clusters"
-    # Large, or float32 over budget: reduced lists (at most d/2 floats a source) if they fit.
-    assert choose_spec(1_000_000, 384, True, 8 * g)[0] == "clusters,fast"
+    assert choose_spec(1_000_000, 384, True, 8 * g)[0] == "clusters"
+    # float32 over budget: reduced lists (at most d/2 floats a source) if they fit.
     assert choose_spec(400_000, 384, True, g // 2)[0] == "clusters,fast"  # float32: 0.57 GiB
     assert choose_spec(1_000_000, 384, True, g)[0] == "clusters,fast"  # 0.73 GiB fits
     # (reduced lists take at most what fp16 takes, and search faster: fp16 is never chosen)

@@ -17,7 +17,6 @@ from .manifest import _FP_CHUNK, assignment_fingerprint, fingerprint
 from .reduce import DEFAULT_RERANK, fit_pca, parse_reduction, reduce_rows, wrap_reduced
 
 __all__ = [
-    "AUTO_FAST_MIN",
     "AUTO_FLAT_MAX",
     "assignment_fingerprint",
     "build_clusters",
@@ -28,10 +27,6 @@ __all__ = [
 #: Below this many sources "auto" keeps exact search: one blocked matrix
 #: product over them costs about as much as building an index would save.
 AUTO_FLAT_MAX = 100_000
-#: From this many sources "auto" gives clustered data reduced lists
-#: (``"clusters,fast"``): their candidate pass costs a fraction of float32
-#: products (see docs/benchmarks.md).
-AUTO_FAST_MIN = 500_000
 
 _CODECS = {"flat": ("Flat", 4), "fp16": ("SQfp16", 2), "sq8": ("SQ8", 1)}
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -71,9 +66,11 @@ def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, s
     budget, then fp16 (half), then 8-bit scalar quantisation (a quarter).
     When the clusters are known, the inverted lists are the clusters
     themselves (``"clusters"``): tier 3 must skip the pair's own cluster, and
-    generic lists crowd around it; from :data:`AUTO_FAST_MIN` sources, or when
-    float32 lists exceed the budget, they are reduced (``"clusters,fast"``)
-    if those fit, and compressed otherwise. Without clusters, ``IVF<K>`` with ``K``
+    generic lists crowd around it; when float32 lists exceed the budget, they
+    are reduced (``"clusters,fast"``) if those fit, and compressed otherwise.
+    Reduced lists are not chosen for speed: on the benchmark corpus at a
+    million sources they mined no faster than float32 lists at the same
+    recall (docs/benchmarks.md). Without clusters, ``IVF<K>`` with ``K``
     about ``8 sqrt(n)`` (the guidelines give 4 to 16 ``sqrt(n)``), with an
     HNSW coarse quantizer from a million sources on.
 
@@ -112,11 +109,9 @@ def _clusters_choice(
     """The ``"auto"`` choice among cluster lists: float32, reduced, compressed."""
     lists = "clusters given, so the lists are the clusters (tier 3 skips the own cluster)"
     fast_bytes = n * max(1, d // 2) * 4  # reduced lists at their widest
-    large = n >= AUTO_FAST_MIN
-    if (codec != "flat" or large) and fast_bytes * 1.05 <= budget:
-        cause = f"{n} sources >= {AUTO_FAST_MIN}" if large else "float32 over budget"
+    if codec != "flat" and fast_bytes * 1.05 <= budget:
         return "clusters,fast", (
-            f"{size}; {lists}; {cause}: reduced (PCA) lists, at most "
+            f"{size}; {lists}; float32 over budget: reduced (PCA) lists, at most "
             f"{fast_bytes / 2**20:.0f} MiB, a cheap candidate pass re-ranked exactly, fit the "
             f"budget of {budget / 2**20:.0f} MiB"
         )
