@@ -219,6 +219,7 @@ def run_store(
               f"{prep['generate_s']} s)", flush=True)  # fmt: skip
         ex = [] if not exact_sample else [_spawn(f"--exact={work}:{exact_sample}")]
         builds, runs, curves = [], [], []
+        failed: list[dict[str, str]] = []
         for spec in specs:
             b = _spawn(f"--build={work}:{spec}")
             builds.append(b)
@@ -227,7 +228,13 @@ def run_store(
                   f"{b['index_bytes'] / 2**20:,.0f} MiB"
                   + (f", {red['dims']} dims keep {red['energy']:.0%} of the energy" if red else "")
                   + f"; build peak RSS {b['build_peak_rss_mb']:,} MB", flush=True)  # fmt: skip
-            r = _spawn(f"--mine={work}:{spec}:{target}:{pairs_sample}")
+            try:
+                r = _spawn(f"--mine={work}:{spec}:{target}:{pairs_sample}")
+            except RuntimeError as e:  # e.g. a target this storage cannot reach
+                why = str(e).strip().splitlines()[-1]
+                print(f"[{spec}] not mined: {why}", flush=True)
+                failed.append({"spec": spec, "error": why})
+                continue
             r["rss_ratio"] = round(r["peak_rss_mb"] / src_mb, 2)
             runs.append(r)
             print(f"[{spec}] tuned to recall@3 >= {target} in {r['tuning_s']} s: "
@@ -265,8 +272,10 @@ def run_store(
             ex_txt = f", {r['speedup_vs_exact']}x exact" if "speedup_vs_exact" in r else ""
             print(f"  {r['spec']:<16} mining {r['mine_s']:>7.1f} s  ({vs}{ex_txt}); recall@3 "
                   f"{r['recall']}; peak RSS {r['rss_ratio']}x the sources")  # fmt: skip
+        for f in failed:
+            print(f"  {f['spec']:<16} not mined (see above)")
         return {"workload": name, "corpus": corpus, "prepare": prep, "builds": builds,
-                "runs": runs, "curves": curves, "exact": ex}  # fmt: skip
+                "runs": runs, "failed": failed, "curves": curves, "exact": ex}  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
