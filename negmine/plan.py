@@ -163,14 +163,12 @@ class MiningPlan:
     def exact_lists(self) -> ClusterLists:
         """float32 lists of every cluster, for exact reference searches."""
         index = self.index
-        if index is not None and index.is_clusters and _codec(index) == "Flat":
+        if index is None:  # the plan holds the cluster-ordered copy
+            return ClusterLists.from_sorted(self.sorted_sources, self.layout.offsets)
+        if index.is_clusters and _codec(index) == "Flat":
             return self.backend.lists
-        if index is not None and self.sorted_sources is None:
-            # No full copy beside an index: each cluster gathered when searched.
-            return raw_cluster_lists(self.inputs.sources, self.layout)
-        if self.sorted_sources is None:
-            self.sorted_sources = sorted_sources(self.inputs.sources, self.layout)
-        return ClusterLists.from_sorted(self.sorted_sources, self.layout.offsets)
+        # No full copy beside an index: each cluster gathered when searched.
+        return raw_cluster_lists(self.inputs.sources, self.layout)
 
     def search_params(self) -> dict[str, int]:
         """The search settings in force: nprobe, ef_search, rerank."""

@@ -201,9 +201,7 @@ def tune(
     pick = _even_sample(plan.n_tier3, size)
     cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
     qvec, rows = question_vectors(plan.inputs.questions, qq)
-    kept = plan.sorted_sources
     _, exact = plan.backend.reference(qvec, rows, cl, qq, k)
-    plan.sorted_sources = kept  # a sorted copy made for the reference is not kept for mining
     t_exact = time.perf_counter() - t0
     tried: list[dict[str, Any]] = []
     for step in search_ladder(plan):

@@ -152,6 +152,7 @@ class _Reranked(Tier3Backend):
     def __init__(self, ctx, description, rerank: int | None):
         super().__init__(ctx, description)
         self.rerank = rerank
+        self._vec_buf = np.empty((0, 0), dtype=np.float32)
 
     def search(self, queries, rows, cluster, question, k, score_cut=None):
         r = self.rerank or 1
@@ -196,10 +197,9 @@ class _Reranked(Tier3Backend):
         return out_d, out_i
 
     def _buffer(self, n: int, d: int) -> np.ndarray:
-        buf = getattr(self, "_vec_buf", None)
-        if buf is None or buf.shape[0] < n or buf.shape[1] != d:
-            buf = self._vec_buf = np.empty((n, d), dtype=np.float32)
-        return buf
+        if self._vec_buf.shape[0] < n or self._vec_buf.shape[1] != d:
+            self._vec_buf = np.empty((n, d), dtype=np.float32)
+        return self._vec_buf
 
 
 class ProbeBackend(_Reranked):
