@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import build_index as _build
 from reference import check_rows, small_corpus, tier3_reference
 
 from negmine import NegativeMiner
@@ -23,16 +24,6 @@ def _args(c: dict) -> tuple:
         c["pair_indices"],
         c["pair_cluster_ids"],
         c["source_cluster_ids"],
-    )
-
-
-def _build(c: dict, spec: str, **kw) -> SourceIndex:
-    return SourceIndex.build(
-        c["source_embeddings"],
-        spec,
-        source_cluster_ids=c["source_cluster_ids"],
-        centroid_embeddings=c["centroid_embeddings"],
-        **kw,
     )
 
 

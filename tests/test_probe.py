@@ -6,38 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import kernel_inputs as _inputs
 from reference import positives_of, small_corpus, unit
 
 import negmine.search.probe as probe_mod
-from negmine._checks import normalized_float32
-from negmine.layout import ClusterLayout, PositiveSets, adjacent_clusters
 from negmine.search import exact_outside_cluster
 from negmine.search.probe import probe_outside_cluster, recall_at_k
 from negmine.synth import make_corpus
-
-
-def _inputs(corpus: dict) -> dict:
-    """Kernel inputs the way the miner builds them: one query per distinct
-    (cluster, question), sorted by cluster then question."""
-    scl = corpus["source_cluster_ids"].astype(np.int64)
-    cent = corpus["centroid_embeddings"]
-    n_c = cent.shape[0]
-    pairs = corpus["pair_indices"]
-    n_q = corpus["question_embeddings"].shape[0]
-    layout = ClusterLayout.build(scl, n_c, adjacent_clusters(cent, 2))
-    key = np.unique(corpus["pair_cluster_ids"].astype(np.int64) * n_q + pairs[:, 0])
-    qc = key // n_q
-    qq = key - qc * n_q
-    return {
-        "vectors": normalized_float32(corpus["source_embeddings"])[layout.order],
-        "centroids": normalized_float32(cent),
-        "queries": normalized_float32(corpus["question_embeddings"]),
-        "query_rows": qq,
-        "query_cluster": qc,
-        "query_question": qq,
-        "layout": layout,
-        "positives": PositiveSets.from_pairs(pairs, n_q),
-    }
 
 
 def _probe(inp: dict, k: int, nprobe: int):

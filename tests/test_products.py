@@ -7,17 +7,16 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import kernel_inputs as _inputs
 from reference import positives_of, small_corpus, unit
 from threadpoolctl import threadpool_limits
 
 from negmine import NegativeMiner
-from negmine._checks import normalized_float32
 from negmine.bench import bare_product_seconds
 from negmine.cli import _build_parser
 from negmine.cli.mine import _miner_keywords, mine, print_stats
 from negmine.config import MiningConfig
 from negmine.inputs import check_inputs
-from negmine.layout import ClusterLayout, PositiveSets, adjacent_clusters
 from negmine.plan import make_plan
 from negmine.run_key import run_key
 from negmine.search.exact import exact_outside_cluster
@@ -55,28 +54,6 @@ def test_matmul_into_matches_float64(lib):
         warnings.simplefilter("error")  # the library stays silent
         matmul_into(a, ro, out2, lib)
     np.testing.assert_allclose(out2, a.astype(np.float64) @ ro.T.astype(np.float64), atol=TOL)
-
-
-def _inputs(corpus: dict) -> dict:
-    """Kernel inputs as the miner builds them: one query per (cluster, question)."""
-    scl = corpus["source_cluster_ids"].astype(np.int64)
-    cent = corpus["centroid_embeddings"]
-    pairs = corpus["pair_indices"]
-    n_q = corpus["question_embeddings"].shape[0]
-    layout = ClusterLayout.build(scl, cent.shape[0], adjacent_clusters(cent, 2))
-    key = np.unique(corpus["pair_cluster_ids"].astype(np.int64) * n_q + pairs[:, 0])
-    qc = key // n_q
-    qq = key - qc * n_q
-    return {
-        "vectors": normalized_float32(corpus["source_embeddings"])[layout.order],
-        "centroids": normalized_float32(cent),
-        "queries": normalized_float32(corpus["question_embeddings"]),
-        "query_rows": qq,
-        "query_cluster": qc,
-        "query_question": qq,
-        "layout": layout,
-        "positives": PositiveSets.from_pairs(pairs, n_q),
-    }
 
 
 def _exact(inp: dict, k: int, lib: str):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import build_index as _build
 from reference import check_rows, small_corpus, unit
 
 from negmine import NegativeMiner
@@ -17,15 +18,6 @@ from negmine.tuning import REDUCED_LADDER, search_ladder
 
 MINE = {"n_neg": 6, "tier_proportions": [1, 1, 3, 1], "adjacent_k": 2, "seed": 3}
 T3 = {"n_neg": 3, "tier_proportions": [0, 0, 3, 0], "adjacent_k": 1, "seed": 3}
-
-
-def _build(c: dict, spec: str) -> SourceIndex:
-    return SourceIndex.build(
-        c["source_embeddings"],
-        spec,
-        source_cluster_ids=c["source_cluster_ids"],
-        centroid_embeddings=c["centroid_embeddings"],
-    )
 
 
 def _tier3(res: dict) -> np.ndarray:

@@ -1,0 +1,43 @@
+"""Helpers tests share that build negmine's own inputs (references live in ``reference``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from negmine._checks import normalized_float32
+from negmine.index import SourceIndex
+from negmine.layout import ClusterLayout, PositiveSets, adjacent_clusters
+
+
+def kernel_inputs(corpus: dict) -> dict:
+    """Kernel inputs the way the miner builds them: one query per distinct
+    (cluster, question), sorted by cluster then question."""
+    scl = corpus["source_cluster_ids"].astype(np.int64)
+    cent = corpus["centroid_embeddings"]
+    pairs = corpus["pair_indices"]
+    n_q = corpus["question_embeddings"].shape[0]
+    layout = ClusterLayout.build(scl, cent.shape[0], adjacent_clusters(cent, 2))
+    key = np.unique(corpus["pair_cluster_ids"].astype(np.int64) * n_q + pairs[:, 0])
+    qc = key // n_q
+    qq = key - qc * n_q
+    return {
+        "vectors": normalized_float32(corpus["source_embeddings"])[layout.order],
+        "centroids": normalized_float32(cent),
+        "queries": normalized_float32(corpus["question_embeddings"]),
+        "query_rows": qq,
+        "query_cluster": qc,
+        "query_question": qq,
+        "layout": layout,
+        "positives": PositiveSets.from_pairs(pairs, n_q),
+    }
+
+
+def build_index(corpus: dict, spec: str, **kw) -> SourceIndex:
+    """``SourceIndex.build`` over the corpus's sources, with its clusters."""
+    return SourceIndex.build(
+        corpus["source_embeddings"],
+        spec,
+        source_cluster_ids=corpus["source_cluster_ids"],
+        centroid_embeddings=corpus["centroid_embeddings"],
+        **kw,
+    )
