@@ -9,6 +9,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from ._rowfile import file_rows, read_rows
+
 __all__ = [
     "as_numpy",
     "check_embeddings",
@@ -193,9 +195,12 @@ def take_rows(a: Any, rows: np.ndarray) -> np.ndarray:
     A gather of scattered rows through a file mapping maps more than the rows:
     the kernel maps whole page-cache folios around each row, and for a file
     written recently those folios can be megabytes, so 4096 scattered rows of
-    a 1.3 GB file were seen to map all of it. Rows are therefore gathered
-    :data:`TAKE_STEP` at a time, dropping the mapped pages after each step
-    (:func:`release_pages`). Other arrays are indexed directly.
+    a 1.3 GB file were seen to map all of it. Rows of a memory-mapped file
+    are therefore read from the file without mapping them
+    (:func:`negmine._rowfile.read_rows`); where that is not possible (a
+    copy-on-write map, strided rows, a platform without ``preadv``) they are
+    gathered :data:`TAKE_STEP` at a time, dropping the mapped pages after each
+    step (:func:`release_pages`). Other arrays are indexed directly.
 
     Parameters
     ----------
@@ -206,6 +211,9 @@ def take_rows(a: Any, rows: np.ndarray) -> np.ndarray:
     -------
     numpy.ndarray [m, ...]
     """
+    where = file_rows(a)
+    if where is not None:  # read from the file: nothing gets mapped
+        return read_rows(a, rows, where)
     if _file_map(a) is None or len(rows) <= TAKE_STEP:
         out = np.asarray(a[rows])
         release_pages(a)

@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 
 from ._checks import normalized_float32, release_pages, take_rows
+from ._rowfile import file_rows, read_rows
 from .layout import PositiveSets, csr_expand
 
 __all__ = ["SourceVectors", "question_vectors"]
+
+_UNSET = object()
 
 #: Rows gathered at a time by the cosine helpers; their buffers are reused.
 CHUNK = 16384
@@ -69,6 +72,7 @@ class SourceVectors:
         self._gather = gather
         self._a = np.empty((0, self.dim), dtype=np.float32)
         self._b = np.empty((0, self.dim), dtype=np.float32)
+        self._where: Any = _UNSET
 
     @classmethod
     def from_rows(
@@ -83,7 +87,19 @@ class SourceVectors:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_a"] = state["_b"] = np.empty((0, self.dim), dtype=np.float32)
+        state["_where"] = _UNSET  # a file position holds only in this process
         return state
+
+    def _read(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+        """Rows ``ids`` of a memory-mapped ``raw`` read from its file into ``out``
+        (unit rows), or None where ``raw`` is not such an array."""
+        if self._where is _UNSET:
+            self._where = file_rows(self.raw)
+        if self._where is None:
+            return None
+        if self.raw.dtype == np.float32 and out.flags.c_contiguous:
+            return normalized_float32(read_rows(self.raw, ids, self._where, out=out), out=out)
+        return normalized_float32(read_rows(self.raw, ids, self._where), out=out)
 
     def gather(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Unit vectors of sources ``ids`` int64 [n] into ``out`` float32 [n, d]."""
@@ -91,16 +107,21 @@ class SourceVectors:
             out = np.empty((ids.shape[0], self.dim), dtype=np.float32)
         if self._gather is not None:
             return self._gather(ids, out)
+        if self._read(ids, out) is not None:
+            return out
         return normalized_float32(take_rows(self.raw, ids), out=out)
 
     def gather_mapped(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Like :meth:`gather`, but a memory-mapped input stays mapped: for many
-        scattered gathers in a row (an exact re-rank), where dropping the pages
-        after each would fault them in again and again. Call :meth:`release`
-        after the last one.
+        """Like :meth:`gather`, for many scattered gathers in a row (an exact
+        re-rank). A memory-mapped input is read from its file, which maps
+        nothing; where that is not possible it stays mapped, since dropping the
+        pages after each gather would fault them in again and again. Call
+        :meth:`release` after the last one.
         """
         if self._gather is not None:
             return self._gather(ids, out)
+        if self._read(ids, out) is not None:  # a file read maps nothing
+            return out
         return normalized_float32(np.take(np.asarray(self.raw), ids, axis=0), out=out)
 
     def release(self) -> None:

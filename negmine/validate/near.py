@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import normalized_float32
+from .._checks import normalized_float32, take_rows
 from ..layout import csr_expand
 
 __all__ = ["NEAR_TOLERANCE", "NearDuplicates"]
@@ -26,7 +26,7 @@ class NearDuplicates:
         self.pos_sources = pos_sources
 
     def _vecs(self, ids: np.ndarray) -> np.ndarray:
-        return normalized_float32(np.asarray(self.sources[ids]))
+        return normalized_float32(take_rows(self.sources, ids))
 
     def row_max(self, ids: np.ndarray, qd: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Largest cosine of ``ids[r, j]`` [R, K] (valid source ids) to a positive of

@@ -1,0 +1,136 @@
+"""Rows of memory-mapped embeddings read from their file (negmine._rowfile)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from negmine import _rowfile
+from negmine._checks import take_rows
+from negmine._rowfile import file_rows, read_rows
+from negmine.layout import PositiveSets
+from negmine.vectors import SourceVectors
+
+
+def _saved(tmp_path, a: np.ndarray, name: str = "x.npy") -> np.memmap:
+    path = tmp_path / name
+    np.save(path, a)
+    return np.load(path, mmap_mode="r")
+
+
+@pytest.fixture
+def rows_file(tmp_path):
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((3000, 24)).astype(np.float32)
+    return a, _saved(tmp_path, a)
+
+
+@pytest.mark.parametrize(
+    "pick",
+    [
+        lambda rng, n: rng.integers(0, n, 5000),  # scattered, with repeats
+        lambda rng, n: np.arange(n)[::-1],  # every row, reversed
+        lambda rng, n: np.sort(rng.choice(n, n // 2, replace=False)),  # dense spans
+        lambda rng, n: np.array([n - 1]),
+        lambda rng, n: np.array([], dtype=np.int64),
+        lambda rng, n: np.array([5, 5, 5, 0, 5]),
+    ],
+)
+def test_read_rows_equals_indexing(rows_file, pick):
+    a, m = rows_file
+    rows = pick(np.random.default_rng(3), a.shape[0])
+    got = read_rows(m, rows)
+    np.testing.assert_array_equal(got, a[rows])
+    assert got.dtype == a.dtype
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(st.integers(0, 999), max_size=300),
+    scratch_rows=st.integers(1, 40),
+    gap_bytes=st.sampled_from([1, 64, 8192]),
+)
+def test_read_rows_any_rows_any_scratch(tmp_path_factory, rows, scratch_rows, gap_bytes):
+    """Spans read through a scratch buffer of any size, any gap rule, equal indexing."""
+    base = tmp_path_factory.getbasetemp() / "prop.npy"
+    a = np.arange(1000 * 6, dtype=np.float64).reshape(1000, 6)
+    if not base.exists():
+        np.save(base, a)
+    m = np.load(base, mmap_mode="r")
+    old = (_rowfile.SCRATCH_BYTES, _rowfile.GAP_BYTES)
+    try:
+        _rowfile.SCRATCH_BYTES, _rowfile.GAP_BYTES = scratch_rows * 48, gap_bytes
+        got = read_rows(m, np.array(rows, dtype=np.int64))
+    finally:
+        _rowfile.SCRATCH_BYTES, _rowfile.GAP_BYTES = old
+    np.testing.assert_array_equal(got, a[np.array(rows, dtype=np.int64)].reshape(-1, 6))
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f8", ">f4"])
+def test_other_dtypes_and_a_row_slice(tmp_path, dtype):
+    a = np.random.default_rng(1).standard_normal((500, 10)).astype(dtype)
+    m = _saved(tmp_path, a)
+    rows = np.random.default_rng(2).integers(0, 300, 400)
+    np.testing.assert_array_equal(read_rows(m, rows), a[rows])
+    view = m[150:450]
+    where = file_rows(view)
+    assert where is not None and where[1] == file_rows(m)[1] + 150 * a.shape[1] * a.itemsize
+    np.testing.assert_array_equal(read_rows(view, rows % 300), a[150:450][rows % 300])
+
+
+def test_out_buffer_and_bad_arguments(rows_file):
+    a, m = rows_file
+    rows = np.array([9, 2, 9, 2999])
+    out = np.full((4, 24), np.nan, dtype=np.float32)
+    assert read_rows(m, rows, out=out) is out
+    np.testing.assert_array_equal(out, a[rows])
+    with pytest.raises(ValueError, match="C-contiguous float32 array of shape"):
+        read_rows(m, rows, out=np.empty((4, 24), dtype=np.float64))
+    with pytest.raises(IndexError, match=r"\[0, 3000\)"):
+        read_rows(m, np.array([0, 3000]))
+    with pytest.raises(ValueError, match="file_rows"):
+        read_rows(a, rows)
+
+
+def test_arrays_that_cannot_be_read_from_their_file(tmp_path, rows_file):
+    a, m = rows_file
+    assert file_rows(m) is not None
+    assert file_rows(a) is None  # in memory
+    assert file_rows(m[:, :12]) is None  # strided rows
+    assert file_rows(m[::2]) is None
+    path = tmp_path / "x.npy"
+    cow = np.load(path, mmap_mode="c")  # private changes the file does not hold
+    assert file_rows(cow) is None
+    f = tmp_path / "f.npy"
+    np.save(f, np.asfortranarray(a))
+    assert file_rows(np.load(f, mmap_mode="r")) is None
+
+
+def test_a_replaced_file_is_not_read(tmp_path):
+    """A mapping outlives its file being replaced: the rows come from the mapping."""
+    a = np.random.default_rng(4).standard_normal((800, 8)).astype(np.float32)
+    m = _saved(tmp_path, a)
+    rows = np.array([799, 0, 10, 10])
+    np.testing.assert_array_equal(take_rows(m, rows), a[rows])  # read from the file
+    new = tmp_path / "new.npy"
+    np.save(new, a + 1.0)
+    os.replace(new, tmp_path / "x.npy")
+    assert file_rows(m) is None
+    np.testing.assert_array_equal(take_rows(m, rows), a[rows])
+
+
+def test_source_vectors_from_a_file_equal_those_in_memory(rows_file):
+    a, m = rows_file
+    pos = PositiveSets(np.array([0, 1], dtype=np.int64), np.array([3], dtype=np.int64))
+    ids = np.random.default_rng(5).integers(0, a.shape[0], 777)
+    mem, mapped = SourceVectors(a, pos), SourceVectors(m, pos)
+    ref = mem.gather(ids)
+    np.testing.assert_array_equal(mapped.gather(ids), ref)
+    out = np.empty_like(ref)
+    np.testing.assert_array_equal(mapped.gather_mapped(ids, out), ref)
+    unit = a[ids] / np.linalg.norm(a[ids], axis=1, keepdims=True)
+    np.testing.assert_allclose(ref, unit, rtol=0, atol=1e-6)
