@@ -14,7 +14,9 @@ the first whose recall@k against exact search reaches ``R``:
 * then, where the index stores lossy codes (SQ, PQ, fp16), ``rerank``
   doubled up to :data:`RERANK_MAX` at the deepest of the above;
 * for reduced lists (``"clusters,PCA<m>"``), whose candidate pass is cheap but
-  coarse, each ``nprobe`` at the re-rank depths of :data:`REDUCED_LADDER`.
+  coarse, each ``nprobe`` at the re-rank depths of :data:`REDUCED_LADDER`
+  (walked deepest first, see :func:`_walk_reduced`, and given up when recall
+  stops growing with ``nprobe``).
 
 The exact reference is computed once and reused for every setting. A target
 no setting of the ladder reaches is an error naming the best recall and its
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._checks import fail
@@ -39,6 +42,7 @@ from .vectors import question_vectors
 __all__ = [
     "DEFAULT_TARGET_RECALL",
     "EF_SEARCH_MAX",
+    "PLATEAU",
     "REDUCED_LADDER",
     "RERANK_MAX",
     "TUNING_SAMPLE",
@@ -60,6 +64,8 @@ EF_SEARCH_MAX = 4096
 RERANK_MAX = 32
 #: Re-rank depths tried at each ``nprobe`` of reduced lists.
 REDUCED_LADDER = (REDUCED_RERANK, 2 * REDUCED_RERANK, 4 * REDUCED_RERANK)
+#: Least gain in recall over two ``nprobe`` steps for tuning reduced lists to go on.
+PLATEAU = 0.001
 
 _SETTINGS = ("nprobe", "ef_search", "rerank")
 
@@ -204,21 +210,59 @@ def tune(
     _, exact = plan.backend.reference(qvec, rows, cl, qq, k)
     t_exact = time.perf_counter() - t0
     tried: list[dict[str, Any]] = []
-    for step in search_ladder(plan):
+
+    def measure(step: dict[str, int]) -> tuple[MiningPlan, float]:
         t1 = time.perf_counter()
         cand = plan.with_search(target_recall=None, **step)
         _, got = cand.backend.search(qvec, rows, cl, qq, k)
         recall = float(recall_at_k(got, exact))
         tried.append({"settings": cand.search_params(), "recall": round(recall, 4),
                       "seconds": round(time.perf_counter() - t1, 4)})  # fmt: skip
+        return cand, recall
+
+    if plan.index is not None and plan.index.reduction is not None:
+        found = _walk_reduced(plan, target, measure)
+    else:
+        found = next((c for c in map(measure, search_ladder(plan)) if c[1] >= target), None)
+    if found is None:
+        _unreachable(plan, target, default, k, int(pick.size), tried)
+    cand, recall = found
+    return cand, {
+        "target": target, "default": default, "k": k, "sample": int(pick.size),
+        "settings": cand.search_params(), "recall": round(recall, 4),
+        "seconds": round(time.perf_counter() - t0, 4),
+        "seconds_exact": round(t_exact, 4), "tried": tried,
+    }  # fmt: skip
+
+
+def _walk_reduced(
+    plan: MiningPlan, target: float, measure: Callable[[dict[str, int]], tuple[MiningPlan, float]]
+) -> tuple[MiningPlan, float] | None:
+    """The settings :func:`tune` keeps for reduced lists: the cheapest of
+    :func:`search_ladder`'s order (``nprobe``, then ``rerank``) that reaches
+    ``target``, found with fewer searches.
+
+    A shallower re-rank keeps a subset of a deeper one's candidates, so its
+    recall is no higher: each ``nprobe`` is tried at the deepest re-rank first,
+    and the shallower depths only where that reaches the target. The walk gives
+    up once the deepest re-rank's recall has gained less than :data:`PLATEAU`
+    over two ``nprobe`` steps (about a doubling) while still short of the target:
+    the reduced pass, not the probing, then bounds it.
+    """
+    deep = REDUCED_LADDER[-1]
+    seen: list[float] = []
+    for nprobe in dict.fromkeys(s["nprobe"] for s in search_ladder(plan)):
+        cand, recall = measure({"nprobe": nprobe, "rerank": deep})
         if recall >= target:
-            return cand, {
-                "target": target, "default": default, "k": k, "sample": int(pick.size),
-                "settings": cand.search_params(), "recall": round(recall, 4),
-                "seconds": round(time.perf_counter() - t0, 4),
-                "seconds_exact": round(t_exact, 4), "tried": tried,
-            }  # fmt: skip
-    _unreachable(plan, target, default, k, int(pick.size), tried)
+            for r in REDUCED_LADDER[:-1]:
+                shallow = measure({"nprobe": nprobe, "rerank": r})
+                if shallow[1] >= target:
+                    return shallow
+            return cand, recall
+        seen.append(recall)
+        if len(seen) >= 3 and seen[-1] - seen[-3] < PLATEAU:
+            return None
+    return None
 
 
 def _unreachable(plan, target, default, k, n, tried) -> NoReturn:

@@ -169,3 +169,62 @@ def test_tuning_reaches_a_target_and_says_when_it_cannot(corpus):
     tiny = _build(corpus, "clusters,PCA1")
     with pytest.raises(ValueError, match=r"`target_recall` must be reachable.*PCA1,IVF10,Flat"):
         NegativeMiner(**corpus, index=tiny, target_recall=1.0, **T3)
+
+
+def _ladder_recalls(plan) -> list[tuple[dict, float]]:
+    """Recall@3 of every setting of the ladder, on the sample tuning uses."""
+    from negmine.recall import _even_sample
+    from negmine.search.probe import recall_at_k
+    from negmine.tuning import TUNING_SAMPLE
+    from negmine.vectors import question_vectors
+
+    pick = _even_sample(plan.n_tier3, TUNING_SAMPLE)
+    cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
+    qvec, rows = question_vectors(plan.inputs.questions, qq)
+    _, exact = plan.backend.reference(qvec, rows, cl, qq, 3)
+    out = []
+    for step in search_ladder(plan):
+        _, got = plan.with_search(target_recall=None, **step).backend.search(qvec, rows, cl, qq, 3)
+        out.append((step, float(recall_at_k(got, exact))))
+    return out
+
+
+@pytest.mark.parametrize("spec", ["clusters,PCA2", "clusters,PCA8"])
+def test_the_deepest_first_walk_keeps_the_first_setting_of_the_ladder(corpus, spec):
+    """Tuning tries fewer settings than the ladder holds, yet keeps the same one:
+    the cheapest in ladder order that reaches the target."""
+    from negmine.tuning import tune
+
+    plan = NegativeMiner(**corpus, index=_build(corpus, spec), nprobe=1, **T3).plan
+    every = _ladder_recalls(plan)
+    for target in (0.5, 0.8, 0.9, 0.97):
+        first = next((s for s, r in every if r >= target), None)
+        if first is None:
+            with pytest.raises(ValueError, match="must be reachable"):
+                tune(plan, target)
+            continue
+        _, info = tune(plan, target)
+        assert info["settings"] == first
+        want = dict((str(s), r) for s, r in every)[str(first)]
+        assert info["recall"] == pytest.approx(want, abs=1e-4)
+        assert len(info["tried"]) <= len(every)
+        walked = {str(t["settings"]): t["recall"] for t in info["tried"]}
+        for s, r in every:  # what the walk measured is what the ladder measures
+            if str(s) in walked:
+                assert walked[str(s)] == pytest.approx(r, abs=1e-4)
+
+
+def test_tuning_reduced_lists_gives_up_when_recall_stops_growing(corpus):
+    """A target the reduced pass cannot reach stops the walk once the deepest
+    re-rank's recall is flat over two nprobe steps, well before the ladder's end;
+    the ladder indeed never reaches it."""
+    from negmine.tuning import PLATEAU, tune
+
+    plan = NegativeMiner(**corpus, index=_build(corpus, "clusters,PCA1"), nprobe=1, **T3).plan
+    every = _ladder_recalls(plan)
+    assert max(r for _, r in every) < 1.0
+    with pytest.raises(ValueError, match="must be reachable") as err:
+        tune(plan, 1.0)
+    deep = [r for s, r in every if s["rerank"] == REDUCED_LADDER[-1]]
+    flat = next(i for i in range(2, len(deep)) if deep[i] - deep[i - 2] < PLATEAU)
+    assert f"tried {flat + 1} settings" in str(err.value)
