@@ -136,3 +136,21 @@ def test_main_prints_the_table(tmp_path, capsys) -> None:
     assert "| synthetic, flat | 2,000 | 12 |" in out and "| real | 1,500 | 10 |" in out
     saved = json.loads((tmp_path / "out.json").read_text())
     assert set(saved) == {"synthetic, flat", "synthetic, minilm", "real"}
+
+
+@pytest.mark.parametrize("want", [1, 700, 5000, 10**6])
+def test_store_pairs_sample_keeps_whole_clusters(want):
+    """The sampled mining of ``bench --store`` keeps every pair of the clusters it
+    takes, takes them evenly, and takes enough."""
+    from negmine.bench_store import _cluster_sample
+
+    rng = np.random.default_rng(2)
+    pc = rng.choice(60, 9000, p=rng.dirichlet(np.ones(60)))  # skewed sizes, some empty
+    take = _cluster_sample(pc, want)
+    chosen = np.unique(pc[take])
+    np.testing.assert_array_equal(take, np.flatnonzero(np.isin(pc, chosen)))
+    counts = np.bincount(pc, minlength=60)
+    assert take.size >= min(want, pc.size)
+    busy = np.flatnonzero(counts)
+    pos = np.searchsorted(busy, chosen)  # spread over the non-empty clusters
+    assert chosen.size == 1 or np.diff(pos).max() <= 2 * busy.size / (chosen.size - 1) + 1

@@ -87,8 +87,9 @@ def _register_bench(sub: Any, common: argparse.ArgumentParser) -> None:
         help="tier-3 recall@3 --store tunes each storage to (default 0.95)",
     )
     p.add_argument("--pairs-sample", type=int, default=0, metavar="N",
-                   help="--store: mine an even sample of N pairs and scale the time to all "
-                   "(for the 10m workload; default: every pair)")  # fmt: skip
+                   help="--store: mine every pair of an even sample of clusters holding about "
+                   "N pairs and scale the time to all (for the 10m workload; default: every "
+                   "pair)")  # fmt: skip
     p.add_argument("--corpus", choices=["minilm", "latent"], default="minilm",
                    help="--store's synthetic corpus: spectrum of all-MiniLM-L6-v2 embeddings "
                    "(default) or the plain latent-manifold one")  # fmt: skip
