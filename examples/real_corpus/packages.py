@@ -1,7 +1,7 @@
 """A larger real corpus: the docstrings of installed packages and of the standard library.
 
-    python examples/real_corpus/packages.py            # print the counts
-    python examples/real_corpus/packages.py --json out.json
+    PYTHONHASHSEED=0 python examples/real_corpus/packages.py            # print the counts
+    PYTHONHASHSEED=0 python examples/real_corpus/packages.py --json out.json
 
 Made the way ``corpus.py`` makes the standard-library corpus (the same
 passages, summaries as questions, rest of the docstring as positive; its
@@ -24,6 +24,7 @@ import inspect
 import io
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 import warnings
@@ -42,6 +43,8 @@ _SKIP = "tests test testing conftest __main__ setup benchmarks _vendor vendored 
 SKIP_PARTS = frozenset(_SKIP.split())
 #: Most submodules taken from one package (the largest ones have thousands).
 MAX_MODULES_PER_PACKAGE = 1200
+#: An object's address in its repr, as some docstrings show default arguments.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _public(name: str) -> bool:
@@ -96,21 +99,32 @@ def submodules(package: str, limit: int = MAX_MODULES_PER_PACKAGE) -> list[str]:
     return names
 
 
-def dedupe(c: Corpus) -> Corpus:
-    """``c`` with exact duplicate passages merged into the first, pairs remapped and unique.
-
-    A passage that is a positive under one copy stays one under the kept copy.
-    """
+def _first_ids(texts: list[str]) -> tuple[list[str], list[int]]:
+    """Distinct ``texts`` in first-seen order, and the index of each text among them."""
     keep: dict[str, int] = {}
-    remap = []
-    out = Corpus(questions=list(c.questions), skipped_modules=list(c.skipped_modules))
-    for text, origin in zip(c.passages, c.origins, strict=True):
-        if text not in keep:
-            keep[text] = len(out.passages)
-            out.passages.append(text)
-            out.origins.append(origin)
-        remap.append(keep[text])
-    out.pairs = sorted({(q, remap[s]) for q, s in c.pairs})
+    for t in texts:
+        keep.setdefault(t, len(keep))
+    return list(keep), [keep[t] for t in texts]
+
+
+def dedupe(c: Corpus) -> Corpus:
+    """``c`` with object addresses blanked, then exact duplicates merged into the first.
+
+    Some docstrings show default arguments as ``<... object at 0x7f...>``, which
+    changes from run to run; those addresses become ``0x...``. Pairs follow the
+    merged passages and questions and are made unique, so a passage that is a
+    positive under one copy stays one under the kept copy.
+    """
+    passages = [_ADDRESS.sub(" at 0x...", t) for t in c.passages]
+    questions = [_ADDRESS.sub(" at 0x...", t) for t in c.questions]
+    out = Corpus(skipped_modules=list(c.skipped_modules))
+    out.passages, p_id = _first_ids(passages)
+    out.questions, q_id = _first_ids(questions)
+    first = {}
+    for i, origin in zip(p_id, c.origins, strict=True):
+        first.setdefault(i, origin)
+    out.origins = [first[i] for i in range(len(out.passages))]
+    out.pairs = sorted({(q_id[q], p_id[s]) for q, s in c.pairs})
     return out
 
 
@@ -137,11 +151,17 @@ def build_packages_corpus(packages: tuple[str, ...] = PACKAGES) -> tuple[Corpus,
 def build_packages_isolated(path: str | os.PathLike[str], timeout: float = 1800) -> Corpus:
     """Build the corpus in a fresh interpreter (imports are noisy), write it to ``path``, read it.
 
-    The child ignores ``PYTHONPATH`` and the user's site directory (``-I``) but
-    sees the installed packages; its output is discarded except the counts line.
+    The child ignores ``PYTHONPATH`` and the user's site directory but sees the
+    installed packages; its output is discarded except the counts line. It runs
+    with ``PYTHONHASHSEED=0``: without it the corpus changes from run to run.
     """
-    cmd = [sys.executable, "-I", os.path.abspath(__file__), "--json", os.fspath(path)]
-    subprocess.run(cmd, check=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    # -s rather than -I: -I would also ignore PYTHONHASHSEED. Some packages build their
+    # public names from sets; fixed string hashing keeps their order, and so the corpus,
+    # the same on every run.
+    cmd = [sys.executable, "-s", os.path.abspath(__file__), "--json", os.fspath(path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONHASHSEED"] = "0"
+    subprocess.run(cmd, check=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
     return load_corpus(path)
 
 
