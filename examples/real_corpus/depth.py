@@ -44,6 +44,8 @@ class Depth:
         its 1st/10th/64th nearest other one (``"1"``, ``"10"``, ``"64"``).
     sizes : int64 [C]
         Sources per cluster.
+    extra : dict of str to float
+        Other counts (``"queries"``: tier-3 queries measured).
     """
 
     hit_rank: np.ndarray

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from corpus import Corpus
 CHUNK = 2048
 
 
-def _model():
+def _model() -> Any:
     # The model is read from the installed package: never ask the hub for anything.
     for key, value in (
         ("HF_HUB_OFFLINE", "1"),
@@ -41,7 +43,7 @@ def _model():
     return model
 
 
-def _encode_chunked(texts: list[str], where: Path, log) -> np.ndarray:
+def _encode_chunked(texts: list[str], where: Path, log: Callable[[str], object]) -> np.ndarray:
     where.mkdir(parents=True, exist_ok=True)
     model = None
     parts = []
@@ -60,7 +62,9 @@ def _encode_chunked(texts: list[str], where: Path, log) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def embed_corpus(corpus: Corpus, out: Path, log=print) -> tuple[np.ndarray, np.ndarray, float]:
+def embed_corpus(
+    corpus: Corpus, out: Path, log: Callable[[str], object] = print
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Unit-norm passage and question embeddings of ``corpus``, cached under ``out``.
 
     Parameters

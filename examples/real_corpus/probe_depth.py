@@ -136,9 +136,29 @@ def _sweep_row(real: dict[int, dict], shape: tuple, ov: float, sk: float, sample
     return {"overlap": ov, "skew": sk, "distance": round(dist, 3), "per_c": per}
 
 
-def sweep(real: dict[int, dict], shape: tuple, overlaps, skews, sample: int) -> list[dict]:
-    """``spectrum="minilm"`` corpora scored against ``real``: ``overlaps`` at skew 1, then
-    ``skews`` at the closest overlap."""
+def sweep(
+    real: dict[int, dict], shape: tuple, overlaps: list[float], skews: list[float], sample: int
+) -> list[dict]:
+    """Score ``spectrum="minilm"`` corpora against the real figures.
+
+    ``overlaps`` at skew 1, then ``skews`` at the closest overlap.
+
+    Parameters
+    ----------
+    real : dict of int to dict
+        Summary of the real corpus per number of clusters.
+    shape : (int, int, int)
+        Sources, pairs and questions of the synthetic corpora.
+    overlaps, skews : list of float
+        ``make_corpus`` values tried.
+    sample : int
+        Queries measured per corpus.
+
+    Returns
+    -------
+    list of dict
+        One per setting: ``overlap``, ``skew``, ``distance`` and the summaries ``per_c``.
+    """
     _log(
         "\nsweep of make_corpus(spectrum='minilm'): distance = mean |log2(synth / real)| of "
         "nprobe@0.95 and hit-rank p50/p90/p95, averaged over C; per C: nprobe@0.95 | "
