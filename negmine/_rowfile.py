@@ -102,7 +102,9 @@ def _same_file(a: np.ndarray, mm: Any, path: str, offset: int, row: int) -> bool
                 if os.pread(f.fileno(), row, offset + r * row) != np.asarray(a[r]).tobytes():
                     ok = False
                     break
-    _CHECKED[id(mm)] = (weakref.ref(mm), key, ok)
+    # The entry goes with the mapping, so a process opening many files keeps none of the dead.
+    ident = id(mm)
+    _CHECKED[ident] = (weakref.ref(mm, lambda _: _CHECKED.pop(ident, None)), key, ok)
     return ok
 
 
