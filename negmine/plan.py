@@ -37,7 +37,8 @@ from .search.probe import PROBE_BLAS_THREADS
 from .search.products import resolve_products
 from .vectors import SourceVectors
 
-__all__ = ["CLUSTERS_NPROBE", "COMPRESSED_RERANK", "PAIR_BLOCK", "REDUCED_RERANK", "T3_BLOCK",
+__all__ = ["CLUSTERS_NPROBE", "CODES_RERANK", "COMPRESSED_RERANK", "PAIR_BLOCK", "REDUCED_RERANK",
+           "T3_BLOCK",
            "MiningPlan", "make_plan", "raw_cluster_lists"]  # fmt: skip
 
 #: Tier-3 queries per block (a multiple of the search's query block).
@@ -46,8 +47,12 @@ T3_BLOCK = 4 * QUERY_BLOCK
 PAIR_BLOCK = 64 * RNG_BLOCK
 #: Clusters probed per query by a ``"clusters"`` index when no ``nprobe`` is given.
 CLUSTERS_NPROBE = 32
-#: Re-rank factor of compressed ``"clusters"`` lists when no ``rerank`` is given.
+#: Re-rank factor of fp16 ``"clusters"`` lists when no ``rerank`` is given.
 COMPRESSED_RERANK = 4
+#: Re-rank factor of 8-bit ``"clusters,SQ8"`` lists (an integer candidate pass) when
+#: no ``rerank`` is given: at 1M sources it recalled what float32 lists recall at the
+#: same ``nprobe`` (docs/benchmarks.md).
+CODES_RERANK = 2
 #: Re-rank factor of reduced ``"clusters,PCA<m>"`` lists when no ``rerank`` is given.
 REDUCED_RERANK = DEFAULT_RERANK
 
@@ -180,8 +185,11 @@ class MiningPlan:
             if cfg.nprobe is None:
                 params["nprobe"] = min(CLUSTERS_NPROBE, max(1, self.inputs.n_clusters - 1))
             if cfg.rerank is None and _codec(index) != "Flat":
-                reduced = index.reduction is not None
-                params["rerank"] = REDUCED_RERANK if reduced else COMPRESSED_RERANK
+                params["rerank"] = (
+                    REDUCED_RERANK if index.reduction is not None
+                    else CODES_RERANK if _codec(index) == "SQ8"
+                    else COMPRESSED_RERANK
+                )  # fmt: skip
         return {k: int(v) for k, v in params.items() if v is not None}
 
     def describe_search(self) -> dict[str, Any]:
@@ -243,6 +251,7 @@ class _IndexBytes:
 
 
 def _codec(index: SourceIndex) -> str:
+    """What a ``"clusters"`` index's lists hold: ``Flat``, ``SQfp16``, ``SQ8`` or ``PCA<m>``."""
     return index.manifest["clusters"]["codec"]
 
 

@@ -14,9 +14,11 @@ the first whose recall@k against exact search reaches ``R``:
 * then, where the index stores lossy codes (SQ, PQ, fp16), ``rerank``
   doubled up to :data:`RERANK_MAX` at the deepest of the above;
 * for reduced lists (``"clusters,PCA<m>"``), whose candidate pass is cheap but
-  coarse, each ``nprobe`` at the re-rank depths of :data:`REDUCED_LADDER`
-  (walked deepest first, see :func:`_walk_reduced`, and given up when recall
-  stops growing with ``nprobe``).
+  coarse, each ``nprobe`` at the re-rank depths of :data:`REDUCED_LADDER`, and
+  for 8-bit lists (``"clusters,SQ8"``, ``"clusters,fast"``), whose integer
+  candidate pass is nearly exact, at those of :data:`CODES_LADDER` (walked
+  deepest first, see :func:`_walk_reranked`, and given up when recall stops
+  growing with ``nprobe``).
 
 The exact reference is computed once and reused for every setting. A target
 no setting of the ladder reaches is an error naming the best recall and its
@@ -34,12 +36,13 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._checks import fail
-from .plan import COMPRESSED_RERANK, REDUCED_RERANK, MiningPlan
+from .plan import CODES_RERANK, COMPRESSED_RERANK, REDUCED_RERANK, MiningPlan
 from .recall import _even_sample
 from .search.probe import recall_at_k
 from .vectors import question_vectors
 
 __all__ = [
+    "CODES_LADDER",
     "DEFAULT_TARGET_RECALL",
     "EF_SEARCH_MAX",
     "PLATEAU",
@@ -64,6 +67,8 @@ EF_SEARCH_MAX = 4096
 RERANK_MAX = 32
 #: Re-rank depths tried at each ``nprobe`` of reduced lists.
 REDUCED_LADDER = (REDUCED_RERANK, 2 * REDUCED_RERANK, 4 * REDUCED_RERANK)
+#: Re-rank depths tried at each ``nprobe`` of 8-bit cluster lists.
+CODES_LADDER = (1, CODES_RERANK, 2 * CODES_RERANK)
 #: Least gain in recall over two ``nprobe`` steps for tuning reduced lists to go on.
 PLATEAU = 0.001
 
@@ -109,6 +114,17 @@ def _faiss_knobs(plan: MiningPlan) -> tuple[str | None, int, bool]:
     return None, 0, True
 
 
+def rerank_ladder(plan: MiningPlan) -> tuple[int, ...] | None:
+    """The re-rank depths tried at every ``nprobe`` of ``plan``'s cluster lists
+    (reduced or 8-bit), or None where ``rerank`` is not tuned that way."""
+    index = plan.index
+    if index is None or not index.is_clusters:
+        return None
+    if index.reduction is not None:
+        return REDUCED_LADDER
+    return CODES_LADDER if index.manifest["clusters"]["codec"] == "SQ8" else None
+
+
 def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
     """The settings :func:`tune` tries for ``plan``, cheapest first.
 
@@ -127,8 +143,9 @@ def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
         steps = [{"nprobe": v} for v in _nprobes(max(1, n_c - 1))]
         if index is None or index.manifest["clusters"]["codec"] == "Flat":
             return steps
-        if index.reduction is not None:
-            return [dict(s, rerank=r) for s in steps for r in REDUCED_LADDER]
+        ladder = rerank_ladder(plan)
+        if ladder is not None:
+            return [dict(s, rerank=r) for s in steps for r in ladder]
         reranks = [r for r in _doubling(COMPRESSED_RERANK, RERANK_MAX) if r > COMPRESSED_RERANK]
         return steps + [dict(steps[-1], rerank=r) for r in reranks]
     knob, top, lossy = _faiss_knobs(plan)
@@ -220,8 +237,9 @@ def tune(
                       "seconds": round(time.perf_counter() - t1, 4)})  # fmt: skip
         return cand, recall
 
-    if plan.index is not None and plan.index.reduction is not None:
-        found = _walk_reduced(plan, target, measure)
+    ladder = rerank_ladder(plan)
+    if ladder is not None:
+        found = _walk_reranked(plan, target, measure, ladder)
     else:
         found = next((c for c in map(measure, search_ladder(plan)) if c[1] >= target), None)
     if found is None:
@@ -235,10 +253,12 @@ def tune(
     }  # fmt: skip
 
 
-def _walk_reduced(
-    plan: MiningPlan, target: float, measure: Callable[[dict[str, int]], tuple[MiningPlan, float]]
-) -> tuple[MiningPlan, float] | None:
-    """The settings :func:`tune` keeps for reduced lists: the cheapest of
+def _walk_reranked(
+    plan: MiningPlan, target: float, measure: Callable[[dict[str, int]], tuple[MiningPlan, float]],
+    ladder: tuple[int, ...],
+) -> tuple[MiningPlan, float] | None:  # fmt: skip
+    """The settings :func:`tune` keeps for reduced or 8-bit lists (re-rank depths
+    ``ladder`` at each ``nprobe``): the cheapest of
     :func:`search_ladder`'s order (``nprobe``, then ``rerank``) that reaches
     ``target``, found with fewer searches.
 
@@ -247,14 +267,14 @@ def _walk_reduced(
     and the shallower depths only where that reaches the target. The walk gives
     up once the deepest re-rank's recall has gained less than :data:`PLATEAU`
     over two ``nprobe`` steps (about a doubling) while still short of the target:
-    the reduced pass, not the probing, then bounds it.
+    the candidate pass, not the probing, then bounds it.
     """
-    deep = REDUCED_LADDER[-1]
+    deep = ladder[-1]
     seen: list[float] = []
     for nprobe in dict.fromkeys(s["nprobe"] for s in search_ladder(plan)):
         cand, recall = measure({"nprobe": nprobe, "rerank": deep})
         if recall >= target:
-            for r in REDUCED_LADDER[:-1]:
+            for r in ladder[:-1]:
                 shallow = measure({"nprobe": nprobe, "rerank": r})
                 if shallow[1] >= target:
                     return shallow

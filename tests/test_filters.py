@@ -29,9 +29,10 @@ from negmine.stats import HIST_EDGES, SUMMARY_KEYS
 ALL_FILTERS = (*CANDIDATE_FILTERS, "tier3_rank_window")
 # Tier-3 kernels: exact over cluster-sorted sources, exact over a flat index (source
 # order), the cluster probe over every other cluster (exact), and the generic
-# over-fetch path through a non-flat index that still scans everything, and reduced
-# (PCA) cluster lists probed everywhere and re-ranked at full depth.
-KERNELS = ["exact", "flat_index", "probe_all", "ivf1", "reduced_all"]
+# over-fetch path through a non-flat index that still scans everything, reduced
+# (PCA) cluster lists and 8-bit cluster lists (integer products) probed everywhere
+# and re-ranked at full depth.
+KERNELS = ["exact", "flat_index", "probe_all", "ivf1", "reduced_all", "sq8_all"]
 
 
 def _kernel_args(kind: str, corpus: dict) -> dict:
@@ -41,11 +42,11 @@ def _kernel_args(kind: str, corpus: dict) -> dict:
         return {"index": SourceIndex.build(corpus["source_embeddings"])}
     if kind == "probe_all":
         return {"nprobe": len(corpus["centroid_embeddings"]) - 1}
-    if kind == "reduced_all":
+    if kind in ("reduced_all", "sq8_all"):
         n, d = corpus["source_embeddings"].shape
         index = SourceIndex.build(
             corpus["source_embeddings"],
-            f"clusters,PCA{max(1, d // 2)}",
+            f"clusters,PCA{max(1, d // 2)}" if kind == "reduced_all" else "clusters,SQ8",
             source_cluster_ids=corpus["source_cluster_ids"],
             centroid_embeddings=corpus["centroid_embeddings"],
         )
@@ -355,7 +356,7 @@ def test_search_goes_deeper_before_falling_back(kernel):
 # ------------------------------------------------------------------ rank window
 
 
-@pytest.mark.parametrize("kernel", ["exact", "probe_all", "ivf1", "reduced_all"])
+@pytest.mark.parametrize("kernel", ["exact", "probe_all", "ivf1", "reduced_all", "sq8_all"])
 @pytest.mark.parametrize(
     "case",
     [{}, {"max_score": 0.6}, {"near_duplicate_threshold": 0.9, "relative_margin": 0.05}],

@@ -217,7 +217,7 @@ def test_auto_records_its_choice(corpus):
         idx = _build(big, "auto", memory_budget=3000 * 16 * 2)
     finally:
         specs_mod.AUTO_FLAT_MAX = old
-    assert idx.manifest["auto"]["chose"] == "clusters,sq8"
+    assert idx.manifest["auto"]["chose"] == "clusters,fast"
     assert idx.manifest["factory"] == "IVF12,SQ8"
     res = NegativeMiner(*_args(big), index=idx, **MINE).mine_all_negatives()
     check_rows(res, big, MINE["adjacent_k"])
@@ -226,12 +226,14 @@ def test_auto_records_its_choice(corpus):
 def test_choose_spec_follows_size_and_budget():
     g = 2**30
     assert choose_spec(50_000, 384, True, 8 * g)[0] == "flat"
-    assert choose_spec(1_000_000, 384, True, 8 * g)[0] == "clusters"
-    # float32 over budget: reduced lists (at most d/2 floats a source) if they fit.
+    assert choose_spec(400_000, 384, True, 8 * g)[0] == "clusters"
+    # From a million sources on, 8-bit lists: faster at the same recall.
+    spec, reason = choose_spec(1_000_000, 384, True, 8 * g)
+    assert spec == "clusters,fast" and "1000000 sources >= 1000000" in reason
+    # float32 over budget: 8-bit lists (fp16 is never chosen: larger and slower).
     assert choose_spec(400_000, 384, True, g // 2)[0] == "clusters,fast"  # float32: 0.57 GiB
-    assert choose_spec(1_000_000, 384, True, g)[0] == "clusters,fast"  # 0.73 GiB fits
-    # (reduced lists take at most what fp16 takes, and search faster: fp16 is never chosen)
-    assert choose_spec(1_000_000, 384, True, 3 * g // 4)[0] == "clusters,sq8"
+    spec, reason = choose_spec(400_000, 384, True, g // 8)
+    assert spec == "clusters,fast" and "float32 over budget" in reason
     spec, reason = choose_spec(1_000_000, 384, False, 8 * g)
     assert spec == "IVF8192_HNSW32,Flat" and "8 sqrt(n)" in reason
     assert choose_spec(400_000, 384, False, 8 * g)[0] == "IVF4096,Flat"

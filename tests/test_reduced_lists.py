@@ -1,4 +1,4 @@
-"""Reduced cluster lists (``clusters,PCA<m>`` and ``clusters,fast``): a cheap
+"""Reduced cluster lists (``clusters,PCA<m>`` and ``clusters,PCA``): a cheap
 low-dimensional candidate pass, then an exact re-rank from the embeddings."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from reference import check_rows, small_corpus, unit
 
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
-from negmine.index.reduce import FAST_ENERGY, fit_pca
+from negmine.index.reduce import PCA_ENERGY, fit_pca
 from negmine.synth import make_corpus
 from negmine.tuning import REDUCED_LADDER, search_ladder
 
@@ -87,7 +87,7 @@ def test_scores_are_exact_cosines_and_shallow_rerank_loses_some(corpus):
 
 
 def test_recall_on_a_clustered_corpus_rises_with_the_rerank():
-    """On a corpus with the spectrum of real embeddings, ``fast`` keeps 80 % of the
+    """On a corpus with the spectrum of real embeddings, ``PCA`` keeps 80 % of the
     energy in 32 of 64 dims; re-ranked deep enough it finds what float32 lists
     find at the same nprobe."""
     c = make_corpus(6000, 40, 1500, d=64, seed=4, spectrum="minilm")
@@ -98,7 +98,7 @@ def test_recall_on_a_clustered_corpus_rises_with_the_rerank():
         m.mine_arrays()
         return m.last_stats["tier3_recall"]["recall"]
 
-    shallow, deep = recall("clusters,fast", 2), recall("clusters,fast", 32)
+    shallow, deep = recall("clusters,PCA", 2), recall("clusters,PCA", 32)
     full = recall("clusters", None)
     assert shallow < deep
     assert deep >= max(0.9, full - 0.02)
@@ -125,7 +125,7 @@ def test_manifest_records_the_reduction(tmp_path, corpus):
     assert st["index"]["search_params"] == {"nprobe": 3, "rerank": REDUCED_LADDER[0]}
 
 
-def test_fast_keeps_the_stated_energy_in_the_fewest_dims():
+def test_pca_without_dims_keeps_the_stated_energy_in_the_fewest_dims():
     rng = np.random.default_rng(0)
     scales = 1.0 / np.arange(1, 97) ** 0.7  # a decaying spectrum
     basis = np.linalg.qr(rng.standard_normal((96, 96)))[0]
@@ -134,9 +134,9 @@ def test_fast_keeps_the_stated_energy_in_the_fewest_dims():
     xu = unit(x)
     ev = np.linalg.eigvalsh(np.cov(xu.T, bias=True))[::-1]
     share = np.cumsum(ev) / ev.sum()
-    need = int(np.searchsorted(share, FAST_ENERGY) + 1)
+    need = int(np.searchsorted(share, PCA_ENERGY) + 1)
     assert info["dims"] == min(48, max(16, -(-need // 16) * 16))
-    assert info["energy"] >= FAST_ENERGY or info["dims"] == 48
+    assert info["energy"] >= PCA_ENERGY or info["dims"] == 48
     np.testing.assert_allclose(mean, xu.mean(axis=0), atol=1e-5)
     # The kept axes span the leading eigenvectors.
     top = np.linalg.eigh(np.cov(xu.T, bias=True))[1][:, ::-1][:, : info["dims"]]
@@ -189,10 +189,11 @@ def _ladder_recalls(plan) -> list[tuple[dict, float]]:
     return out
 
 
-@pytest.mark.parametrize("spec", ["clusters,PCA2", "clusters,PCA8"])
+@pytest.mark.parametrize("spec", ["clusters,PCA2", "clusters,PCA8", "clusters,SQ8"])
 def test_the_deepest_first_walk_keeps_the_first_setting_of_the_ladder(corpus, spec):
     """Tuning tries fewer settings than the ladder holds, yet keeps the same one:
-    the cheapest in ladder order that reaches the target."""
+    the cheapest in ladder order that reaches the target (8-bit lists walk their
+    own depths the same way)."""
     from negmine.tuning import tune
 
     plan = NegativeMiner(**corpus, index=_build(corpus, spec), nprobe=1, **T3).plan

@@ -68,14 +68,17 @@ def test_tuning_reaches_the_target_at_the_cheapest_setting(small, spec):
     tun = m.tuning
     assert tun["sample"] == m.plan.n_tier3 and tun["k"] == 3 and tun["target"] == target
     assert tun["default"] is False and tun["seconds"] > 0
-    assert tun["settings"] == m.plan.search_params() == tun["tried"][-1]["settings"]
-    assert all(t["recall"] < target for t in tun["tried"][:-1])
+    assert tun["settings"] == m.plan.search_params()
+    ladder = search_ladder(m.plan)
+    at = ladder.index(tun["settings"])
+    # Each tried setting cheaper than the chosen one (in ladder order) missed the target.
+    assert all(t["recall"] < target for t in tun["tried"] if ladder.index(t["settings"]) < at)
     res = m.mine_all_negatives()
     brute = _query_recall(res, small, 3)
     assert brute == pytest.approx(tun["recall"], abs=1e-4)
     assert brute >= target
-    if len(tun["tried"]) > 1:  # the cheaper setting really misses the target
-        cheaper = NegativeMiner(*_args(small), index=index, **tun["tried"][-2]["settings"],
+    if at > 0:  # the next cheaper setting of the ladder (tried or not) really misses it
+        cheaper = NegativeMiner(*_args(small), index=index, **ladder[at - 1],
                                 **T3_ONLY).mine_all_negatives()  # fmt: skip
         assert _query_recall(cheaper, small, 3) < target
 
@@ -86,7 +89,10 @@ def test_ladders_go_from_cheap_to_deep(small, big):
     assert ivf == [{"nprobe": n} for n in (1, 2, 3, 4, 6, 8)]
     sq = search_ladder(NegativeMiner(*_args(small), index=_build(small, "clusters,SQ8"),
                                      nprobe=1, **T3_ONLY).plan)  # fmt: skip
-    assert sq == [{"nprobe": n} for n in (1, 2, 3, 4, 6, 8, 9)] + [
+    assert sq == [{"nprobe": n, "rerank": r} for n in (1, 2, 3, 4, 6, 8, 9) for r in (1, 2, 4)]
+    fp16 = search_ladder(NegativeMiner(*_args(small), index=_build(small, "clusters,fp16"),
+                                       nprobe=1, **T3_ONLY).plan)  # fmt: skip
+    assert fp16 == [{"nprobe": n} for n in (1, 2, 3, 4, 6, 8, 9)] + [
         {"nprobe": 9, "rerank": r} for r in (8, 16, 32)
     ]
     builtin = search_ladder(NegativeMiner(*_args(small), nprobe=1, **T3_ONLY).plan)

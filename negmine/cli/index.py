@@ -51,8 +51,9 @@ def _register_build(isub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--spec", default="flat",
         help="'flat' (exact, default), 'clusters' (lists = the data's clusters; "
-        "'clusters,fast' / 'clusters,PCA96' reduce them to a cheap candidate pass re-ranked "
-        "exactly; 'clusters,SQ8' / 'clusters,fp16' compress them), 'auto' (by size and "
+        "'clusters,fast' stores them as 8-bit codes searched with integer products and "
+        "re-ranked exactly, the recommended storage; 'clusters,PCA96' / 'clusters,PCA' "
+        "reduce them, 'clusters,fp16' halves them), 'auto' (by size and "
         "--memory-budget) "
         "or a FAISS factory string such as 'HNSW32' or 'IVF4096,Flat'",
     )  # fmt: skip

@@ -39,6 +39,14 @@ class ClusterLists:
     rows : callable ``(c, i int64 [m]) -> float32 [m, d]``, optional
         Rows ``i`` of cluster ``c`` (positions within the cluster), without
         materialising the whole block. Default: ``block(c)[i]``.
+    codes : callable ``c -> int8 [n_c, d]``, optional
+        Lists of 8-bit codes (``"clusters,SQ8"``): cluster ``c``'s codes, each
+        minus 128 (never written). Row ``i`` decodes to
+        ``low + (codes[i] + 128.5) * step``, so for a query ``q`` the decoded
+        inner products are, up to a constant of the query, ``codes @ (q * step)``:
+        integer products rank them.
+    step : float32 [d], optional
+        Per-dimension step of ``codes`` (given with it).
     """
 
     def __init__(
@@ -47,11 +55,15 @@ class ClusterLists:
         offsets: np.ndarray,
         d: int,
         rows: Callable[[int, np.ndarray], np.ndarray] | None = None,
+        codes: Callable[[int], np.ndarray] | None = None,
+        step: np.ndarray | None = None,
     ):
         self.block = block
         self.offsets = offsets
         self.d = int(d)
         self.rows = rows if rows is not None else (lambda c, i: block(c)[i])
+        self.codes = codes
+        self.step = step
 
     @classmethod
     def from_sorted(cls, vectors: np.ndarray, offsets: np.ndarray) -> ClusterLists:
@@ -168,4 +180,26 @@ def ivf_cluster_lists(index: Any, manifest: dict[str, Any], offsets: np.ndarray)
             return picked.view(np.float16).astype(np.float32)
         return ivf.sq.decode(picked)
 
-    return ClusterLists(block, offsets, d, rows)
+    if codec != "SQ8" or ivf.sq.qtype != faiss.ScalarQuantizer.QT_8bit or code_size != d:
+        return ClusterLists(block, offsets, d, rows)
+    trained = faiss.vector_to_array(ivf.sq.trained).astype(np.float32)
+    step = trained[d:] / 255  # QT_8bit decodes code u of dimension j to low_j + (u + 0.5) step_j
+    # Each list is converted once, when first searched, into one array of int8
+    # codes in layout order (a quarter of the float32 sources at most; pages are
+    # taken only as lists are converted).
+    signed = np.empty(0, dtype=np.int8)
+    ready = np.zeros(len(offsets) - 1, dtype=bool)
+
+    def codes(c: int) -> np.ndarray:
+        nonlocal signed
+        lo, hi = int(offsets[c]), int(offsets[c + 1])
+        if signed.size == 0:
+            signed = np.empty((int(offsets[-1]), d), dtype=np.int8)
+        out = signed[lo:hi]
+        if not ready[c] and hi > lo:
+            raw = faiss.rev_swig_ptr(lists.get_codes(c), (hi - lo) * d).reshape(hi - lo, d)
+            np.bitwise_xor(raw, 0x80, out=out.view(np.uint8))  # u - 128, as int8
+        ready[c] = True
+        return out
+
+    return ClusterLists(block, offsets, d, rows, codes, step)

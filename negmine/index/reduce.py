@@ -10,9 +10,9 @@ these lists costs ``m / d`` of the float32 products; the best candidates are
 then re-ranked by their exact cosine from the embeddings, so scores and order
 stay exact (see :class:`negmine.search.backends.ProbeBackend`).
 
-``"clusters,fast"`` chooses ``m`` from the spectrum: the fewest dimensions, a
-multiple of 16, that keep :data:`FAST_ENERGY` of the centred sources' energy,
-at most ``d / 2``.
+``"clusters,PCA"`` (no ``m``) chooses ``m`` from the spectrum: the fewest
+dimensions, a multiple of 16, that keep :data:`PCA_ENERGY` of the centred
+sources' energy, at most ``d / 2``.
 
 The stored FAISS index is an ``IndexPreTransform`` of a ``LinearTransform``
 (``A = P``, ``b = -P mu``) over an ``IndexIVFFlat`` of width ``m``, so the
@@ -30,7 +30,7 @@ from .._checks import fail, normalized_float32
 
 __all__ = [
     "DEFAULT_RERANK",
-    "FAST_ENERGY",
+    "PCA_ENERGY",
     "fit_pca",
     "parse_reduction",
     "projection",
@@ -38,8 +38,8 @@ __all__ = [
     "wrap_reduced",
 ]
 
-#: Share of the centred sources' energy ``"clusters,fast"`` keeps.
-FAST_ENERGY = 0.8
+#: Share of the centred sources' energy ``"clusters,PCA"`` keeps.
+PCA_ENERGY = 0.8
 #: Re-rank factor of reduced lists when a run gives none (recorded in the manifest).
 DEFAULT_RERANK = 8
 #: Sources the principal axes are fitted on (an even sample).
@@ -48,23 +48,24 @@ _PCA = re.compile(r"pca(\d+)")
 
 
 def parse_reduction(codec: str, d: int) -> int | None:
-    """The ``m`` of a ``pca<m>`` codec (None for ``fast``), checked against ``d``.
+    """The ``m`` of a ``pca<m>`` codec (None for ``pca``: chosen from the spectrum),
+    checked against ``d``.
 
     Parameters
     ----------
     codec : str
-        Lower-case codec after ``"clusters,"``: ``"fast"`` or ``"pca<m>"``.
+        Lower-case codec after ``"clusters,"``: ``"pca"`` or ``"pca<m>"``.
     d : int
         Embedding width.
     """
-    if codec == "fast":
+    if codec == "pca":
         return None
     m = _PCA.fullmatch(codec)
     dims = int(m.group(1)) if m else 0
     if not 1 <= dims < d:
         fail("spec", f"name a reduction to 1..{d - 1} dimensions (d = {d})",
              repr(f"clusters,{codec}"), f"Use e.g. 'clusters,PCA{max(1, d // 4)}' or "
-             "'clusters,fast'.")  # fmt: skip
+             "'clusters,PCA' (m chosen from the spectrum).")  # fmt: skip
     return dims
 
 
@@ -79,7 +80,7 @@ def fit_pca(
         Raw source embeddings (normalised here, row by row).
     dims : int or None
         Axes kept; None chooses the fewest (a multiple of 16, at most ``d / 2``)
-        that keep :data:`FAST_ENERGY` of the energy.
+        that keep :data:`PCA_ENERGY` of the energy.
     seed : int
         Unused by the even sample; kept for a future random sample.
 
@@ -103,7 +104,7 @@ def fit_pca(
     evals, evecs = evals[::-1].clip(min=0), evecs[:, ::-1]
     share = np.cumsum(evals) / max(float(evals.sum()), 1e-30)
     if dims is None:
-        need = int(np.searchsorted(share, FAST_ENERGY) + 1)
+        need = int(np.searchsorted(share, PCA_ENERGY) + 1)
         dims = int(min(max(16, -(-need // 16) * 16), max(1, d // 2)))
     axes = np.ascontiguousarray(evecs[:, :dims].T, dtype=np.float32)
     info = {"dims": int(dims), "energy": round(float(share[dims - 1]), 4), "sample": int(take.size)}

@@ -123,7 +123,8 @@ class SourceIndex:
             Raw embeddings; a normalised float32 copy is indexed.
         spec : str
             ``"flat"`` (exact); ``"clusters"``, ``"clusters,fast"``,
-            ``"clusters,PCA<m>"``, ``"clusters,SQ8"`` or ``"clusters,fp16"``
+            ``"clusters,SQ8"``, ``"clusters,fp16"``, ``"clusters,PCA<m>"`` or
+            ``"clusters,PCA"``
             (inverted lists that are exactly the user's clusters, see Notes);
             ``"auto"`` (chosen by size and ``memory_budget``, the reason
             recorded in the manifest); or a FAISS
@@ -154,10 +155,13 @@ class SourceIndex:
         (``add_preassigned``) in ascending source id. Tier 3 then probes the
         ``nprobe`` clusters nearest to a question other than the pair's own,
         reading each list as one contiguous block (:mod:`negmine.probe`).
-        Compressed lists (SQ8: 1 byte per value, fp16: 2) are decoded block
-        by block and the candidates re-ranked exactly from the embeddings.
-        Reduced lists (``"clusters,PCA<m>"``; ``"clusters,fast"`` chooses ``m``
-        by the spectrum) hold each source centred and projected on the ``m``
+        8-bit lists (``"clusters,SQ8"``, and ``"clusters,fast"``, which names
+        them as the recommended storage: 1 byte per value) are searched with
+        integer products of quantized queries and the codes, fp16 lists (2
+        bytes) decoded block by block; either way the candidates are re-ranked
+        exactly from the embeddings. Reduced lists (``"clusters,PCA<m>"``;
+        ``"clusters,PCA"`` chooses ``m`` by the spectrum) hold each source
+        centred and projected on the ``m``
         leading principal axes: the candidate pass multiplies ``m``-wide rows,
         and every candidate is re-scored exactly from the embeddings
         (:mod:`negmine.index.reduce`).
@@ -224,7 +228,9 @@ class SourceIndex:
         index was loaded with ``mmap=True``), or, where the storage is not
         4-byte aligned (memory-mapped files are not), copies into one reused
         aligned buffer; SQ8 and fp16 lists are decoded to float32. Either way a
-        block is valid until the next call. Call :meth:`check_clusters` first.
+        block is valid until the next call. 8-bit lists also offer their codes
+        (``ClusterLists.codes``, converted once per list as searched). Call
+        :meth:`check_clusters` first.
         """
         return ivf_cluster_lists(self.index, self.manifest, offsets)
 

@@ -17,7 +17,9 @@ from .manifest import _FP_CHUNK, assignment_fingerprint, fingerprint
 from .reduce import DEFAULT_RERANK, fit_pca, parse_reduction, reduce_rows, wrap_reduced
 
 __all__ = [
+    "AUTO_FAST_MIN",
     "AUTO_FLAT_MAX",
+    "FAST_CODEC",
     "assignment_fingerprint",
     "build_clusters",
     "choose_spec",
@@ -27,8 +29,15 @@ __all__ = [
 #: Below this many sources "auto" keeps exact search: one blocked matrix
 #: product over them costs about as much as building an index would save.
 AUTO_FLAT_MAX = 100_000
+#: From this many sources on, "auto" builds 8-bit cluster lists
+#: (``"clusters,fast"``) even where float32 lists fit the budget.
+AUTO_FAST_MIN = 1_000_000
 
 _CODECS = {"flat": ("Flat", 4), "fp16": ("SQfp16", 2), "sq8": ("SQ8", 1)}
+#: What ``"clusters,fast"`` builds: 8-bit lists, searched with integer products
+#: and re-ranked exactly. Of the cluster lists measured at 1M sources it mined
+#: fastest at the same recall, in a quarter of float32's memory (docs/benchmarks.md).
+FAST_CODEC = "sq8"
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -66,11 +75,11 @@ def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, s
     budget, then fp16 (half), then 8-bit scalar quantisation (a quarter).
     When the clusters are known, the inverted lists are the clusters
     themselves (``"clusters"``): tier 3 must skip the pair's own cluster, and
-    generic lists crowd around it; when float32 lists exceed the budget, they
-    are reduced (``"clusters,fast"``) if those fit, and compressed otherwise.
-    Reduced lists are not chosen for speed: on the benchmark corpus at a
-    million sources they mined no faster than float32 lists at the same
-    recall (docs/benchmarks.md). Without clusters, ``IVF<K>`` with ``K``
+    generic lists crowd around it; they hold 8-bit codes (``"clusters,fast"``,
+    integer products re-ranked exactly) when float32 lists exceed the budget
+    and from :data:`AUTO_FAST_MIN` sources on, where those mined faster than
+    float32 lists at the same recall (docs/benchmarks.md), and float32 values
+    otherwise. Without clusters, ``IVF<K>`` with ``K``
     about ``8 sqrt(n)`` (the guidelines give 4 to 16 ``sqrt(n)``), with an
     HNSW coarse quantizer from a million sources on.
 
@@ -106,17 +115,17 @@ def choose_spec(n: int, d: int, has_clusters: bool, budget: int) -> tuple[str, s
 def _clusters_choice(
     n: int, d: int, codec: str, why: str, size: str, budget: int
 ) -> tuple[str, str]:
-    """The ``"auto"`` choice among cluster lists: float32, reduced, compressed."""
+    """The ``"auto"`` choice among cluster lists: float32 or 8-bit (``fast``)."""
     lists = "clusters given, so the lists are the clusters (tier 3 skips the own cluster)"
-    fast_bytes = n * max(1, d // 2) * 4  # reduced lists at their widest
-    if codec != "flat" and fast_bytes * 1.05 <= budget:
+    if codec == "flat" and n < AUTO_FAST_MIN:
+        return "clusters", f"{size}; {lists}; {why}"
+    fast = f"8-bit lists ({n * d / 2**20:.0f} MiB), integer products re-ranked exactly"
+    if codec == "flat":
         return "clusters,fast", (
-            f"{size}; {lists}; float32 over budget: reduced (PCA) lists, at most "
-            f"{fast_bytes / 2**20:.0f} MiB, a cheap candidate pass re-ranked exactly, fit the "
-            f"budget of {budget / 2**20:.0f} MiB"
+            f"{size}; {lists}; {n} sources >= {AUTO_FAST_MIN}: {fast}, faster than float32 "
+            f"lists at the same recall"
         )
-    spec = "clusters" if codec == "flat" else f"clusters,{codec}"
-    return spec, f"{size}; {lists}; {why}"
+    return "clusters,fast", f"{size}; {lists}; float32 over budget: {fast}; {why}"
 
 
 def _add_in_lists(index: Any, src: np.ndarray, scl: np.ndarray, transform: Any = None) -> None:
@@ -158,10 +167,11 @@ def build_clusters(
 
     n, d = src.shape
     codec = kind.split(",", 1)[1].strip() if "," in kind else "flat"
-    reduced = codec == "fast" or codec.startswith("pca")
+    codec = FAST_CODEC if codec == "fast" else codec
+    reduced = codec.startswith("pca")
     if not reduced and codec not in _CODECS:
-        fail("spec", "be 'clusters', 'clusters,fast', 'clusters,PCA<m>', 'clusters,SQ8' or "
-             "'clusters,fp16'", repr(kind))  # fmt: skip
+        fail("spec", "be 'clusters', 'clusters,fast', 'clusters,SQ8', 'clusters,fp16' or "
+             "'clusters,PCA<m>'", repr(kind))  # fmt: skip
     dims = parse_reduction(codec, d) if reduced else None
     if source_cluster_ids is None or centroid_embeddings is None:
         fail("source_cluster_ids", "be given with `centroid_embeddings` for spec 'clusters'",
@@ -190,6 +200,10 @@ def build_clusters(
     }
     if info:
         extra["clusters"]["reduction"] = info
+    if name == "SQ8":
+        extra["clusters"]["candidate_pass"] = (
+            "integer products of the 8-bit codes, then an exact re-rank from the embeddings"
+        )
     return index, factory, extra
 
 

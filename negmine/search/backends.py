@@ -6,7 +6,8 @@ cluster it skips, its question's positives excluded" and nothing else:
 * :class:`ExactBackend` — exact blocked products over all sources
   (cluster-ordered in memory, or a flat index's storage);
 * :class:`ProbeBackend` — the ``nprobe`` nearest clusters' lists (float32 or
-  decoded SQ8/fp16), optionally re-ranked exactly;
+  8-bit codes searched with integer products, decoded fp16, or reduced),
+  re-ranked exactly where the candidate pass's scores are not cosines;
 * :class:`FaissBackend` — any other FAISS index: over-fetch, drop excluded
   hits, search again, optionally re-ranked exactly.
 
@@ -215,7 +216,8 @@ class ProbeBackend(_Reranked):
         self.lists = lists
         self.nprobe = nprobe
         self.project = project
-        self.exact_scores = project is None
+        # Reduced rows and 8-bit codes rank candidates; only a re-rank gives cosines.
+        self.exact_scores = project is None and lists.codes is None
         self.products = products
 
     def _candidates(self, queries, rows, cluster, question, k):

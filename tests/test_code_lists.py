@@ -1,0 +1,163 @@
+"""8-bit cluster lists (``clusters,SQ8`` and ``clusters,fast``): a candidate pass of
+integer products over the codes, then an exact re-rank from the embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+from helpers import build_index as _build
+from helpers import kernel_inputs
+from reference import check_rows, small_corpus, unit
+
+from negmine import NegativeMiner
+from negmine.index import SourceIndex
+from negmine.plan import CODES_RERANK
+from negmine.search.probe import probe_outside_cluster, quantize_queries
+from negmine.synth import make_corpus
+
+T3 = {"n_neg": 3, "tier_proportions": [0, 0, 3, 0], "adjacent_k": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict:
+    return small_corpus(n_sources=700, n_clusters=9, n_questions=160, d=32, seed=11)
+
+
+def _codes_by_source(idx: SourceIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each source's stored uint8 code [S, d] and the quantizer's ``low`` and ``step``
+    [d], read from FAISS's lists and quantizer directly."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(idx.index))
+    d = ivf.d
+    out = np.zeros((ivf.ntotal, d), dtype=np.uint8)
+    for c in range(ivf.nlist):
+        n = ivf.invlists.list_size(c)
+        if n:
+            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(c), n).copy()
+            out[ids] = faiss.rev_swig_ptr(ivf.invlists.get_codes(c), n * d).reshape(n, d)
+    trained = faiss.vector_to_array(ivf.sq.trained)
+    return out, trained[:d], trained[d:] / 255
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_codes_and_step_decode_to_the_quantizer_values(tmp_path, corpus, mmap):
+    idx = _build(corpus, "clusters,SQ8")
+    if mmap:
+        idx.save(tmp_path / "ix")
+        idx = SourceIndex.load(tmp_path / "ix", mmap=True)
+    ki = kernel_inputs(corpus)
+    offsets = ki["layout"].offsets
+    lists = idx.cluster_lists(offsets)
+    codes, low, step = _codes_by_source(idx)
+    np.testing.assert_allclose(lists.step, step, rtol=1e-6)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(idx.index))
+    for c in range(len(offsets) - 1):
+        src = ki["layout"].order[offsets[c] : offsets[c + 1]]
+        got = lists.codes(c)
+        assert got.dtype == np.int8
+        np.testing.assert_array_equal(got.astype(np.int16) + 128, codes[src])
+        decoded = ivf.sq.decode(codes[src])  # FAISS's own decoding of the same codes
+        np.testing.assert_allclose(low + (got + 128.5) * step, decoded, atol=1e-6)
+
+
+def test_quantized_queries_are_the_weights_on_a_scale_of_their_own():
+    rng = np.random.default_rng(0)
+    xq = unit(rng.standard_normal((50, 24)))
+    xq[7] = 0.0
+    step = rng.uniform(0.001, 0.01, 24).astype(np.float32)
+    u = quantize_queries(xq, step)
+    assert u.dtype == np.int8 and np.abs(u.astype(int)).max() == 127
+    w = xq * step
+    top = np.abs(w).max(axis=1)
+    live = top > 0
+    np.testing.assert_array_equal(np.abs(u[live].astype(int)).max(axis=1), 127)
+    assert not u[7].any()
+    scale = 127 / top[live]
+    err = np.abs(u[live] / scale[:, None] - w[live])
+    assert (err <= 0.5001 / scale[:, None]).all()
+
+
+@pytest.mark.parametrize("nprobe", [2, 8])
+def test_integer_candidates_equal_integer_brute_force(corpus, nprobe):
+    """The candidate pass's scores are the exact integer sums of the quantized
+    query with each probed source's code, and its order is theirs (ties by
+    lower id), over the probed clusters, own cluster and positives excluded."""
+    idx = _build(corpus, "clusters,SQ8")
+    ki = kernel_inputs(corpus)
+    lay, pos = ki["layout"], ki["positives"]
+    lists = idx.cluster_lists(lay.offsets)
+    k = 7
+    got_d, got_i = probe_outside_cluster(
+        lists, ki["centroids"], ki["queries"], ki["query_rows"], ki["query_cluster"],
+        ki["query_question"], lay, pos, k, nprobe,
+    )  # fmt: skip
+    codes, _, step = _codes_by_source(idx)
+    xq = ki["queries"][ki["query_rows"]]
+    u = quantize_queries(xq, step).astype(np.int64)
+    signed = codes.astype(np.int64) - 128
+    scl = corpus["source_cluster_ids"]
+    for m in range(len(xq)):
+        cs = ki["centroids"] @ xq[m]
+        cs[ki["query_cluster"][m]] = -np.inf
+        probed = np.argsort(-cs, kind="stable")[:nprobe]
+        ok = np.isin(scl, probed)
+        q = ki["query_question"][m]
+        ok[pos.sources[pos.offsets[q] : pos.offsets[q + 1]]] = False
+        cand = np.flatnonzero(ok)
+        sc = signed[cand] @ u[m]
+        order = np.lexsort((cand, -sc))[:k]
+        want_i = np.full(k, -1)
+        want_i[: order.size] = cand[order]
+        np.testing.assert_array_equal(got_i[m], want_i, err_msg=str(m))
+        np.testing.assert_array_equal(got_d[m][: order.size], sc[order].astype(np.float32))
+
+
+def test_full_rerank_depth_is_exact_and_scores_are_cosines(corpus):
+    """At full depth the re-rank sees every probed source: exact tier 3, the same
+    ids as the float32 lists; at any depth the scores are exact cosines."""
+    n = len(corpus["source_embeddings"])
+    idx = _build(corpus, "clusters,SQ8")
+    full = NegativeMiner(**corpus, index=idx, nprobe=3, rerank=n, **T3).mine_all_negatives()
+    flat = NegativeMiner(**corpus, index=_build(corpus, "clusters"), nprobe=3, **T3)
+    want = flat.mine_all_negatives()["hard_negatives"]
+    np.testing.assert_array_equal(full["hard_negatives"], want)
+    shallow = NegativeMiner(**corpus, index=idx, nprobe=3, rerank=1, **T3).mine_all_negatives()
+    check_rows(shallow, corpus, T3["adjacent_k"])
+    ids = np.asarray(shallow["hard_negatives"])
+    qi = corpus["pair_indices"][:, 0]
+    exact = np.einsum("pd,pkd->pk", unit(corpus["question_embeddings"])[qi],
+                      unit(corpus["source_embeddings"])[ids])  # fmt: skip
+    np.testing.assert_allclose(np.asarray(shallow["negative_scores"]), exact, atol=1e-5)
+
+
+def test_recall_on_a_clustered_corpus_matches_float32_lists():
+    """On a corpus with the spectrum of real embeddings, the 8-bit pass re-ranked
+    at the default depth recalls what float32 lists recall at the same nprobe."""
+    c = make_corpus(6000, 40, 1500, d=64, seed=4, spectrum="minilm")
+
+    def recall(spec: str, rerank: int | None) -> float:
+        m = NegativeMiner(**c, index=_build(c, spec), nprobe=8, rerank=rerank,
+                          recall_sample=1500, **T3)  # fmt: skip
+        m.mine_arrays()
+        return m.last_stats["tier3_recall"]["recall"]
+
+    full = recall("clusters", None)
+    fast = recall("clusters,fast", None)
+    assert fast >= full - 0.01
+    assert recall("clusters,fast", 1) <= fast
+
+
+def test_fast_builds_8bit_lists_and_the_manifest_says_how_they_are_searched(tmp_path, corpus):
+    idx = _build(corpus, "clusters,fast")
+    idx.save(tmp_path / "ix")
+    man = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert man["spec"] == "clusters,fast" and man["factory"] == "IVF9,SQ8"
+    assert man["clusters"]["codec"] == "SQ8" and "integer" in man["clusters"]["candidate_pass"]
+    loaded = SourceIndex.load(tmp_path / "ix", mmap=True)
+    m = NegativeMiner(**corpus, index=loaded, nprobe=4, recall_sample=100, **T3)
+    m.mine_arrays()
+    st = m.last_stats
+    assert st["index"]["search_params"] == {"nprobe": 4, "rerank": CODES_RERANK}
+    assert st["index"]["clusters"]["codec"] == "SQ8"
