@@ -137,8 +137,14 @@ def check_cluster_lists(
                  "The file does not match its manifest; rebuild the index.")  # fmt: skip
 
 
-def ivf_cluster_lists(index: Any, manifest: dict[str, Any], offsets: np.ndarray) -> ClusterLists:
-    """The lists of a ``"clusters"`` index; see ``SourceIndex.cluster_lists``."""
+def ivf_cluster_lists(
+    index: Any, manifest: dict[str, Any], offsets: np.ndarray, cache: dict | None = None
+) -> ClusterLists:
+    """The lists of a ``"clusters"`` index; see ``SourceIndex.cluster_lists``.
+
+    ``cache`` (a dict kept with the index) holds 8-bit lists' signed codes, so
+    that the lists of every plan over the index convert each list once.
+    """
     import faiss
 
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
@@ -187,14 +193,16 @@ def ivf_cluster_lists(index: Any, manifest: dict[str, Any], offsets: np.ndarray)
     # Each list is converted once, when first searched, into one array of int8
     # codes in layout order (a quarter of the float32 sources at most; pages are
     # taken only as lists are converted).
-    signed = np.empty(0, dtype=np.int8)
-    ready = np.zeros(len(offsets) - 1, dtype=bool)
+    cache = {} if cache is None else cache
+    key = np.ascontiguousarray(offsets, dtype=np.int64).tobytes()
+    if key not in cache:
+        cache.clear()  # one layout at a time
+        cache[key] = (np.empty((int(offsets[-1]), d), dtype=np.int8),
+                      np.zeros(len(offsets) - 1, dtype=bool))  # fmt: skip
+    signed, ready = cache[key]
 
     def codes(c: int) -> np.ndarray:
-        nonlocal signed
         lo, hi = int(offsets[c]), int(offsets[c + 1])
-        if signed.size == 0:
-            signed = np.empty((int(offsets[-1]), d), dtype=np.int8)
         out = signed[lo:hi]
         if not ready[c] and hi > lo:
             raw = faiss.rev_swig_ptr(lists.get_codes(c), (hi - lo) * d).reshape(hi - lo, d)

@@ -62,6 +62,8 @@ class SourceIndex:
         self.index = index
         self.manifest = manifest
         self.mmapped = mmapped
+        # Signed codes of 8-bit lists, converted once for every plan over this index.
+        self._codes: dict[bytes, Any] = {}
 
     @property
     def is_exact(self) -> bool:
@@ -229,10 +231,11 @@ class SourceIndex:
         4-byte aligned (memory-mapped files are not), copies into one reused
         aligned buffer; SQ8 and fp16 lists are decoded to float32. Either way a
         block is valid until the next call. 8-bit lists also offer their codes
-        (``ClusterLists.codes``, converted once per list as searched). Call
+        (``ClusterLists.codes``, converted once per list as searched and
+        shared by every call with the same ``offsets``). Call
         :meth:`check_clusters` first.
         """
-        return ivf_cluster_lists(self.index, self.manifest, offsets)
+        return ivf_cluster_lists(self.index, self.manifest, offsets, self._codes)
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set FAISS search parameters of this index for the next searches.
