@@ -341,10 +341,8 @@ def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> No
     import faiss
 
     n, w = scores.shape
-    # Scores above each row's smallest kept one, row-major (column order within a row).
-    flat = np.flatnonzero(scores > dist[:, :1])  # column 0 of a min-heap row is its smallest
-    r = flat // w
-    cnt = np.bincount(r, minlength=n)
+    keep = scores > dist[:, :1]  # column 0 of a min-heap row is its smallest
+    cnt = np.count_nonzero(keep, axis=1)
     cold = 4 * cnt >= w  # rows where most scores may enter: the plain scan
     if cold.all():
         heap_over(dist, ids).addn(w, faiss.swig_ptr(scores), lo, 0, n)
@@ -354,13 +352,20 @@ def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> No
         sc = np.ascontiguousarray(scores[cold])
         heap_over(dc, ic).addn(w, faiss.swig_ptr(sc), lo, 0, dc.shape[0])
         dist[cold], ids[cold] = dc, ic
-        flat = flat[~cold[r]]
-        r = flat // w
+        warm = np.flatnonzero(~cold)
+        keep = keep[warm]
         cnt[cold] = 0
+    else:
+        warm = None
     most = int(cnt.max())
     if most == 0:
         return
+    # The scores that may enter, row by row in column order (row-major).
+    flat = np.flatnonzero(keep)
+    r = flat // w
     c = flat - r * w
+    if warm is not None:
+        r = warm[r]
     at = np.arange(r.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
     vals = np.full((n, most), -np.inf, dtype=np.float32)
     cols = np.full((n, most), -1, dtype=np.int64)
