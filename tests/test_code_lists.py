@@ -4,6 +4,7 @@ integer products over the codes, then an exact re-rank from the embeddings."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -161,3 +162,30 @@ def test_fast_builds_8bit_lists_and_the_manifest_says_how_they_are_searched(tmp_
     st = m.last_stats
     assert st["index"]["search_params"] == {"nprobe": 4, "rerank": CODES_RERANK}
     assert st["index"]["clusters"]["codec"] == "SQ8"
+
+
+def _rss_file_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("RssFile")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux /proc only")
+def test_converted_lists_of_a_mapped_file_leave_the_resident_set(tmp_path):
+    """Pages of a read-only file mapping are dropped (and read back intact when
+    touched again); memory of the process's own is never touched."""
+    from negmine.index.lists import _drop_mapped, _read_only_file_maps
+
+    a = np.arange(16 << 20, dtype=np.int32)  # 64 MiB
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    own = a.copy()
+    maps = _read_only_file_maps()
+    inside = [any(lo <= x.ctypes.data < hi for lo, hi in maps) for x in (m, own)]
+    assert inside == [True, False]
+    assert int(m.sum(dtype=np.int64)) == int(a.sum(dtype=np.int64))  # every page resident
+    before = _rss_file_mb()
+    _drop_mapped(m, maps)
+    _drop_mapped(own, maps)
+    assert before - _rss_file_mb() > 48
+    np.testing.assert_array_equal(m, a)
+    np.testing.assert_array_equal(own, a)

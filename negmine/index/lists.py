@@ -201,13 +201,52 @@ def ivf_cluster_lists(
                       np.zeros(len(offsets) - 1, dtype=bool))  # fmt: skip
     signed, ready = cache[key]
 
+    mapped = _read_only_file_maps()
+
     def codes(c: int) -> np.ndarray:
         lo, hi = int(offsets[c]), int(offsets[c + 1])
         out = signed[lo:hi]
         if not ready[c] and hi > lo:
             raw = faiss.rev_swig_ptr(lists.get_codes(c), (hi - lo) * d).reshape(hi - lo, d)
             np.bitwise_xor(raw, 0x80, out=out.view(np.uint8))  # u - 128, as int8
+            _drop_mapped(raw, mapped)  # a memory-mapped index is not read again
         ready[c] = True
         return out
 
     return ClusterLists(block, offsets, d, rows, codes, step)
+
+
+def _read_only_file_maps() -> list[tuple[int, int]]:
+    """Address ranges of this process's read-only file mappings (Linux; empty elsewhere)."""
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[5].startswith("/") and "w" not in parts[1]:
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    out.append((lo, hi))
+    except (OSError, ValueError):
+        return []
+    return out
+
+
+def _drop_mapped(a: np.ndarray, maps: list[tuple[int, int]]) -> None:
+    """Drop from this process the pages of ``a`` if they lie in a read-only file
+    mapping (a memory-mapped index): the kernel reads them back from the file if
+    they are touched again. Anything else (memory of the process's own, which
+    this would zero) is left alone."""
+    import ctypes
+    import mmap
+
+    start, size = a.ctypes.data, a.nbytes
+    if not size or not any(lo <= start and start + size <= hi for lo, hi in maps):
+        return
+    page = mmap.PAGESIZE
+    lo = start // page * page
+    hi = -(-(start + size) // page) * page
+    try:
+        libc = ctypes.CDLL(None)
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), mmap.MADV_DONTNEED)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
