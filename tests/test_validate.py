@@ -737,3 +737,24 @@ def test_reference_output_exercises_widening() -> None:
     cl = corpus.source_cluster[hn]
     assert ((tiers == 4) & (cl == 1))[0].sum() == 2
     assert validate_negatives(hn, tiers, **corpus.kwargs()).ok
+
+
+@pytest.mark.parametrize("step", [1, 3, 1 << 16])
+def test_later_duplicates_is_the_same_in_any_steps(monkeypatch, step):
+    """Each repeat of an in-range id after its first place in the row, whatever the
+    number of rows sorted at a time; out-of-range entries never count."""
+    import negmine.validate.rows as rows_mod
+
+    rng = np.random.default_rng(step)
+    ids = rng.integers(0, 6, size=(50, 5))
+    valid = rng.random((50, 5)) > 0.2
+    want = np.zeros(ids.shape, dtype=bool)
+    for r in range(ids.shape[0]):
+        seen = set()
+        for j in range(ids.shape[1]):
+            if valid[r, j]:
+                want[r, j] = ids[r, j] in seen
+                seen.add(ids[r, j])
+    monkeypatch.setattr(rows_mod, "REPEAT_ROWS", step)
+    assert want.any()
+    np.testing.assert_array_equal(rows_mod.later_duplicates(ids, valid), want)

@@ -96,23 +96,30 @@ def _positive_mask(
     return is_pos
 
 
+#: Rows :func:`later_duplicates` sorts at a time.
+REPEAT_ROWS = 1 << 16
+
+
 def later_duplicates(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """True at every repeat of an in-range id within its row (first occurrence stays False)."""
     n_rows, k = ids.shape
     later = np.zeros(ids.shape, dtype=bool)
     if n_rows == 0 or k < 2:
         return later
-    # Out-of-range entries get distinct negative stand-ins so they never match.
-    work = np.where(valid, ids, -1 - np.arange(k, dtype=np.int64))
-    srt = np.sort(work, axis=1)
-    dup_rows = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
-    if dup_rows.size:
-        sub = work[dup_rows]
-        order = np.argsort(sub, axis=1, kind="stable")
-        s = np.take_along_axis(sub, order, axis=1)
-        sub_later = np.zeros(sub.shape, dtype=bool)
-        np.put_along_axis(sub_later, order[:, 1:], s[:, 1:] == s[:, :-1], axis=1)
-        later[dup_rows] = sub_later
+    stand_in = -1 - np.arange(k, dtype=np.int64)
+    for r0 in range(0, n_rows, REPEAT_ROWS):  # in steps: a sorted copy of every row is large
+        r1 = min(r0 + REPEAT_ROWS, n_rows)
+        # Out-of-range entries get distinct negative stand-ins so they never match.
+        work = np.where(valid[r0:r1], ids[r0:r1], stand_in)
+        srt = np.sort(work, axis=1)
+        dup_rows = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+        if dup_rows.size:
+            sub = work[dup_rows]
+            order = np.argsort(sub, axis=1, kind="stable")
+            s = np.take_along_axis(sub, order, axis=1)
+            sub_later = np.zeros(sub.shape, dtype=bool)
+            np.put_along_axis(sub_later, order[:, 1:], s[:, 1:] == s[:, :-1], axis=1)
+            later[r0 + dup_rows] = sub_later
     return later
 
 
