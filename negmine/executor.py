@@ -212,6 +212,8 @@ def run_blocks(
            lambda g: np.subtract(*plan.tier3_range(g)[::-1]), checkpoints, bar, out)  # fmt: skip
     if after_tier3 is not None:
         after_tier3(out)
+    if "backend" in plan.__dict__:  # built here (in-process): the pair blocks do not search
+        plan.backend.release()
 
     def pair_args(g: int) -> tuple[np.ndarray]:
         p0, p1 = plan.pair_range(g)

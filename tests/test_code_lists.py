@@ -189,3 +189,16 @@ def test_converted_lists_of_a_mapped_file_leave_the_resident_set(tmp_path):
     assert before - _rss_file_mb() > 48
     np.testing.assert_array_equal(m, a)
     np.testing.assert_array_equal(own, a)
+
+
+def test_the_codes_are_freed_once_tier_3_is_done_and_rebuilt_alike(corpus):
+    idx = _build(corpus, "clusters,fast")
+    m = NegativeMiner(**corpus, index=idx, nprobe=4, **T3)
+    lists = m.plan.backend.lists
+    first = m.mine_all_negatives()
+    assert idx._codes == {}  # the pair blocks do not search
+    lists.codes(0)
+    assert len(idx._codes) == 1  # converted again when searched
+    again = m.mine_all_negatives()
+    for name in ("hard_negatives", "negative_tiers", "negative_scores"):
+        np.testing.assert_array_equal(np.asarray(first[name]), np.asarray(again[name]))

@@ -64,6 +64,9 @@ class ClusterLists:
         self.rows = rows if rows is not None else (lambda c, i: block(c)[i])
         self.codes = codes
         self.step = step
+        #: Frees what the lists keep between searches (8-bit lists: their signed
+        #: codes, converted again when next searched).
+        self.release: Callable[[], Any] = lambda: None
 
     @classmethod
     def from_sorted(cls, vectors: np.ndarray, offsets: np.ndarray) -> ClusterLists:
@@ -195,15 +198,14 @@ def ivf_cluster_lists(
     # taken only as lists are converted).
     cache = {} if cache is None else cache
     key = np.ascontiguousarray(offsets, dtype=np.int64).tobytes()
-    if key not in cache:
-        cache.clear()  # one layout at a time
-        cache[key] = (np.empty((int(offsets[-1]), d), dtype=np.int8),
-                      np.zeros(len(offsets) - 1, dtype=bool))  # fmt: skip
-    signed, ready = cache[key]
-
     mapped = _read_only_file_maps()
 
     def codes(c: int) -> np.ndarray:
+        if key not in cache:
+            cache.clear()  # one layout at a time
+            cache[key] = (np.empty((int(offsets[-1]), d), dtype=np.int8),
+                          np.zeros(len(offsets) - 1, dtype=bool))  # fmt: skip
+        signed, ready = cache[key]
         lo, hi = int(offsets[c]), int(offsets[c + 1])
         out = signed[lo:hi]
         if not ready[c] and hi > lo:
@@ -213,7 +215,9 @@ def ivf_cluster_lists(
         ready[c] = True
         return out
 
-    return ClusterLists(block, offsets, d, rows, codes, step)
+    out = ClusterLists(block, offsets, d, rows, codes, step)
+    out.release = lambda: cache.pop(key, None)
+    return out
 
 
 def _read_only_file_maps() -> list[tuple[int, int]]:

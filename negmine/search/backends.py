@@ -110,6 +110,9 @@ class Tier3Backend:
         """What the manifest and the run key record about this search."""
         return dict(self.description)
 
+    def release(self) -> None:
+        """Free what the search keeps between calls (rebuilt when it searches again)."""
+
     def _args(self, queries, rows, cluster, question):
         return (queries, rows, cluster, question, self.ctx.layout, self.ctx.positives)
 
@@ -219,6 +222,9 @@ class ProbeBackend(_Reranked):
         # Reduced rows and 8-bit codes rank candidates; only a re-rank gives cosines.
         self.exact_scores = project is None and lists.codes is None
         self.products = products
+
+    def release(self) -> None:
+        self.lists.release()
 
     def _candidates(self, queries, rows, cluster, question, k):
         return probe_outside_cluster(
