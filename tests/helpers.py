@@ -41,3 +41,14 @@ def build_index(corpus: dict, spec: str, **kw) -> SourceIndex:
         centroid_embeddings=corpus["centroid_embeddings"],
         **kw,
     )
+
+
+def tier3_recall(corpus: dict, spec: str, rerank: int | None, nprobe: int, **mine) -> float:
+    """Tier-3 recall@k of mining ``corpus`` over a fresh ``spec`` index, measured
+    by the miner on up to 1500 queries."""
+    from negmine import NegativeMiner
+
+    m = NegativeMiner(**corpus, index=build_index(corpus, spec), nprobe=nprobe, rerank=rerank,
+                      recall_sample=1500, **mine)  # fmt: skip
+    m.mine_arrays()
+    return m.last_stats["tier3_recall"]["recall"]

@@ -203,3 +203,11 @@ def filtered_tier3_reference(
             }
         )
     return out
+
+
+def exact_negative_scores(res: dict, corpus: dict) -> np.ndarray:
+    """The exact cosine of every mined negative with its pair's question, [P, n_neg]."""
+    ids = np.asarray(res["hard_negatives"])
+    qi = corpus["pair_indices"][:, 0]
+    return np.einsum("pd,pkd->pk", unit(corpus["question_embeddings"])[qi],
+                     unit(corpus["source_embeddings"])[ids])  # fmt: skip

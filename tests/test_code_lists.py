@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 import pytest
 from helpers import build_index as _build
-from helpers import kernel_inputs
-from reference import check_rows, small_corpus, unit
+from helpers import kernel_inputs, tier3_recall
+from reference import check_rows, exact_negative_scores, small_corpus, unit
 
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
@@ -126,10 +126,7 @@ def test_full_rerank_depth_is_exact_and_scores_are_cosines(corpus):
     np.testing.assert_array_equal(full["hard_negatives"], want)
     shallow = NegativeMiner(**corpus, index=idx, nprobe=3, rerank=1, **T3).mine_all_negatives()
     check_rows(shallow, corpus, T3["adjacent_k"])
-    ids = np.asarray(shallow["hard_negatives"])
-    qi = corpus["pair_indices"][:, 0]
-    exact = np.einsum("pd,pkd->pk", unit(corpus["question_embeddings"])[qi],
-                      unit(corpus["source_embeddings"])[ids])  # fmt: skip
+    exact = exact_negative_scores(shallow, corpus)
     np.testing.assert_allclose(np.asarray(shallow["negative_scores"]), exact, atol=1e-5)
 
 
@@ -139,10 +136,7 @@ def test_recall_on_a_clustered_corpus_matches_float32_lists():
     c = make_corpus(6000, 40, 1500, d=64, seed=4, spectrum="minilm")
 
     def recall(spec: str, rerank: int | None) -> float:
-        m = NegativeMiner(**c, index=_build(c, spec), nprobe=8, rerank=rerank,
-                          recall_sample=1500, **T3)  # fmt: skip
-        m.mine_arrays()
-        return m.last_stats["tier3_recall"]["recall"]
+        return tier3_recall(c, spec, rerank, 8, **T3)
 
     full = recall("clusters", None)
     fast = recall("clusters,fast", None)

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 from helpers import build_index as _build
-from reference import check_rows, small_corpus, unit
+from helpers import tier3_recall
+from reference import check_rows, exact_negative_scores, small_corpus, unit
 
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
@@ -79,10 +80,7 @@ def test_scores_are_exact_cosines_and_shallow_rerank_loses_some(corpus):
     want = _probed_brute_force(corpus, 9, 3)
     recall = np.mean([len(set(got[r].tolist()) & w) / 3 for r, w in enumerate(want)])
     assert recall < 1.0  # 4 of 24 axes: the candidate pass alone is not exact
-    ids = np.asarray(shallow["hard_negatives"])
-    qi = corpus["pair_indices"][:, 0]
-    exact = np.einsum("pd,pkd->pk", unit(corpus["question_embeddings"])[qi],
-                      unit(corpus["source_embeddings"])[ids])  # fmt: skip
+    exact = exact_negative_scores(shallow, corpus)
     np.testing.assert_allclose(np.asarray(shallow["negative_scores"]), exact, atol=1e-5)
 
 
@@ -93,10 +91,7 @@ def test_recall_on_a_clustered_corpus_rises_with_the_rerank():
     c = make_corpus(6000, 40, 1500, d=64, seed=4, spectrum="minilm")
 
     def recall(spec: str, rerank: int | None) -> float:
-        m = NegativeMiner(**c, index=_build(c, spec), nprobe=8, rerank=rerank,
-                          recall_sample=1500, **T3)  # fmt: skip
-        m.mine_arrays()
-        return m.last_stats["tier3_recall"]["recall"]
+        return tier3_recall(c, spec, rerank, 8, **T3)
 
     shallow, deep = recall("clusters,PCA", 2), recall("clusters,PCA", 32)
     full = recall("clusters", None)
