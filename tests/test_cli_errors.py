@@ -234,8 +234,14 @@ def test_ctrl_c_on_mine_says_resume_and_resume_continues(tmp_path, blocks_data):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "negmine", "mine", str(blocks_data), "--out", str(out),
            "--n-neg", "8", "-q"]  # fmt: skip
+    # A shell runs background jobs with SIGINT ignored, and a child inherits that: give the
+    # miner the default disposition, as a terminal's Ctrl-C would find it.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(NEGMINE_PAUSE_AT="after-tier3-0"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     try:
         assert proc.stderr.readline().strip() == "paused:after-tier3-0"  # the run is under way
         proc.send_signal(signal.SIGINT)
