@@ -234,6 +234,7 @@ def test_ctrl_c_on_mine_says_resume_and_resume_continues(tmp_path, blocks_data):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "negmine", "mine", str(blocks_data), "--out", str(out),
            "--n-neg", "8", "-q"]  # fmt: skip
+
     # A shell runs background jobs with SIGINT ignored, and a child inherits that: give the
     # miner the default disposition, as a terminal's Ctrl-C would find it.
     def default_sigint() -> None:
