@@ -16,7 +16,8 @@ from reference import check_rows, exact_negative_scores, small_corpus, unit
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
 from negmine.plan import CODES_RERANK
-from negmine.search.probe import probe_outside_cluster, quantize_queries
+from negmine.search.codes import quantize_queries
+from negmine.search.probe import probe_outside_cluster
 from negmine.synth import make_corpus
 
 T3 = {"n_neg": 3, "tier_proportions": [0, 0, 3, 0], "adjacent_k": 1, "seed": 3}

@@ -13,7 +13,7 @@ above its smallest kept score is skipped whole, and of the others only the
 scores above it are pushed (:func:`_admit`). With ``project`` the lists
 hold reduced (PCA) rows and the products are ``m``-wide
 (:mod:`negmine.index.reduce`). Over 8-bit lists (``ClusterLists.codes``) the
-queries are quantized too (:func:`quantize_queries`) and the products are
+queries are quantized too (:mod:`negmine.search.codes`) and the products are
 torch's int8 x int8 ones, summed exactly in int32: about four times the
 float32 rate here, and the same bytes whatever the thread count or blocking.
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
+from .codes import int_products, quantize_queries
 from .common import faiss_single_threaded, heap_over, run_query_blocks
 from .products import matmul_into, product_threads
 
@@ -198,19 +199,44 @@ class _ProbeKernel:
     def _scores(self, n: int) -> np.ndarray:
         if self.buf.size < n:
             self.buf = np.empty(max(n, SCORE_BUFFER), dtype=np.float32)
+            if self.integer:
+                self.ibuf = np.empty(self.buf.size, dtype=np.int32)
         return self.buf[:n]
 
-    def _int_products(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``a @ b.T`` int32 [m, n] for int8 ``a`` [m, d] and ``b`` [n, d], summed
-        exactly (valid until the next call)."""
-        import torch
-
-        size = a.shape[0] * b.shape[0]
-        if self.ibuf.size < size:
-            self.ibuf = np.empty(max(size, SCORE_BUFFER), dtype=np.int32)
-        prod = self.ibuf[:size].reshape(a.shape[0], b.shape[0])
-        torch._int_mm(torch.from_numpy(a), torch.from_numpy(b).T, out=torch.from_numpy(prod))
-        return prod
+    def _push(self, xq, src, sub, lo, pos, top_d, top_i) -> None:
+        """Score queries ``sub`` of the block against one cluster's rows ``src``
+        (layout positions from ``lo``), its positives ``pos`` (block rows,
+        positions within the cluster) left out, into the queries' heaps."""
+        n_sub, width = sub.size, src.shape[0]
+        scores = self._scores(n_sub * width).reshape(n_sub, width)
+        if self.integer:
+            prod = self.ibuf[: n_sub * width].reshape(n_sub, width)
+            int_products(xq[sub], src, prod)
+        else:
+            matmul_into(xq[sub], src, scores, self.products)
+        if self.integer and not pos[0].size:
+            scores = prod  # compared as int32: cast below, only the rows that may enter
+        elif self.integer:
+            scores[...] = prod
+        if pos[0].size:
+            self.local[sub] = np.arange(n_sub)
+            hit_row = self.local[pos[0]]
+            ok = hit_row >= 0
+            scores[hit_row[ok], pos[1][ok]] = -np.inf
+            self.local[sub] = -1
+        # Once heaps are warm most rows hold no score above their smallest kept
+        # one, and a row's maximum says so: those rows are left alone.
+        live = scores.max(axis=1) > top_d[sub, 0]
+        if not live.all():
+            live = np.flatnonzero(live)
+            if live.size == 0:
+                return
+            sub, scores = sub[live], scores[live]
+        if scores.dtype != np.float32:
+            scores = scores.astype(np.float32)  # exact: |sums| < 2**24 for d <= 1032
+        dist, ids = top_d[sub], top_i[sub]
+        _admit(scores, dist, ids, lo)
+        top_d[sub], top_i[sub] = dist, ids
 
     def run(self, xq, cl, qq):
         lay = self.layout
@@ -254,7 +280,6 @@ class _ProbeKernel:
         top_i.fill(-1)
         if self.local.size < nb:
             self.local = np.full(nb, -1, dtype=np.int64)
-        local = self.local
         for g in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
             c = g % n_c
             lo, hi = int(lay.offsets[c]), int(lay.offsets[c + 1])
@@ -262,39 +287,11 @@ class _ProbeKernel:
                 continue
             rows = pair_row[bounds[g] : bounds[g + 1]]
             p0, p1 = np.searchsorted(pos_col, [lo, hi])
+            pos = (pos_row[p0:p1], pos_col[p0:p1] - lo)
             src = self.lists.codes(c) if self.integer else self.lists.block(c)
-            width = hi - lo
-            step = max(1, SCORE_BUFFER // width)
+            step = max(1, SCORE_BUFFER // (hi - lo))
             for r0 in range(0, rows.size, step):
-                sub = rows[r0 : r0 + step]
-                n_sub = sub.size
-                if self.integer:
-                    scores = self._int_products(xq[sub], src)
-                else:
-                    scores = self._scores(n_sub * width).reshape(n_sub, width)
-                    matmul_into(xq[sub], src, scores, self.products)
-                if p1 > p0:
-                    if scores.dtype != np.float32:
-                        scores = self._scores(n_sub * width).reshape(n_sub, width)
-                        scores[...] = self.ibuf[: scores.size].reshape(n_sub, width)
-                    local[sub] = np.arange(n_sub)
-                    hit_row = local[pos_row[p0:p1]]
-                    ok = hit_row >= 0
-                    scores[hit_row[ok], pos_col[p0:p1][ok] - lo] = -np.inf
-                    local[sub] = -1
-                # Once heaps are warm most rows hold no score above their smallest
-                # kept one, and a row's maximum says so: those rows are left alone.
-                live = scores.max(axis=1) > top_d[sub, 0]
-                if not live.all():
-                    live = np.flatnonzero(live)
-                    if live.size == 0:
-                        continue
-                    sub, scores = sub[live], scores[live]
-                if scores.dtype != np.float32:
-                    scores = scores.astype(np.float32)  # exact: |sums| < 2**24 for d <= 1032
-                dist, ids = top_d[sub], top_i[sub]
-                _admit(scores, dist, ids, lo)
-                top_d[sub], top_i[sub] = dist, ids
+                self._push(xq, src, rows[r0 : r0 + step], lo, pos, top_d, top_i)
         flat_i = np.where(top_i < 0, -1, lay.order[np.maximum(top_i, 0)])
         # Descending score, ties (and the -inf padding) by ascending id, -1 last.
         id_key = np.where(flat_i >= 0, flat_i, np.iinfo(np.int64).max)
@@ -303,29 +300,6 @@ class _ProbeKernel:
             np.take_along_axis(top_d, order, axis=1),
             np.take_along_axis(flat_i, order, axis=1),
         )
-
-
-def quantize_queries(xq: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """Queries as int8 weights on 8-bit codes whose dimension ``j`` steps by ``step[j]``.
-
-    A query ``q`` ranks codes by ``codes @ (q * step)`` (see
-    :class:`negmine.index.ClusterLists`); those weights are rounded to integers
-    in ``[-127, 127]`` on a scale of the query's own, which keeps its ranking
-    up to the rounding and makes each score an exact integer sum.
-
-    Parameters
-    ----------
-    xq : float32 [n, d]
-    step : float32 [d]
-
-    Returns
-    -------
-    int8 [n, d]
-    """
-    w = xq * step
-    top = np.abs(w).max(axis=1, keepdims=True)
-    scale = np.divide(127.0, top, out=np.ones_like(top), where=top > 0)
-    return np.rint(w * scale).astype(np.int8)
 
 
 def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> None:
