@@ -38,8 +38,7 @@ from .search.products import resolve_products
 from .vectors import SourceVectors
 
 __all__ = ["CLUSTERS_NPROBE", "CODES_RERANK", "COMPRESSED_RERANK", "PAIR_BLOCK", "REDUCED_RERANK",
-           "T3_BLOCK",
-           "MiningPlan", "make_plan", "raw_cluster_lists"]  # fmt: skip
+           "T3_BLOCK", "MiningPlan", "make_plan", "raw_cluster_lists"]  # fmt: skip
 
 #: Tier-3 queries per block (a multiple of the search's query block).
 T3_BLOCK = 4 * QUERY_BLOCK

@@ -196,30 +196,29 @@ class _ProbeKernel:
         self.integer = project is None and lists.codes is not None
         self.ibuf = np.empty(0, dtype=np.int32)
 
-    def _scores(self, n: int) -> np.ndarray:
-        if self.buf.size < n:
-            self.buf = np.empty(max(n, SCORE_BUFFER), dtype=np.float32)
-            if self.integer:
-                self.ibuf = np.empty(self.buf.size, dtype=np.int32)
-        return self.buf[:n]
+    def _scores(self, n: int, dtype: type = np.float32) -> np.ndarray:
+        """``n`` entries of the reused float32 (or int32) score buffer."""
+        name = "buf" if dtype is np.float32 else "ibuf"
+        if getattr(self, name).size < n:
+            setattr(self, name, np.empty(max(n, SCORE_BUFFER), dtype=dtype))
+        return getattr(self, name)[:n]
 
     def _push(self, xq, src, sub, lo, pos, top_d, top_i) -> None:
         """Score queries ``sub`` of the block against one cluster's rows ``src``
         (layout positions from ``lo``), its positives ``pos`` (block rows,
         positions within the cluster) left out, into the queries' heaps."""
-        n_sub, width = sub.size, src.shape[0]
-        scores = self._scores(n_sub * width).reshape(n_sub, width)
-        if self.integer:
-            prod = self.ibuf[: n_sub * width].reshape(n_sub, width)
-            int_products(xq[sub], src, prod)
+        shape = (sub.size, src.shape[0])
+        if self.integer:  # compared as int32; cast below, only the rows that may enter
+            scores = self._scores(shape[0] * shape[1], np.int32).reshape(shape)
+            int_products(xq[sub], src, scores)
         else:
+            scores = self._scores(shape[0] * shape[1]).reshape(shape)
             matmul_into(xq[sub], src, scores, self.products)
-        if self.integer and not pos[0].size:
-            scores = prod  # compared as int32: cast below, only the rows that may enter
-        elif self.integer:
-            scores[...] = prod
         if pos[0].size:
-            self.local[sub] = np.arange(n_sub)
+            if self.integer:  # a positive's -inf needs floats
+                ints, scores = scores, self._scores(scores.size).reshape(shape)
+                scores[...] = ints
+            self.local[sub] = np.arange(shape[0])
             hit_row = self.local[pos[0]]
             ok = hit_row >= 0
             scores[hit_row[ok], pos[1][ok]] = -np.inf
