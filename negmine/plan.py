@@ -33,15 +33,21 @@ from .search.backends import (
     Tier3Backend,
 )
 from .search.common import QUERY_BLOCK, max_depth
-from .search.probe import PROBE_BLAS_THREADS
+from .search.probe import INTEGER_BLOCK, PROBE_BLAS_THREADS
 from .search.products import resolve_products
 from .vectors import SourceVectors
 
-__all__ = ["CLUSTERS_NPROBE", "CODES_RERANK", "COMPRESSED_RERANK", "PAIR_BLOCK", "REDUCED_RERANK",
-           "T3_BLOCK", "MiningPlan", "make_plan", "raw_cluster_lists"]  # fmt: skip
+__all__ = ["CLUSTERS_NPROBE", "CODES_RERANK", "CODES_T3_BLOCK", "COMPRESSED_RERANK",
+           "PAIR_BLOCK", "REDUCED_RERANK", "T3_BLOCK", "MiningPlan", "make_plan",
+           "raw_cluster_lists"]  # fmt: skip
 
-#: Tier-3 queries per block (a multiple of the search's query block).
+#: Tier-3 queries per block (a multiple of the search's query block); with an
+#: integer candidate pass (8-bit cluster lists) blocks are :data:`CODES_T3_BLOCK`.
 T3_BLOCK = 4 * QUERY_BLOCK
+#: Tier-3 queries per block over 8-bit cluster lists: one probe-kernel block
+#: (:data:`~negmine.search.probe.INTEGER_BLOCK`), where each cluster's fixed cost
+#: is spread over four times the queries of :data:`T3_BLOCK`.
+CODES_T3_BLOCK = INTEGER_BLOCK
 #: Pairs per block (a multiple of the random-stream block).
 PAIR_BLOCK = 64 * RNG_BLOCK
 #: Clusters probed per query by a ``"clusters"`` index when no ``nprobe`` is given.
@@ -105,11 +111,23 @@ class MiningPlan:
 
     @property
     def n_tier3_blocks(self) -> int:
-        return -(-self.n_tier3 // T3_BLOCK)
+        return -(-self.n_tier3 // self.t3_block)
+
+    @property
+    def t3_block(self) -> int:
+        """Tier-3 queries per block: :data:`CODES_T3_BLOCK` where the index's
+        lists are 8-bit codes (the integer candidate pass, whose results do not
+        depend on how queries are grouped), else :data:`T3_BLOCK`."""
+        index = self.index
+        if (index is not None and index.is_clusters and index.reduction is None
+                and _codec(index) == "SQ8"):  # fmt: skip
+            return CODES_T3_BLOCK
+        return T3_BLOCK
 
     def tier3_range(self, g: int) -> tuple[int, int]:
         """Tier-3 queries ``[c0, c1)`` of block ``g``."""
-        return g * T3_BLOCK, min((g + 1) * T3_BLOCK, self.n_tier3)
+        b = self.t3_block
+        return g * b, min((g + 1) * b, self.n_tier3)
 
     @property
     def n_pair_blocks(self) -> int:

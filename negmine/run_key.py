@@ -7,7 +7,7 @@ import json
 
 from ._version import __version__
 from .io.runs import hash_arrays
-from .plan import MiningPlan
+from .plan import PAIR_BLOCK, MiningPlan
 
 __all__ = ["input_fingerprints", "run_key"]
 
@@ -46,8 +46,9 @@ def run_key(plan: MiningPlan, fingerprints: dict[str, str] | None = None) -> str
 
     Covers the six input arrays (the centroids included: they decide tier 2
     and which clusters a probe visits), every setting of
-    :meth:`~negmine.config.MiningConfig.result_dict` and the description of
-    the tier-3 search (index manifest and search parameters). The executor,
+    :meth:`~negmine.config.MiningConfig.result_dict`, the description of
+    the tier-3 search (index manifest and search parameters) and the block
+    sizes (checkpoints are stored by block number). The executor,
     ``batch_size``, progress and thread count are left out: the output does
     not depend on them.
 
@@ -65,6 +66,7 @@ def run_key(plan: MiningPlan, fingerprints: dict[str, str] | None = None) -> str
     fps = fingerprints if fingerprints is not None else input_fingerprints(plan)
     h = hashlib.sha256(f"negmine-run:{__version__}:".encode())
     desc = json.dumps(plan.describe_search(), sort_keys=True)
-    h.update(json.dumps({"config": plan.config.result_dict(), "index": desc, "inputs": fps},
-                        sort_keys=True).encode())  # fmt: skip
+    blocks = {"tier3": plan.t3_block, "pairs": PAIR_BLOCK}
+    h.update(json.dumps({"config": plan.config.result_dict(), "index": desc, "inputs": fps,
+                         "blocks": blocks}, sort_keys=True).encode())  # fmt: skip
     return "sha256:" + h.hexdigest()

@@ -16,6 +16,7 @@ from reference import check_rows, exact_negative_scores, small_corpus, unit
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
 from negmine.plan import CODES_RERANK
+from negmine.search import probe as probe_mod
 from negmine.search.codes import quantize_queries
 from negmine.search.probe import probe_outside_cluster
 from negmine.synth import make_corpus
@@ -116,6 +117,28 @@ def test_integer_candidates_equal_integer_brute_force(corpus, nprobe):
         np.testing.assert_array_equal(got_d[m][: order.size], sc[order].astype(np.float32))
 
 
+def test_integer_blocks_of_any_size_give_the_same_bytes(corpus, monkeypatch):
+    """Over 8-bit codes, how many queries share a block (and so each cluster's
+    product) changes nothing: the sums are exact and the probe sets are still
+    chosen PROBE_BLOCK rows at a time."""
+    idx = _build(corpus, "clusters,SQ8")
+    ki = kernel_inputs(corpus)
+    lists = idx.cluster_lists(ki["layout"].offsets)
+    args = (lists, ki["centroids"], ki["queries"], ki["query_rows"], ki["query_cluster"],
+            ki["query_question"], ki["layout"], ki["positives"], 6, 3)  # fmt: skip
+    monkeypatch.setattr(probe_mod, "PROBE_BLOCK", 16)
+    results = {}
+    for block in (16, 64, 1 << 20):
+        monkeypatch.setattr(probe_mod, "INTEGER_BLOCK", block)
+        seen: list[int] = []
+        results[block] = probe_outside_cluster(*args, progress=seen.append)
+        assert max(seen) == min(block, len(ki["query_rows"]))
+    assert len(ki["query_rows"]) > 64  # several blocks of 16 and of 64
+    for block in (64, 1 << 20):  # (one block: checked by brute force above)
+        for got, want in zip(results[block], results[16], strict=True):
+            assert got.tobytes() == want.tobytes()
+
+
 def test_full_rerank_depth_is_exact_and_scores_are_cosines(corpus):
     """At full depth the re-rank sees every probed source: exact tier 3, the same
     ids as the float32 lists; at any depth the scores are exact cosines."""
@@ -197,3 +220,28 @@ def test_the_codes_are_freed_once_tier_3_is_done_and_rebuilt_alike(corpus):
     again = m.mine_all_negatives()
     for name in ("hard_negatives", "negative_tiers", "negative_scores"):
         np.testing.assert_array_equal(np.asarray(first[name]), np.asarray(again[name]))
+
+
+def test_tier3_blocks_over_codes_are_larger_and_their_size_changes_no_byte(corpus, monkeypatch):
+    """8-bit lists mine in tier-3 blocks of CODES_T3_BLOCK queries; cut into many
+    small blocks instead, the run gives the same bytes, under another run key
+    (checkpoints are stored by block number)."""
+    import negmine.plan as plan_mod
+
+    idx = _build(corpus, "clusters,fast")
+    cfg = dict(n_neg=6, tier_proportions=[1, 2, 2, 1], adjacent_k=2, seed=5)
+    whole = NegativeMiner(**corpus, index=idx, nprobe=3, **cfg)
+    assert whole.plan.t3_block == plan_mod.CODES_T3_BLOCK == probe_mod.INTEGER_BLOCK
+    assert whole.plan.n_tier3_blocks == 1
+    float32 = NegativeMiner(**corpus, index=_build(corpus, "clusters"), nprobe=3, **cfg)
+    assert float32.plan.t3_block == plan_mod.T3_BLOCK
+    first = whole.mine_all_negatives()
+    key = whole.run_key()
+    monkeypatch.setattr(plan_mod, "CODES_T3_BLOCK", 32)
+    monkeypatch.setattr(probe_mod, "INTEGER_BLOCK", 32)
+    cut = NegativeMiner(**corpus, index=idx, nprobe=3, **cfg)
+    assert cut.plan.n_tier3_blocks == -(-cut.plan.n_tier3 // 32) > 3
+    again = cut.mine_all_negatives()
+    for name in ("hard_negatives", "negative_tiers", "negative_scores"):
+        assert np.asarray(first[name]).tobytes() == np.asarray(again[name]).tobytes(), name
+    assert cut.run_key() != key

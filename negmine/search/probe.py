@@ -33,12 +33,17 @@ from .codes import int_products, quantize_queries
 from .common import faiss_single_threaded, heap_over, run_query_blocks
 from .products import matmul_into, product_threads
 
-__all__ = ["PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists", "probe_outside_cluster",
-           "quantize_queries", "recall_at_k"]  # fmt: skip
+__all__ = ["INTEGER_BLOCK", "PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists",
+           "probe_outside_cluster", "quantize_queries", "recall_at_k"]  # fmt: skip
 
 #: Queries per block. Fixed so that which queries share a matrix product (and so
 #: any near-tie) never depends on how the caller batches the work.
 PROBE_BLOCK = 4096
+#: Queries per block over 8-bit codes. Integer products are exact and the probe
+#: sets are still chosen :data:`PROBE_BLOCK` rows at a time, so which queries
+#: share a block cannot change a result; a larger block spreads each cluster's
+#: fixed cost (a call, a heap update) over four times the queries.
+INTEGER_BLOCK = 4 * PROBE_BLOCK
 #: BLAS threads of the kernel's products, whatever the machine's count: the
 #: products are small (the queries probing one cluster times its sources), and
 #: OpenBLAS rounds them differently with another number of threads, which can
@@ -150,9 +155,10 @@ def probe_outside_cluster(
 
     Notes
     -----
-    Queries are processed in fixed blocks of :data:`PROBE_BLOCK`, so results
-    do not depend on how a caller slices the queries as long as the slices
-    are aligned to that block.
+    Queries are processed in fixed blocks of :data:`PROBE_BLOCK`
+    (:data:`INTEGER_BLOCK` over 8-bit codes), so results do not depend on how
+    a caller slices the queries as long as the slices are aligned to that
+    block.
     """
     if nprobe < 1:
         raise ValueError(f"`nprobe` must be >= 1; got {nprobe}.")
@@ -172,7 +178,8 @@ def probe_outside_cluster(
     if kernel.integer:
         products = "torch"  # 8-bit codes: torch's integer products (exact, any thread count)
     with faiss_single_threaded(), product_threads(products, PROBE_BLAS_THREADS):
-        run_query_blocks(kernel.run, PROBE_BLOCK, queries, query_rows, query_cluster,
+        block = INTEGER_BLOCK if kernel.integer else PROBE_BLOCK
+        run_query_blocks(kernel.run, block, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
 
@@ -242,8 +249,12 @@ class _ProbeKernel:
         nb = xq.shape[0]
         k, n_probe = self.k, self.nprobe
         n_c = self.centroids.shape[0]
-        # Probe sets: one product with the centroids, own cluster never chosen.
-        cs = xq @ self.centroids.T
+        # Probe sets: products with the centroids, PROBE_BLOCK rows at a time
+        # whatever the block (a row's rounding may depend on its product's
+        # rows); own cluster never chosen.
+        cs = np.empty((nb, n_c), dtype=np.float32)
+        for r0 in range(0, nb, PROBE_BLOCK):
+            cs[r0 : r0 + PROBE_BLOCK] = xq[r0 : r0 + PROBE_BLOCK] @ self.centroids.T
         cs[np.arange(nb), cl] = -np.inf
         probes = _probe_sets(cs, n_probe)
         if self.project is not None:
