@@ -20,17 +20,25 @@ from __future__ import annotations
 import mmap
 import os
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["GAP_BYTES", "SCRATCH_BYTES", "file_rows", "read_rows"]
+__all__ = ["GAP_BYTES", "SCAN_BYTES", "SCRATCH_BYTES", "file_rows", "read_rows", "scan_rows"]
 
 #: Bytes of unwanted rows read through between two wanted ones rather than
 #: issuing another read (a system call costs about as much as copying this).
 GAP_BYTES = 8192
 #: Bound on the scratch buffer one read goes through.
 SCRATCH_BYTES = 32 << 20
+#: Bytes of the file one window of :func:`scan_rows` covers: small enough that
+#: the window stays in cache while its rows are used.
+SCAN_BYTES = 4 << 20
+#: Bytes of a window read through that cost as much as reading one wanted row
+#: on its own: a 4 MiB window took 0.45 ms, a row read alone 3 to 4 µs with its
+#: share of the bookkeeping (1M x 384 float32 rows, page cache warm).
+SCAN_ROW_BYTES = 32 << 10
 
 # File identity each mapping was checked against: id(mmap) -> (weakref, key, ok).
 _CHECKED: dict[int, tuple[Any, tuple[int, int, int], bool]] = {}
@@ -214,3 +222,71 @@ def _pread_full(fd: int, view: memoryview, n: int, at: int) -> None:
         if k <= 0:
             raise OSError(f"short read at byte {at + got} of a row file")
         got += k
+
+
+def scan_rows(
+    a: Any, rows: np.ndarray, where: tuple[str, int, int] | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The rows ``a[rows]``, a window of the file at a time, in file order.
+
+    For many rows (more than a few per window) this is much cheaper than
+    :func:`read_rows` followed by a gather: a window where the wanted rows are
+    dense is read in one call, and the caller uses its rows while they are in
+    cache, without copying them into the order of ``rows``. A window where they
+    are sparse is read row by row (:func:`read_rows`).
+
+    Parameters
+    ----------
+    a : numpy.memmap [n, d]
+        An array :func:`file_rows` accepts.
+    rows : int array [m]
+        Row numbers in ``[0, n)``, in any order, repeats allowed.
+    where : tuple, optional
+        :func:`file_rows` of ``a``, when the caller has it.
+
+    Yields
+    ------
+    sel : int64 [k]
+        Positions in ``rows`` served by this window (each position exactly once
+        over the scan).
+    local : int64 [k]
+        Row of ``block`` holding ``a[rows[sel]]``.
+    block : numpy.ndarray [b, d]
+        Rows of ``a``, of its dtype, in a buffer reused by the next window
+        (the caller may modify it in place).
+    """
+    if where is None:
+        where = file_rows(a)
+        if where is None:
+            raise ValueError("scan_rows needs a memory-mapped array file_rows accepts")
+    path, offset, row = where
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size == 0:
+        return
+    if rows.min() < 0 or rows.max() >= a.shape[0]:
+        raise IndexError(f"row ids must lie in [0, {a.shape[0]}): got {rows.min()}..{rows.max()}")
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    win = max(1, SCAN_BYTES // row)
+    per_read = max(1, SCAN_ROW_BYTES // row)  # rows a single-row read is worth
+    starts = np.arange(srt[0] // win * win, srt[-1] + 1, win)
+    bounds = np.searchsorted(srt, np.append(starts, starts[-1] + win))
+    scratch = np.empty((win, a.shape[1]), dtype=a.dtype)
+    view = memoryview(scratch.view(np.uint8).reshape(-1))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for e0, e1 in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            if e1 == e0:
+                continue
+            s = srt[e0:e1]
+            lo, hi = int(s[0]), int(s[-1]) + 1
+            new = np.concatenate([[True], s[1:] != s[:-1]])
+            n_new = int(np.count_nonzero(new))
+            if n_new * per_read >= hi - lo:  # dense enough: the whole span in one read
+                _pread_full(fd, view, (hi - lo) * row, offset + lo * row)
+                yield order[e0:e1], s - lo, scratch[: hi - lo]
+            else:
+                block = read_rows(a, s[new], where, out=scratch[:n_new])
+                yield order[e0:e1], np.cumsum(new) - 1, block
+    finally:
+        os.close(fd)

@@ -278,13 +278,13 @@ def pair_block(plan: MiningPlan, g: int, tier3: np.ndarray) -> dict[str, np.ndar
         for k, v in counts.items():
             short[k] += v
     qq, src = inp.pair_question[p0:p1], inp.pair_source[p0:p1]
-    scores, pos_neg = plan.vectors.pair_cosines(inp.questions, ids, qq, src)
+    scores, pos_neg, pos = plan.vectors.pair_cosines(inp.questions, ids, qq, src)
     return {
         "ids": ids,
         "tiers": tiers,
         "scores": scores,
         "pos_neg": pos_neg,
-        "pos": plan.vectors.question_to_source(inp.questions, qq, src),
+        "pos": pos,
         "short": np.array([short[k] for k in PAIR_COUNTS], dtype=np.int64),
     }
 

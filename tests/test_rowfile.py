@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from negmine import _rowfile
+from negmine import vectors as vectors_mod
 from negmine._checks import take_rows
-from negmine._rowfile import file_rows, read_rows
+from negmine._rowfile import file_rows, read_rows, scan_rows
 from negmine.layout import PositiveSets
 from negmine.vectors import SourceVectors
 
@@ -134,3 +135,64 @@ def test_source_vectors_from_a_file_equal_those_in_memory(rows_file):
     np.testing.assert_array_equal(mapped.gather_mapped(ids, out), ref)
     unit = a[ids] / np.linalg.norm(a[ids], axis=1, keepdims=True)
     np.testing.assert_allclose(ref, unit, rtol=0, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(st.integers(0, 999), max_size=400),
+    window_rows=st.integers(1, 64),
+    row_cost=st.sampled_from([1, 48 * 4, 1 << 20]),
+)
+def test_scan_rows_serves_every_position_once(tmp_path_factory, rows, window_rows, row_cost):
+    """Windows of any size, read whole or row by row: every position of ``rows``
+    is served exactly once, with its row's values."""
+    base = tmp_path_factory.getbasetemp() / "scan.npy"
+    a = np.arange(1000 * 6, dtype=np.float64).reshape(1000, 6)
+    if not base.exists():
+        np.save(base, a)
+    m = np.load(base, mmap_mode="r")
+    rows = np.array(rows, dtype=np.int64)
+    got = np.full((rows.size, 6), np.nan)
+    seen = np.zeros(rows.size, dtype=np.int64)
+    old = (_rowfile.SCAN_BYTES, _rowfile.SCAN_ROW_BYTES)
+    try:
+        _rowfile.SCAN_BYTES, _rowfile.SCAN_ROW_BYTES = window_rows * 48, row_cost
+        for sel, local, block in scan_rows(m, rows):
+            got[sel] = block[local]
+            np.add.at(seen, sel, 1)
+    finally:
+        _rowfile.SCAN_BYTES, _rowfile.SCAN_ROW_BYTES = old
+    np.testing.assert_array_equal(seen, 1)
+    np.testing.assert_array_equal(got, a[rows].reshape(-1, 6))
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f2"])
+def test_pair_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypatch, dtype):
+    """The file scan of pair_cosines (many small windows and scans here) gives the
+    bytes of the row-by-row gathers over the same rows in memory, and the cosines
+    a float64 reference gives."""
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((2000, 24)).astype(dtype)
+    m = _saved(tmp_path, a)
+    q = rng.standard_normal((300, 24)).astype(np.float32)
+    pos = PositiveSets(np.zeros(301, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    ids = rng.integers(0, 2000, (700, 5))
+    ids[:40] = rng.integers(100, 140, (40, 5))  # a dense corner
+    questions, anchors = rng.integers(0, 300, 700), rng.integers(0, 2000, 700)
+    monkeypatch.setattr(_rowfile, "SCAN_BYTES", 96 * a.itemsize * 24)
+    monkeypatch.setattr(vectors_mod, "SCAN_PAIRS", 128)
+    monkeypatch.setattr(vectors_mod, "CHUNK", 64)
+    from_file = SourceVectors(m, pos)
+    assert from_file._file() is not None  # the scan, not the gathers
+    scanned = from_file.pair_cosines(q, ids, questions, anchors)
+    gathered = SourceVectors(np.asarray(a), pos).pair_cosines(q, ids, questions, anchors)
+    for got, want in zip(scanned, gathered, strict=True):
+        assert got.tobytes() == want.tobytes()
+    s = a.astype(np.float64)
+    s /= np.linalg.norm(s, axis=1, keepdims=True)
+    u = q.astype(np.float64) / np.linalg.norm(q, axis=1, keepdims=True)
+    np.testing.assert_allclose(scanned[0], np.einsum("rd,rkd->rk", u[questions], s[ids]), atol=1e-5)
+    np.testing.assert_allclose(scanned[1], np.einsum("rd,rkd->rk", s[anchors], s[ids]), atol=1e-5)
+    np.testing.assert_allclose(
+        scanned[2], np.einsum("rd,rd->r", u[questions], s[anchors]), atol=1e-5
+    )
