@@ -9,7 +9,7 @@ validator's near-duplicate rule all compute their cosines through it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -267,14 +267,65 @@ class SourceVectors:
                 c1 = min(c0 + CHUNK, p1 - p0)
                 qv = np.take(uq, inv[c0:c1], axis=0, out=qbuf[: c1 - c0])
                 pos[p0 + c0 : p0 + c1] = np.einsum("ij,ij->i", qv, av[c0:c1])
-            for sel, local, block in scan_rows(self.raw, ids[p0:p1].reshape(-1), self._where):
-                vecs = normalized_float32(block, out=block if block.dtype == np.float32 else None)
-                for c0 in range(0, sel.size, CHUNK):
-                    at, rows = sel[c0 : c0 + CHUNK], local[c0 : c0 + CHUNK]
-                    m = at.size
-                    sv = np.take(vecs, rows, axis=0, out=sbuf[:m])
-                    pair = at // n
-                    qv = np.take(uq, inv[pair], axis=0, out=qbuf[:m])
-                    flat_q[p0 * n + at] = np.einsum("ij,ij->i", qv, sv)
-                    qv = np.take(av, pair, axis=0, out=qbuf[:m])
-                    flat_a[p0 * n + at] = np.einsum("ij,ij->i", qv, sv)
+            for at, sv in self._scanned(ids[p0:p1].reshape(-1), sbuf):
+                pair = at // n
+                qv = np.take(uq, inv[pair], axis=0, out=qbuf[: at.size])
+                flat_q[p0 * n + at] = np.einsum("ij,ij->i", qv, sv)
+                qv = np.take(av, pair, axis=0, out=qbuf[: at.size])
+                flat_a[p0 * n + at] = np.einsum("ij,ij->i", qv, sv)
+
+    def _scanned(self, ids: np.ndarray, buf: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Unit rows of sources ``ids`` int64 [m] of a memory-mapped ``raw``, read
+        in file order a window at a time (:func:`scan_rows`).
+
+        Yields ``(at, vecs)``: positions int64 [c] in ``ids`` and their unit rows
+        float32 [c, d], ``c <= len(buf)``, in ``buf`` (reused by the next item).
+        Every position comes once.
+        """
+        step = buf.shape[0]
+        for sel, local, block in scan_rows(self.raw, ids, self._where):
+            vecs = normalized_float32(block, out=block if block.dtype == np.float32 else None)
+            for c0 in range(0, sel.size, step):
+                at = sel[c0 : c0 + step]
+                yield at, np.take(vecs, local[c0 : c0 + step], axis=0, out=buf[: at.size])
+
+    def to_queries(self, qvecs: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Cosine of source ``ids[i, j]`` to query ``qvecs[rows[i]]`` (an exact re-rank).
+
+        Parameters
+        ----------
+        qvecs : float32 [Q, d]
+            Unit query vectors.
+        rows : int64 [m]
+            Row of ``qvecs`` of each row of ``ids``.
+        ids : int64 [m, k]
+            Source ids; ``-1`` for none.
+
+        Returns
+        -------
+        float32 [m, k]
+            ``-inf`` where ``ids`` is ``-1``. A memory-mapped ``raw`` is read in
+            file order, a window at a time (as :meth:`pair_cosines`); other
+            sources are gathered :data:`CHUNK` at a time.
+        """
+        k = ids.shape[1]
+        out = np.full(ids.shape, -np.inf, dtype=np.float32)
+        flat = out.reshape(-1)
+        live = np.flatnonzero(ids.reshape(-1) >= 0)
+        want = ids.reshape(-1)[live]
+        sbuf = np.empty((min(CHUNK, max(1, live.size)), self.dim), dtype=np.float32)
+        qbuf = np.empty_like(sbuf)
+        if self._gather is None and self._file() is not None:
+            chunks: Iterator[tuple[np.ndarray, np.ndarray]] = self._scanned(want, sbuf)
+        else:
+            step = sbuf.shape[0]
+            chunks = (
+                (np.arange(c0, min(c0 + step, want.size)),
+                 self.gather_mapped(want[c0 : c0 + step], sbuf[: min(step, want.size - c0)]))
+                for c0 in range(0, want.size, step)
+            )  # fmt: skip
+        for at, sv in chunks:
+            qv = np.take(qvecs, rows[live[at] // k], axis=0, out=qbuf[: at.size])
+            flat[live[at]] = np.einsum("ij,ij->i", qv, sv)
+        self.release()  # gathers of a mapped array kept it mapped until here
+        return out

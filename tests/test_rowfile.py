@@ -196,3 +196,28 @@ def test_pair_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypa
     np.testing.assert_allclose(
         scanned[2], np.einsum("rd,rd->r", u[questions], s[anchors]), atol=1e-5
     )
+
+
+def test_rerank_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypatch):
+    """to_queries (the exact re-rank's cosines) read in file order gives the bytes
+    of gathering the candidates query by query, -inf where a candidate is missing."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((3000, 24)).astype(np.float32)
+    m = _saved(tmp_path, a)
+    q = rng.standard_normal((50, 24)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    pos = PositiveSets(np.zeros(51, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    rows = rng.integers(0, 50, 400)
+    ids = rng.integers(0, 3000, (400, 6))
+    ids[::7, 4:] = -1
+    monkeypatch.setattr(_rowfile, "SCAN_BYTES", 200 * 96)
+    monkeypatch.setattr(vectors_mod, "CHUNK", 100)
+    from_file = SourceVectors(m, pos)
+    assert from_file._file() is not None
+    got = from_file.to_queries(q, rows, ids)
+    mem = SourceVectors(a, pos).to_queries(q, rows, ids)
+    assert got.tobytes() == mem.tobytes()
+    # the re-rank's former formula: each query row against its gathered candidates
+    unit = SourceVectors(a, pos).gather(np.maximum(ids, 0).reshape(-1)).reshape(400, 6, 24)
+    want = np.where(ids >= 0, np.einsum("md,mkd->mk", q[rows], unit), -np.inf)
+    assert got.tobytes() == want.astype(np.float32).tobytes()

@@ -141,11 +141,6 @@ class ExactBackend(Tier3Backend):
         )  # fmt: skip
 
 
-#: Query rows re-scored at once: their candidates' vectors (``rows x k'`` of them,
-#: gathered into one reused buffer) stay within a few tens of MiB.
-RESCORE_ROWS = 256
-
-
 class _Reranked(Tier3Backend):
     """A back-end that fetches ``rerank * k`` candidates and keeps the best ``k``
     by exact cosine (always, when its own scores are not cosines)."""
@@ -156,7 +151,6 @@ class _Reranked(Tier3Backend):
     def __init__(self, ctx, description, rerank: int | None):
         super().__init__(ctx, description)
         self.rerank = rerank
-        self._vec_buf = np.empty((0, 0), dtype=np.float32)
 
     def search(self, queries, rows, cluster, question, k, score_cut=None):
         r = self.rerank or 1
@@ -174,36 +168,15 @@ class _Reranked(Tier3Backend):
         """Keep the ``k`` best of candidates ``ids`` [M, k'] by exact cosine to
         ``queries[rows]``, descending, ties by lower id.
 
-        Candidates are gathered :data:`RESCORE_ROWS` query rows at a time into
-        one reused buffer, and each row's scored against its own. Memory-mapped
-        embeddings stay mapped until the end of the call (the resident set may
-        grow by the pages the candidates touch), then are released.
+        The cosines come from the raw embeddings
+        (:meth:`~negmine.vectors.SourceVectors.to_queries`): memory-mapped ones
+        are read in file order a window at a time, so the resident set grows by
+        a window, not by the pages the candidates touch.
         """
-        m, kk = ids.shape
-        out_d = np.empty((m, k), dtype=np.float32)
-        out_i = np.empty((m, k), dtype=np.int64)
-        id_max = np.iinfo(np.int64).max
-        step = max(1, min(RESCORE_ROWS, m))
-        buf = self._buffer(step * kk, queries.shape[1])
-        raw = self.ctx.raw_vectors
-        for r0 in range(0, m, step):
-            blk = ids[r0 : r0 + step]
-            ok = blk >= 0
-            n = blk.size
-            vec = raw.gather_mapped(np.where(ok, blk, 0).reshape(-1), out=buf[:n])
-            q = queries[rows[r0 : r0 + step]]
-            sc = np.einsum("md,mkd->mk", q, vec.reshape(*blk.shape, -1))
-            sc = np.where(ok, sc, -np.inf).astype(np.float32)
-            order = np.lexsort((np.where(ok, blk, id_max), -sc), axis=-1)[:, :k]
-            out_d[r0 : r0 + step] = np.take_along_axis(sc, order, 1)
-            out_i[r0 : r0 + step] = np.take_along_axis(blk, order, 1)
-        raw.release()
-        return out_d, out_i
-
-    def _buffer(self, n: int, d: int) -> np.ndarray:
-        if self._vec_buf.shape[0] < n or self._vec_buf.shape[1] != d:
-            self._vec_buf = np.empty((n, d), dtype=np.float32)
-        return self._vec_buf
+        sc = self.ctx.raw_vectors.to_queries(queries, rows, ids)
+        id_key = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+        order = np.lexsort((id_key, -sc), axis=-1)[:, :k]
+        return np.take_along_axis(sc, order, 1), np.take_along_axis(ids, order, 1)
 
 
 class ProbeBackend(_Reranked):
