@@ -141,12 +141,8 @@ def read_rows(
     numpy.ndarray [m, d]
         The rows, of ``a``'s dtype (``out`` when given).
     """
-    if where is None:
-        where = file_rows(a)
-        if where is None:
-            raise ValueError("read_rows needs a memory-mapped array file_rows accepts")
+    where, rows = _located(a, rows, where, "read_rows")
     path, offset, row = where
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if out is None:
         out = np.empty((rows.size, a.shape[1]), dtype=a.dtype)
     elif out.shape != (rows.size, a.shape[1]) or out.dtype != a.dtype or not out.flags.c_contiguous:
@@ -156,8 +152,6 @@ def read_rows(
         )
     if rows.size == 0:
         return out
-    if rows.min() < 0 or rows.max() >= a.shape[0]:
-        raise IndexError(f"row ids must lie in [0, {a.shape[0]}): got {rows.min()}..{rows.max()}")
     order = np.argsort(rows, kind="stable")
     srt = rows[order]
     new = np.concatenate([[True], srt[1:] != srt[:-1]])
@@ -189,6 +183,21 @@ def read_rows(
         dup = ~new
         out[order[dup]] = out[upos[np.cumsum(new)[dup] - 1]]
     return out
+
+
+def _located(
+    a: Any, rows: Any, where: tuple[str, int, int] | None, caller: str
+) -> tuple[tuple[str, int, int], np.ndarray]:
+    """``(where, rows)`` checked: the file position of ``a``'s rows and ``rows``
+    as int64 [m] within ``[0, n)``."""
+    if where is None:
+        where = file_rows(a)
+        if where is None:
+            raise ValueError(f"{caller} needs a memory-mapped array file_rows accepts")
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= a.shape[0]):
+        raise IndexError(f"row ids must lie in [0, {a.shape[0]}): got {rows.min()}..{rows.max()}")
+    return where, rows
 
 
 def _read_span(
@@ -237,12 +246,9 @@ def scan_rows(
 
     Parameters
     ----------
-    a : numpy.memmap [n, d]
-        An array :func:`file_rows` accepts.
-    rows : int array [m]
-        Row numbers in ``[0, n)``, in any order, repeats allowed.
-    where : tuple, optional
-        :func:`file_rows` of ``a``, when the caller has it.
+    a, rows, where
+        As :func:`read_rows`: a memory-mapped array [n, d], row numbers [m]
+        (any order, repeats allowed), and optionally :func:`file_rows` of ``a``.
 
     Yields
     ------
@@ -255,16 +261,10 @@ def scan_rows(
         Rows of ``a``, of its dtype, in a buffer reused by the next window
         (the caller may modify it in place).
     """
-    if where is None:
-        where = file_rows(a)
-        if where is None:
-            raise ValueError("scan_rows needs a memory-mapped array file_rows accepts")
+    where, rows = _located(a, rows, where, "scan_rows")
     path, offset, row = where
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     if rows.size == 0:
         return
-    if rows.min() < 0 or rows.max() >= a.shape[0]:
-        raise IndexError(f"row ids must lie in [0, {a.shape[0]}): got {rows.min()}..{rows.max()}")
     order = np.argsort(rows, kind="stable")
     srt = rows[order]
     win = max(1, SCAN_BYTES // row)
