@@ -24,6 +24,8 @@ _UNSET = object()
 
 #: Rows gathered at a time by the cosine helpers; their buffers are reused.
 CHUNK = 16384
+#: Candidates an exact re-rank scores at a time (:meth:`SourceVectors.to_queries`).
+RERANK_ROWS = 4096
 #: Pairs whose negatives one file scan of :meth:`SourceVectors.pair_cosines`
 #: serves (their questions' and sources' unit rows are held meanwhile).
 SCAN_PAIRS = 2 * CHUNK
@@ -306,14 +308,14 @@ class SourceVectors:
         float32 [m, k]
             ``-inf`` where ``ids`` is ``-1``. A memory-mapped ``raw`` is read in
             file order, a window at a time (as :meth:`pair_cosines`); other
-            sources are gathered :data:`CHUNK` at a time.
+            sources are gathered :data:`RERANK_ROWS` at a time.
         """
         k = ids.shape[1]
         out = np.full(ids.shape, -np.inf, dtype=np.float32)
         flat = out.reshape(-1)
         live = np.flatnonzero(ids.reshape(-1) >= 0)
         want = ids.reshape(-1)[live]
-        sbuf = np.empty((min(CHUNK, max(1, live.size)), self.dim), dtype=np.float32)
+        sbuf = np.empty((min(RERANK_ROWS, max(1, live.size)), self.dim), dtype=np.float32)
         qbuf = np.empty_like(sbuf)
         if self._gather is None and self._file() is not None:
             chunks: Iterator[tuple[np.ndarray, np.ndarray]] = self._scanned(want, sbuf)

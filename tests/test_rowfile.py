@@ -211,7 +211,7 @@ def test_rerank_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkey
     ids = rng.integers(0, 3000, (400, 6))
     ids[::7, 4:] = -1
     monkeypatch.setattr(_rowfile, "SCAN_BYTES", 200 * 96)
-    monkeypatch.setattr(vectors_mod, "CHUNK", 100)
+    monkeypatch.setattr(vectors_mod, "RERANK_ROWS", 100)
     from_file = SourceVectors(m, pos)
     assert from_file._file() is not None
     got = from_file.to_queries(q, rows, ids)
