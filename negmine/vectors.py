@@ -225,7 +225,7 @@ class SourceVectors:
         out = np.empty(ids.shape, dtype=np.float32)
         out_a = np.empty(ids.shape, dtype=np.float32)
         pos = np.empty(ids.shape[0], dtype=np.float32)
-        if self._gather is None and self._file() is not None:
+        if self._scans():
             self._scan_pair_cosines(raw_questions, ids, questions, anchors, (out, out_a, pos))
             return out, out_a, pos
         # Gathers go into reused buffers: fresh memory is slow to fault in.
@@ -250,6 +250,11 @@ class SourceVectors:
         if self._where is _UNSET:
             self._where = file_rows(self.raw)
         return self._where
+
+    def _scans(self) -> bool:
+        """Whether many rows are best read from ``raw``'s file in file order
+        (:meth:`_scanned`): no faster store holds them, and the file can be read."""
+        return self._gather is None and self._file() is not None
 
     def _scan_pair_cosines(self, raw_questions, ids, questions, anchors, outs) -> None:
         """:meth:`pair_cosines` of a memory-mapped ``raw``: the negatives' rows are
@@ -291,6 +296,16 @@ class SourceVectors:
                 at = sel[c0 : c0 + step]
                 yield at, np.take(vecs, local[c0 : c0 + step], axis=0, out=buf[: at.size])
 
+    def _gathered(
+        self, ids: np.ndarray, buf: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """As :meth:`_scanned`, in the order of ``ids``, from wherever :meth:`gather_mapped`
+        finds the rows (call :meth:`release` after the last item)."""
+        step = buf.shape[0]
+        for c0 in range(0, ids.size, step):
+            at = np.arange(c0, min(c0 + step, ids.size))
+            yield at, self.gather_mapped(ids[at], buf[: at.size])
+
     def to_queries(self, qvecs: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Cosine of source ``ids[i, j]`` to query ``qvecs[rows[i]]`` (an exact re-rank).
 
@@ -317,15 +332,7 @@ class SourceVectors:
         want = ids.reshape(-1)[live]
         sbuf = np.empty((min(RERANK_ROWS, max(1, live.size)), self.dim), dtype=np.float32)
         qbuf = np.empty_like(sbuf)
-        if self._gather is None and self._file() is not None:
-            chunks: Iterator[tuple[np.ndarray, np.ndarray]] = self._scanned(want, sbuf)
-        else:
-            step = sbuf.shape[0]
-            chunks = (
-                (np.arange(c0, min(c0 + step, want.size)),
-                 self.gather_mapped(want[c0 : c0 + step], sbuf[: min(step, want.size - c0)]))
-                for c0 in range(0, want.size, step)
-            )  # fmt: skip
+        chunks = self._scanned(want, sbuf) if self._scans() else self._gathered(want, sbuf)
         for at, sv in chunks:
             qv = np.take(qvecs, rows[live[at] // k], axis=0, out=qbuf[: at.size])
             flat[live[at]] = np.einsum("ij,ij->i", qv, sv)
