@@ -291,10 +291,16 @@ class SourceVectors:
         """
         step = buf.shape[0]
         for sel, local, block in scan_rows(self.raw, ids, self._where):
-            vecs = normalized_float32(block, out=block if block.dtype == np.float32 else None)
+            # Only the wanted rows are normalized (row by row, so the same bytes
+            # as normalizing the window): a window may hold few of them.
             for c0 in range(0, sel.size, step):
                 at = sel[c0 : c0 + step]
-                yield at, np.take(vecs, local[c0 : c0 + step], axis=0, out=buf[: at.size])
+                out = buf[: at.size]
+                if block.dtype == np.float32:
+                    rows = np.take(block, local[c0 : c0 + step], axis=0, out=out)
+                else:
+                    rows = block[local[c0 : c0 + step]]
+                yield at, normalized_float32(rows, out=out)
 
     def _gathered(
         self, ids: np.ndarray, buf: np.ndarray

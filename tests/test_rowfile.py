@@ -198,23 +198,38 @@ def test_pair_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypa
     )
 
 
-def test_rerank_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypatch):
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f2"])
+def test_rerank_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypatch, dtype):
     """to_queries (the exact re-rank's cosines) read in file order gives the bytes
-    of gathering the candidates query by query, -inf where a candidate is missing."""
+    of gathering the candidates query by query, -inf where a candidate is missing,
+    from windows read whole and windows read row by row."""
     rng = np.random.default_rng(2)
-    a = rng.standard_normal((3000, 24)).astype(np.float32)
+    a = rng.standard_normal((3000, 24)).astype(dtype)
     m = _saved(tmp_path, a)
     q = rng.standard_normal((50, 24)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     pos = PositiveSets(np.zeros(51, dtype=np.int64), np.zeros(0, dtype=np.int64))
     rows = rng.integers(0, 50, 400)
-    ids = rng.integers(0, 3000, (400, 6))
+    ids = rng.integers(0, 600, (400, 6))  # dense below row 600
+    ids[::5, 3] = rng.integers(600, 3000, 80)  # sparse above
     ids[::7, 4:] = -1
-    monkeypatch.setattr(_rowfile, "SCAN_BYTES", 200 * 96)
+    monkeypatch.setattr(_rowfile, "SCAN_BYTES", 200 * 24 * a.itemsize)
+    monkeypatch.setattr(_rowfile, "SCAN_ROW_BYTES", 8 * 24 * a.itemsize)
     monkeypatch.setattr(vectors_mod, "RERANK_ROWS", 100)
+    reads = []
+    monkeypatch.setattr(_rowfile, "read_rows", _counting(_rowfile.read_rows, reads))
     from_file = SourceVectors(m, pos)
     assert from_file._file() is not None
     got = from_file.to_queries(q, rows, ids)
+    assert reads  # some windows were read row by row
     mem = SourceVectors(a, pos).to_queries(q, rows, ids)
     assert got.tobytes() == mem.tobytes()
     # the re-rank's former formula: each query row against its gathered candidates
