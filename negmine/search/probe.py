@@ -49,6 +49,8 @@ INTEGER_BLOCK = 4 * PROBE_BLOCK
 #: OpenBLAS rounds them differently with another number of threads, which can
 #: flip a near-tie. Fixed, the result depends on the CPU type only.
 PROBE_BLAS_THREADS = 2
+#: Below every integer score (``|s| < 2**24``): an empty heap's ``-inf`` as an integer floor.
+_INT_FLOOR = -(1 << 30)
 #: Floats in the reusable score buffer of one cluster's matrix product; larger
 #: products are split by query rows.
 SCORE_BUFFER = 1 << 22
@@ -238,8 +240,6 @@ class _ProbeKernel:
             if live.size == 0:
                 return
             sub, scores = sub[live], scores[live]
-        if scores.dtype != np.float32:
-            scores = scores.astype(np.float32)  # exact: |sums| < 2**24 for d <= 1032
         dist, ids = top_d[sub], top_i[sub]
         _admit(scores, dist, ids, lo)
         top_d[sub], top_i[sub] = dist, ids
@@ -313,27 +313,34 @@ class _ProbeKernel:
 
 
 def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> None:
-    """Push row ``i`` of ``scores`` float32 [n, w] (ids ``lo + j``) into heap row ``i``
-    of ``dist`` / ``ids``, exactly as FAISS's ``addn`` would.
+    """Push row ``i`` of ``scores`` [n, w] (ids ``lo + j``) into heap row ``i``
+    of ``dist`` / ``ids``, exactly as FAISS's ``addn`` would with those scores
+    as float32.
 
     ``addn`` compares every score with its heap's smallest kept one, which only
     rises as it goes: a score not above the smallest *before* the call can never
     enter. Once the heaps are warm few scores are, so those are compacted (row
     by row, in column order) and pushed alone, which gives the same heaps,
-    kept in the same order, for a fraction of the scalar work.
+    kept in the same order, for a fraction of the scalar work. Integer scores
+    (int32, ``|s| < 2**24``, so exact as float32) are compared as integers and
+    cast only where they are pushed.
     """
     import faiss
 
     n, w = scores.shape
-    keep = scores > dist[:, :1]  # column 0 of a min-heap row is its smallest
-    cnt = np.count_nonzero(keep, axis=1)
+    floor = dist[:, :1]  # column 0 of a min-heap row is its smallest
+    if scores.dtype != np.float32:  # s > t <=> s > floor(t) for an integer s
+        floor = np.maximum(np.floor(floor), _INT_FLOOR).astype(scores.dtype)
+    keep = scores > floor
+    cnt = np.add.reduce(keep.view(np.uint8), axis=1, dtype=np.int32)
     cold = 4 * cnt >= w  # rows where most scores may enter: the plain scan
     if cold.all():
-        heap_over(dist, ids).addn(w, faiss.swig_ptr(scores), lo, 0, n)
+        sc = np.ascontiguousarray(scores, dtype=np.float32)
+        heap_over(dist, ids).addn(w, faiss.swig_ptr(sc), lo, 0, n)
         return
     if cold.any():
         dc, ic = dist[cold], ids[cold]
-        sc = np.ascontiguousarray(scores[cold])
+        sc = np.ascontiguousarray(scores[cold], dtype=np.float32)
         heap_over(dc, ic).addn(w, faiss.swig_ptr(sc), lo, 0, dc.shape[0])
         dist[cold], ids[cold] = dc, ic
         warm = np.flatnonzero(~cold)
