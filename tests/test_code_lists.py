@@ -82,11 +82,16 @@ def test_quantized_queries_are_the_weights_on_a_scale_of_their_own():
     assert (err <= 0.5001 / scale[:, None]).all()
 
 
-@pytest.mark.parametrize("nprobe", [2, 8])
-def test_integer_candidates_equal_integer_brute_force(corpus, nprobe):
+@pytest.mark.parametrize(("nprobe", "threads"), [(2, 1), (2, 2), (8, 2), (8, 3)])
+def test_integer_candidates_equal_integer_brute_force(corpus, nprobe, threads, monkeypatch):
     """The candidate pass's scores are the exact integer sums of the quantized
     query with each probed source's code, and its order is theirs (ties by
-    lower id), over the probed clusters, own cluster and positives excluded."""
+    lower id), over the probed clusters, own cluster and positives excluded;
+    whether one scan or several threads' scans share a block's queries."""
+    monkeypatch.setattr(probe_mod, "SCAN_THREADS", threads)
+    parts = []
+    scan_part = probe_mod._scan_part
+    monkeypatch.setattr(probe_mod, "_scan_part", lambda *a: parts.append(1) or scan_part(*a))
     idx = _build(corpus, "clusters,SQ8")
     ki = kernel_inputs(corpus)
     lay, pos = ki["layout"], ki["positives"]
@@ -115,6 +120,7 @@ def test_integer_candidates_equal_integer_brute_force(corpus, nprobe):
         want_i[: order.size] = cand[order]
         np.testing.assert_array_equal(got_i[m], want_i, err_msg=str(m))
         np.testing.assert_array_equal(got_d[m][: order.size], sc[order].astype(np.float32))
+    assert len(parts) == (threads if threads > 1 else 0)  # one block, cut in `threads` parts
 
 
 def test_integer_blocks_of_any_size_give_the_same_bytes(corpus, monkeypatch):

@@ -10,6 +10,7 @@ from helpers import kernel_inputs as _inputs
 from reference import positives_of, small_corpus, unit
 
 import negmine.search.probe as probe_mod
+import negmine.search.scan as scan_mod
 from negmine.search import exact_outside_cluster
 from negmine.search.probe import probe_outside_cluster, recall_at_k
 from negmine.synth import make_corpus
@@ -141,7 +142,7 @@ def test_block_size_does_not_change_output(monkeypatch):
     inp = _inputs(corpus)
     base = _probe(inp, 5, 3)
     monkeypatch.setattr(probe_mod, "PROBE_BLOCK", 16)
-    monkeypatch.setattr(probe_mod, "SCORE_BUFFER", 64)  # also split each cluster's product
+    monkeypatch.setattr(scan_mod, "SCORE_BUFFER", 64)  # also split each cluster's product
     seen = []
     small = probe_outside_cluster(**inp, k=5, nprobe=3, progress=seen.append)
     assert sum(seen) == len(inp["query_rows"]) and max(seen) == 16
@@ -259,7 +260,7 @@ def test_admit_keeps_the_heaps_faiss_addn_keeps(dtype):
     for step in range(6):
         scores = rng.integers(-40, 40 + 20 * step, (n, w)).astype(dtype)
         scores[: n // 3, : w // 2] = -50  # rows the warm path takes
-        probe_mod._admit(scores, dist, ids, lo + step * w)
+        scan_mod._admit(scores, dist, ids, lo + step * w)
         flt = scores.astype(np.float32)
         heap_over(ref_d, ref_i).addn(w, faiss.swig_ptr(flt), lo + step * w, 0, n)
         assert dist.tobytes() == ref_d.tobytes()

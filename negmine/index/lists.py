@@ -8,6 +8,7 @@ probe kernels search; it holds no search code.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -200,19 +201,22 @@ def ivf_cluster_lists(
     key = np.ascontiguousarray(offsets, dtype=np.int64).tobytes()
     mapped = _read_only_file_maps()
 
+    lock = threading.Lock()  # the probe kernel scans on several threads
+
     def codes(c: int) -> np.ndarray:
-        if key not in cache:
-            cache.clear()  # one layout at a time
-            cache[key] = (np.empty((int(offsets[-1]), d), dtype=np.int8),
-                          np.zeros(len(offsets) - 1, dtype=bool))  # fmt: skip
-        signed, ready = cache[key]
-        lo, hi = int(offsets[c]), int(offsets[c + 1])
-        out = signed[lo:hi]
-        if not ready[c] and hi > lo:
-            raw = faiss.rev_swig_ptr(lists.get_codes(c), (hi - lo) * d).reshape(hi - lo, d)
-            np.bitwise_xor(raw, 0x80, out=out.view(np.uint8))  # u - 128, as int8
-            _drop_mapped(raw, mapped)  # a memory-mapped index is not read again
-        ready[c] = True
+        with lock:
+            if key not in cache:
+                cache.clear()  # one layout at a time
+                cache[key] = (np.empty((int(offsets[-1]), d), dtype=np.int8),
+                              np.zeros(len(offsets) - 1, dtype=bool))  # fmt: skip
+            signed, ready = cache[key]
+            lo, hi = int(offsets[c]), int(offsets[c + 1])
+            out = signed[lo:hi]
+            if not ready[c] and hi > lo:
+                raw = faiss.rev_swig_ptr(lists.get_codes(c), (hi - lo) * d).reshape(hi - lo, d)
+                np.bitwise_xor(raw, 0x80, out=out.view(np.uint8))  # u - 128, as int8
+                _drop_mapped(raw, mapped)  # a memory-mapped index is not read again
+            ready[c] = True
         return out
 
     out = ClusterLists(block, offsets, d, rows, codes, step)

@@ -7,15 +7,16 @@ those clusters, minus its question's positives. Work per block of queries is
 inverted: each probed cluster is visited once, with one matrix product of the
 queries probing it against the cluster's contiguous slice of the
 cluster-sorted sources, so the cost scales with ``nprobe / C`` of the exact
-kernel's. Each query keeps one running top-``k`` heap across its clusters,
-fed its nearest cluster first; once a heap is warm, a row whose maximum is not
-above its smallest kept score is skipped whole, and of the others only the
-scores above it are pushed (:func:`_admit`). With ``project`` the lists
+kernel's (the scan, :mod:`negmine.search.scan`). With ``project`` the lists
 hold reduced (PCA) rows and the products are ``m``-wide
 (:mod:`negmine.index.reduce`). Over 8-bit lists (``ClusterLists.codes``) the
 queries are quantized too (:mod:`negmine.search.codes`) and the products are
 torch's int8 x int8 ones, summed exactly in int32: about four times the
 float32 rate here, and the same bytes whatever the thread count or blocking.
+So over 8-bit lists a block's queries are cut in :data:`SCAN_THREADS`
+parts scanned on as many threads, each with one-thread products: the scan's
+selection is numpy work on one core, which a single scan with two-thread
+products leaves the other core idle through.
 
 :func:`recall_at_k` measures how much of an exact result an approximate one
 recovers.
@@ -23,15 +24,18 @@ recovers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..index.lists import ClusterLists
-from ..layout import ClusterLayout, PositiveSets, csr_expand
-from .codes import int_products, quantize_queries
-from .common import faiss_single_threaded, heap_over, run_query_blocks
-from .products import matmul_into, product_threads
+from ..layout import ClusterLayout, PositiveSets
+from .codes import quantize_queries
+from .common import faiss_single_threaded, run_query_blocks
+from .products import product_threads
+from .scan import SCORE_BUFFER, ListScan
 
 __all__ = ["INTEGER_BLOCK", "PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists",
            "probe_outside_cluster", "quantize_queries", "recall_at_k"]  # fmt: skip
@@ -49,11 +53,9 @@ INTEGER_BLOCK = 4 * PROBE_BLOCK
 #: OpenBLAS rounds them differently with another number of threads, which can
 #: flip a near-tie. Fixed, the result depends on the CPU type only.
 PROBE_BLAS_THREADS = 2
-#: Below every integer score (``|s| < 2**24``): an empty heap's ``-inf`` as an integer floor.
-_INT_FLOOR = -(1 << 30)
-#: Floats in the reusable score buffer of one cluster's matrix product; larger
-#: products are split by query rows.
-SCORE_BUFFER = 1 << 22
+#: Threads a block's scan over 8-bit lists is cut across (each with one-thread
+#: integer products, which are exact: any count gives the same bytes).
+SCAN_THREADS = PROBE_BLAS_THREADS
 
 
 def _probe_sets(cscores: np.ndarray, nprobe: int) -> np.ndarray:
@@ -175,134 +177,73 @@ def probe_outside_cluster(
         return out_d, out_i
     if not isinstance(vectors, ClusterLists):
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
-    kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project)
-    kernel.products = products
-    if kernel.integer:
-        products = "torch"  # 8-bit codes: torch's integer products (exact, any thread count)
-    with faiss_single_threaded(), product_threads(products, PROBE_BLAS_THREADS):
-        block = INTEGER_BLOCK if kernel.integer else PROBE_BLOCK
+    integer = project is None and vectors.codes is not None
+    # 8-bit codes: torch's integer products (exact, any thread count), and the
+    # scan cut over PROBE_BLAS_THREADS threads with one-thread products each.
+    workers = SCAN_THREADS if integer else 1
+    kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project, products,
+                          workers)  # fmt: skip
+    library = "torch" if integer else products
+    with faiss_single_threaded(), product_threads(library, PROBE_BLAS_THREADS), _workers(kernel):
+        block = INTEGER_BLOCK if integer else PROBE_BLOCK
         run_query_blocks(kernel.run, block, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
 
 
 class _ProbeKernel:
-    """One block of queries against the sources of their probed clusters."""
+    """One block of queries against the sources of their probed clusters.
 
-    def __init__(self, lists, centroids, layout, positives, k, nprobe, project=None):
+    The probe sets are chosen here, in the calling thread; the scan of the lists
+    (:class:`~negmine.search.scan.ListScan`) is cut by query rows into
+    ``len(scans)`` parts run on ``pool``'s threads, which gives the same heaps
+    as one scan (a query's heap depends on nothing but its own rows).
+    """
+
+    def __init__(self, lists, centroids, layout, positives, k, nprobe, project=None,
+                 products="numpy", workers=1):  # fmt: skip
         self.lists = lists
         self.project = project
         self.centroids = centroids
-        self.layout = layout
-        self.positives = positives
-        self.k = k
         self.nprobe = nprobe
-        self.buf = np.empty(0, dtype=np.float32)
-        self.cand_d = np.empty(0, dtype=np.float32)
-        self.cand_i = np.empty(0, dtype=np.int64)
-        self.local = np.empty(0, dtype=np.int64)
-        self.products = "numpy"
         self.integer = project is None and lists.codes is not None
-        self.ibuf = np.empty(0, dtype=np.int32)
+        self.scans = [ListScan(lists, layout, positives, k, self.integer, products)
+                      for _ in range(workers)]  # fmt: skip
+        self.pool: ThreadPoolExecutor | None = None
+        self.order = layout.order
 
-    def _scores(self, n: int, dtype: type = np.float32) -> np.ndarray:
-        """``n`` entries of the reused float32 (or int32) score buffer."""
-        name = "buf" if dtype is np.float32 else "ibuf"
-        if getattr(self, name).size < n:
-            setattr(self, name, np.empty(max(n, SCORE_BUFFER), dtype=dtype))
-        return getattr(self, name)[:n]
-
-    def _push(self, xq, src, sub, lo, pos, top_d, top_i) -> None:
-        """Score queries ``sub`` of the block against one cluster's rows ``src``
-        (layout positions from ``lo``), its positives ``pos`` (block rows,
-        positions within the cluster) left out, into the queries' heaps."""
-        shape = (sub.size, src.shape[0])
-        if self.integer:  # compared as int32; cast below, only the rows that may enter
-            scores = self._scores(shape[0] * shape[1], np.int32).reshape(shape)
-            int_products(xq[sub], src, scores)
-        else:
-            scores = self._scores(shape[0] * shape[1]).reshape(shape)
-            matmul_into(xq[sub], src, scores, self.products)
-        if pos[0].size:
-            if self.integer:  # a positive's -inf needs floats
-                ints, scores = scores, self._scores(scores.size).reshape(shape)
-                scores[...] = ints
-            self.local[sub] = np.arange(shape[0])
-            hit_row = self.local[pos[0]]
-            ok = hit_row >= 0
-            scores[hit_row[ok], pos[1][ok]] = -np.inf
-            self.local[sub] = -1
-        # Once heaps are warm most rows hold no score above their smallest kept
-        # one, and a row's maximum says so: those rows are left alone.
-        live = scores.max(axis=1) > top_d[sub, 0]
-        if not live.all():
-            live = np.flatnonzero(live)
-            if live.size == 0:
-                return
-            sub, scores = sub[live], scores[live]
-        dist, ids = top_d[sub], top_i[sub]
-        _admit(scores, dist, ids, lo)
-        top_d[sub], top_i[sub] = dist, ids
+    def _probes(self, xq: np.ndarray, cl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probe sets int64 [n, nprobe] and nearest probed cluster int64 [n]: the
+        centroid products PROBE_BLOCK rows at a time whatever the block (a row's
+        rounding may depend on its product's rows); own cluster never chosen."""
+        nb = xq.shape[0]
+        probes = np.empty((nb, self.nprobe), dtype=np.int64)
+        nearest = np.empty(nb, dtype=np.int64)
+        for r0 in range(0, nb, PROBE_BLOCK):
+            r1 = min(r0 + PROBE_BLOCK, nb)
+            cs = xq[r0:r1] @ self.centroids.T
+            cs[np.arange(r1 - r0), cl[r0:r1]] = -np.inf
+            probes[r0:r1] = _probe_sets(cs, self.nprobe)
+            nearest[r0:r1] = np.argmax(cs, axis=1)
+        return probes, nearest
 
     def run(self, xq, cl, qq):
-        lay = self.layout
-        nb = xq.shape[0]
-        k, n_probe = self.k, self.nprobe
-        n_c = self.centroids.shape[0]
-        # Probe sets: products with the centroids, PROBE_BLOCK rows at a time
-        # whatever the block (a row's rounding may depend on its product's
-        # rows); own cluster never chosen.
-        cs = np.empty((nb, n_c), dtype=np.float32)
-        for r0 in range(0, nb, PROBE_BLOCK):
-            cs[r0 : r0 + PROBE_BLOCK] = xq[r0 : r0 + PROBE_BLOCK] @ self.centroids.T
-        cs[np.arange(nb), cl] = -np.inf
-        probes = _probe_sets(cs, n_probe)
+        probes, nearest = self._probes(xq, cl)
         if self.project is not None:
             xq = xq @ self.project.T
         if self.integer:
             xq = quantize_queries(xq, self.lists.step)
-        # Invert: (row, slot) pairs grouped by probed cluster, in two rounds: each
-        # query's nearest cluster first, so its heap is warm (and admits few
-        # scores) when its other clusters come.
-        nearest = np.argmax(cs, axis=1)
-        later = probes != nearest[:, None]
-        flat_c = (probes + later * n_c).reshape(-1)
-        by_c = np.argsort(flat_c, kind="stable")
-        pair_row = by_c // n_probe
-        bounds = np.zeros(2 * n_c + 1, dtype=np.int64)
-        np.cumsum(np.bincount(flat_c, minlength=2 * n_c), out=bounds[1:])
-        # Positives of the block, as layout positions grouped by their cluster.
-        owner, at = csr_expand(self.positives.offsets, qq)
-        pos_src = self.positives.sources[at]
-        pos_col = lay.rank[pos_src]
-        by_pc = np.argsort(pos_col, kind="stable")
-        pos_col = pos_col[by_pc]
-        pos_row = owner[by_pc]
-        # One running top-k heap per query (layout positions) across its clusters:
-        # a source enters only if it beats the query's k-th best so far.
-        size = nb * k
-        if self.cand_d.size < size:
-            self.cand_d = np.empty(size, dtype=np.float32)
-            self.cand_i = np.empty(size, dtype=np.int64)
-        top_d = self.cand_d[:size].reshape(nb, k)
-        top_i = self.cand_i[:size].reshape(nb, k)
-        top_d.fill(-np.inf)
-        top_i.fill(-1)
-        if self.local.size < nb:
-            self.local = np.full(nb, -1, dtype=np.int64)
-        for g in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
-            c = g % n_c
-            lo, hi = int(lay.offsets[c]), int(lay.offsets[c + 1])
-            if hi == lo:
-                continue
-            rows = pair_row[bounds[g] : bounds[g + 1]]
-            p0, p1 = np.searchsorted(pos_col, [lo, hi])
-            pos = (pos_row[p0:p1], pos_col[p0:p1] - lo)
-            src = self.lists.codes(c) if self.integer else self.lists.block(c)
-            step = max(1, SCORE_BUFFER // (hi - lo))
-            for r0 in range(0, rows.size, step):
-                self._push(xq, src, rows[r0 : r0 + step], lo, pos, top_d, top_i)
-        flat_i = np.where(top_i < 0, -1, lay.order[np.maximum(top_i, 0)])
+        nb = xq.shape[0]
+        cuts = np.linspace(0, nb, len(self.scans) + 1).astype(np.int64).tolist()
+        if self.pool is None or nb < 2 * len(self.scans):
+            top_d, top_i = self.scans[0].run(xq, probes, nearest, qq)
+        else:
+            parts = [self.pool.submit(_scan_part, s, xq[a:b], probes[a:b], nearest[a:b], qq[a:b])
+                     for s, a, b in zip(self.scans, cuts[:-1], cuts[1:], strict=True)]  # fmt: skip
+            done = [p.result() for p in parts]
+            top_d = np.concatenate([d for d, _ in done])
+            top_i = np.concatenate([i for _, i in done])
+        flat_i = np.where(top_i < 0, -1, self.order[np.maximum(top_i, 0)])
         # Descending score, ties (and the -inf padding) by ascending id, -1 last.
         id_key = np.where(flat_i >= 0, flat_i, np.iinfo(np.int64).max)
         order = np.lexsort((id_key, -top_d), axis=-1)
@@ -312,57 +253,30 @@ class _ProbeKernel:
         )
 
 
-def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> None:
-    """Push row ``i`` of ``scores`` [n, w] (ids ``lo + j``) into heap row ``i``
-    of ``dist`` / ``ids``, exactly as FAISS's ``addn`` would with those scores
-    as float32.
+def _scan_part(scan: ListScan, *args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scan.run(*args)`` on a worker thread, FAISS on that thread alone."""
+    with faiss_single_threaded():  # OpenMP's thread count is the calling thread's
+        return scan.run(*args)
 
-    ``addn`` compares every score with its heap's smallest kept one, which only
-    rises as it goes: a score not above the smallest *before* the call can never
-    enter. Once the heaps are warm few scores are, so those are compacted (row
-    by row, in column order) and pushed alone, which gives the same heaps,
-    kept in the same order, for a fraction of the scalar work. Integer scores
-    (int32, ``|s| < 2**24``, so exact as float32) are compared as integers and
-    cast only where they are pushed.
-    """
-    import faiss
 
-    n, w = scores.shape
-    floor = dist[:, :1]  # column 0 of a min-heap row is its smallest
-    if scores.dtype != np.float32:  # s > t <=> s > floor(t) for an integer s
-        floor = np.maximum(np.floor(floor), _INT_FLOOR).astype(scores.dtype)
-    keep = scores > floor
-    cnt = np.add.reduce(keep.view(np.uint8), axis=1, dtype=np.int32)
-    cold = 4 * cnt >= w  # rows where most scores may enter: the plain scan
-    if cold.all():
-        sc = np.ascontiguousarray(scores, dtype=np.float32)
-        heap_over(dist, ids).addn(w, faiss.swig_ptr(sc), lo, 0, n)
+@contextmanager
+def _workers(kernel: _ProbeKernel) -> Iterator[None]:
+    """Threads for the kernel's scans, torch's products on one thread each
+    meanwhile (integer products are exact: the same bytes on any count)."""
+    if len(kernel.scans) < 2:
+        yield
         return
-    if cold.any():
-        dc, ic = dist[cold], ids[cold]
-        sc = np.ascontiguousarray(scores[cold], dtype=np.float32)
-        heap_over(dc, ic).addn(w, faiss.swig_ptr(sc), lo, 0, dc.shape[0])
-        dist[cold], ids[cold] = dc, ic
-        warm = np.flatnonzero(~cold)
-        keep = keep[warm]
-        cnt[cold] = 0
-    else:
-        warm = None
-    most = int(cnt.max())
-    if most == 0:
-        return
-    # The scores that may enter, row by row in column order (row-major).
-    flat = np.flatnonzero(keep)
-    r = flat // w
-    c = flat - r * w
-    if warm is not None:
-        r = warm[r]
-    at = np.arange(r.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    vals = np.full((n, most), -np.inf, dtype=np.float32)
-    cols = np.full((n, most), -1, dtype=np.int64)
-    vals[r, at] = scores[r, c]
-    cols[r, at] = c + lo
-    heap_over(dist, ids).addn_with_ids(most, faiss.swig_ptr(vals), faiss.swig_ptr(cols), most, 0, n)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(kernel.scans), thread_name_prefix="negmine-scan") as pool:
+            kernel.pool = pool
+            yield
+    finally:
+        kernel.pool = None
+        torch.set_num_threads(before)
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
