@@ -10,6 +10,7 @@ validator's near-duplicate rule all compute their cosines through it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,12 @@ RERANK_ROWS = 4096
 #: Pairs whose negatives one file scan of :meth:`SourceVectors.pair_cosines`
 #: serves (their questions' and sources' unit rows are held meanwhile).
 SCAN_PAIRS = 2 * CHUNK
+#: Threads a file scan is cut across, each reading its own part of the file:
+#: reads, norms and dot products release the GIL, and each cosine is computed
+#: alone, so any count gives the same bytes.
+SCAN_THREADS = 2
+#: Fewest rows a scan thread is given.
+SCAN_MIN_PART = 4096
 
 
 def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +272,6 @@ class SourceVectors:
         n = ids.shape[1]
         flat_q, flat_a, pos = outs[0].reshape(-1), outs[1].reshape(-1), outs[2]
         qbuf = np.empty((CHUNK, self.dim), dtype=np.float32)
-        sbuf = np.empty_like(qbuf)
         for p0 in range(0, ids.shape[0], SCAN_PAIRS):
             p1 = min(p0 + SCAN_PAIRS, ids.shape[0])
             uq, inv = question_vectors(raw_questions, questions[p0:p1])
@@ -274,12 +280,48 @@ class SourceVectors:
                 c1 = min(c0 + CHUNK, p1 - p0)
                 qv = np.take(uq, inv[c0:c1], axis=0, out=qbuf[: c1 - c0])
                 pos[p0 + c0 : p0 + c1] = np.einsum("ij,ij->i", qv, av[c0:c1])
-            for at, sv in self._scanned(ids[p0:p1].reshape(-1), sbuf):
+
+            def score(at, sv, buf, p0=p0, uq=uq, inv=inv, av=av):
                 pair = at // n
-                qv = np.take(uq, inv[pair], axis=0, out=qbuf[: at.size])
+                qv = np.take(uq, inv[pair], axis=0, out=buf[: at.size])
                 flat_q[p0 * n + at] = np.einsum("ij,ij->i", qv, sv)
-                qv = np.take(av, pair, axis=0, out=qbuf[: at.size])
+                qv = np.take(av, pair, axis=0, out=buf[: at.size])
                 flat_a[p0 * n + at] = np.einsum("ij,ij->i", qv, sv)
+
+            self._scan_threads(ids[p0:p1].reshape(-1), score)
+
+    def _scan_threads(
+        self, ids: np.ndarray, score: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+    ) -> None:
+        """``score(at, vecs, buf)`` for the unit rows of sources ``ids`` int64 [m]
+        of a memory-mapped ``raw`` (as :meth:`_scanned` yields them), the file cut
+        by row into parts scanned on up to :data:`SCAN_THREADS` threads.
+
+        ``buf`` is a float32 scratch of ``vecs``' shape or larger, the thread's
+        own; ``score`` must write only where ``at`` says (each position comes
+        once, from one thread).
+        """
+        parts = min(SCAN_THREADS, max(1, ids.size // SCAN_MIN_PART))
+        if parts == 1:
+            sels = [np.arange(ids.size)]
+        else:  # cut at row quantiles: each thread reads its own windows
+            cuts = np.partition(ids, np.arange(1, parts) * ids.size // parts)
+            edges = cuts[np.arange(1, parts) * ids.size // parts]
+            which = np.searchsorted(edges, ids, side="right")
+            sels = [np.flatnonzero(which == j) for j in range(parts)]
+
+        def run(sel: np.ndarray) -> None:
+            sbuf = np.empty((RERANK_ROWS, self.dim), dtype=np.float32)
+            qbuf = np.empty_like(sbuf)
+            for at, sv in self._scanned(ids[sel], sbuf):
+                score(sel[at], sv, qbuf)
+
+        if len(sels) == 1:
+            run(sels[0])
+            return
+        with ThreadPoolExecutor(len(sels), thread_name_prefix="negmine-read") as pool:
+            for done in [pool.submit(run, sel) for sel in sels]:
+                done.result()
 
     def _scanned(self, ids: np.ndarray, buf: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Unit rows of sources ``ids`` int64 [m] of a memory-mapped ``raw``, read
@@ -336,11 +378,17 @@ class SourceVectors:
         flat = out.reshape(-1)
         live = np.flatnonzero(ids.reshape(-1) >= 0)
         want = ids.reshape(-1)[live]
+
+        def score(at, sv, buf):
+            qv = np.take(qvecs, rows[live[at] // k], axis=0, out=buf[: at.size])
+            flat[live[at]] = np.einsum("ij,ij->i", qv, sv)
+
+        if self._scans():
+            self._scan_threads(want, score)
+            return out
         sbuf = np.empty((min(RERANK_ROWS, max(1, live.size)), self.dim), dtype=np.float32)
         qbuf = np.empty_like(sbuf)
-        chunks = self._scanned(want, sbuf) if self._scans() else self._gathered(want, sbuf)
-        for at, sv in chunks:
-            qv = np.take(qvecs, rows[live[at] // k], axis=0, out=qbuf[: at.size])
-            flat[live[at]] = np.einsum("ij,ij->i", qv, sv)
+        for at, sv in self._gathered(want, sbuf):
+            score(at, sv, qbuf)
         self.release()  # gathers of a mapped array kept it mapped until here
         return out

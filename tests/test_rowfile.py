@@ -166,11 +166,15 @@ def test_scan_rows_serves_every_position_once(tmp_path_factory, rows, window_row
     np.testing.assert_array_equal(got, a[rows].reshape(-1, 6))
 
 
-@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f2"])
-def test_pair_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypatch, dtype):
-    """The file scan of pair_cosines (many small windows and scans here) gives the
-    bytes of the row-by-row gathers over the same rows in memory, and the cosines
-    a float64 reference gives."""
+@pytest.mark.parametrize(("dtype", "threads"), [("<f4", 1), ("<f4", 3), (">f4", 2), ("<f2", 2)])
+def test_pair_cosines_scanned_from_a_file_equal_gathered_ones(
+    tmp_path, monkeypatch, dtype, threads
+):
+    """The file scan of pair_cosines (many small windows and scans here, the file
+    cut over ``threads`` threads) gives the bytes of the row-by-row gathers over
+    the same rows in memory, and the cosines a float64 reference gives."""
+    monkeypatch.setattr(vectors_mod, "SCAN_THREADS", threads)
+    monkeypatch.setattr(vectors_mod, "SCAN_MIN_PART", 16)
     rng = np.random.default_rng(11)
     a = rng.standard_normal((2000, 24)).astype(dtype)
     m = _saved(tmp_path, a)
@@ -206,11 +210,16 @@ def _counting(fn, calls):
     return wrapped
 
 
-@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f2"])
-def test_rerank_cosines_scanned_from_a_file_equal_gathered_ones(tmp_path, monkeypatch, dtype):
+@pytest.mark.parametrize(("dtype", "threads"), [("<f4", 1), ("<f4", 3), (">f4", 2), ("<f2", 2)])
+def test_rerank_cosines_scanned_from_a_file_equal_gathered_ones(
+    tmp_path, monkeypatch, dtype, threads
+):
     """to_queries (the exact re-rank's cosines) read in file order gives the bytes
     of gathering the candidates query by query, -inf where a candidate is missing,
-    from windows read whole and windows read row by row."""
+    from windows read whole and windows read row by row, the file cut over
+    ``threads`` threads."""
+    monkeypatch.setattr(vectors_mod, "SCAN_THREADS", threads)
+    monkeypatch.setattr(vectors_mod, "SCAN_MIN_PART", 16)
     rng = np.random.default_rng(2)
     a = rng.standard_normal((3000, 24)).astype(dtype)
     m = _saved(tmp_path, a)
