@@ -212,27 +212,45 @@ class _ProbeKernel:
         self.pool: ThreadPoolExecutor | None = None
         self.order = layout.order
 
-    def _probes(self, xq: np.ndarray, cl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probe sets int64 [n, nprobe] and nearest probed cluster int64 [n]: the
-        centroid products PROBE_BLOCK rows at a time whatever the block (a row's
-        rounding may depend on its product's rows); own cluster never chosen."""
+    def _prepare(self, xq: np.ndarray, cl: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Probe sets int64 [n, nprobe], nearest probed cluster int64 [n] and the
+        queries as the lists are scored (reduced, or quantized to int8).
+
+        The centroid products (and a reduction's) are computed here, PROBE_BLOCK
+        rows at a time whatever the block (a row's rounding may depend on its
+        product's rows); the rest of each chunk (the choice, own cluster never
+        chosen, and the quantization, all row by row) goes to the pool when
+        there is one, while the next chunk's product runs.
+        """
         nb = xq.shape[0]
         probes = np.empty((nb, self.nprobe), dtype=np.int64)
         nearest = np.empty(nb, dtype=np.int64)
+        xs = xq if self.project is None else xq @ self.project.T
+        xw = np.empty(xs.shape, dtype=np.int8) if self.integer else xs
+        jobs = []
         for r0 in range(0, nb, PROBE_BLOCK):
             r1 = min(r0 + PROBE_BLOCK, nb)
-            cs = xq[r0:r1] @ self.centroids.T
-            cs[np.arange(r1 - r0), cl[r0:r1]] = -np.inf
-            probes[r0:r1] = _probe_sets(cs, self.nprobe)
-            nearest[r0:r1] = np.argmax(cs, axis=1)
-        return probes, nearest
+            args = (xq[r0:r1] @ self.centroids.T, cl[r0:r1], probes[r0:r1], nearest[r0:r1],
+                    xs[r0:r1], xw[r0:r1])  # fmt: skip
+            if self.pool is None:
+                self._choose(*args)
+            else:
+                jobs.append(self.pool.submit(self._choose, *args))
+        for job in jobs:
+            job.result()
+        return probes, nearest, xw
+
+    def _choose(self, cs, cl, probes, nearest, xs, xw) -> None:
+        """Fill ``probes``, ``nearest`` (and ``xw``, over 8-bit lists) of one chunk
+        from its centroid scores ``cs`` float32 [n, C]."""
+        cs[np.arange(cs.shape[0]), cl] = -np.inf
+        probes[...] = _probe_sets(cs, self.nprobe)
+        nearest[...] = np.argmax(cs, axis=1)
+        if self.integer:
+            xw[...] = quantize_queries(xs, self.lists.step)
 
     def run(self, xq, cl, qq):
-        probes, nearest = self._probes(xq, cl)
-        if self.project is not None:
-            xq = xq @ self.project.T
-        if self.integer:
-            xq = quantize_queries(xq, self.lists.step)
+        probes, nearest, xq = self._prepare(xq, cl)
         nb = xq.shape[0]
         cuts = np.linspace(0, nb, len(self.scans) + 1).astype(np.int64).tolist()
         if self.pool is None or nb < 2 * len(self.scans):
