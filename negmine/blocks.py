@@ -218,10 +218,9 @@ def tier3_ids(
         u = None if u is None else u[take]
 
     def backend_search(sel, k, score_cut=None):
-        backend = plan.backend
         if exact:
-            return backend.reference(qvec, rows[sel], cluster[sel], question[sel], k)
-        return backend.search(qvec, rows[sel], cluster[sel], question[sel], k, score_cut)
+            return plan.exact_reference(qvec, rows[sel], cluster[sel], question[sel], k)
+        return plan.backend.search(qvec, rows[sel], cluster[sel], question[sel], k, score_cut)
 
     search = search or backend_search
     if not cfg.tier3_filtered or n3 == 0:

@@ -11,6 +11,7 @@ is rebuilt on the other side from the same data, so it searches the same way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import cached_property
 from typing import Any
@@ -41,6 +42,8 @@ __all__ = ["CLUSTERS_NPROBE", "CODES_RERANK", "CODES_T3_BLOCK", "COMPRESSED_RERA
            "PAIR_BLOCK", "REDUCED_RERANK", "T3_BLOCK", "MiningPlan", "make_plan",
            "raw_cluster_lists"]  # fmt: skip
 
+#: Exact references a plan remembers (:meth:`MiningPlan.exact_reference`).
+REFERENCES_KEPT = 4
 #: Tier-3 queries per block (a multiple of the search's query block); with an
 #: integer candidate pass (8-bit cluster lists) blocks are :data:`CODES_T3_BLOCK`.
 T3_BLOCK = 4 * QUERY_BLOCK
@@ -103,6 +106,9 @@ class MiningPlan:
         self.t3_question = uniq - self.t3_cluster * n_q
         self.pool: Any = None
         self.products: dict[str, Any] = resolve_products(config.products)
+        #: Exact references searched so far (:meth:`exact_reference`), shared
+        #: with the plans :meth:`with_search` makes of this one.
+        self.references: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------ blocks
     @property
@@ -182,6 +188,24 @@ class MiningPlan:
         # Compressed or foreign index: exact vectors come from the embeddings.
         return self.raw_vectors
 
+    def exact_reference(
+        self, queries: np.ndarray, rows: np.ndarray, cluster: np.ndarray, question: np.ndarray,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The back-end's exact top-``k`` (:meth:`Tier3Backend.reference`), remembered.
+
+        Tuning and the recall measurement search the same even sample of
+        tier-3 queries: the second finds the first's result here instead of
+        searching every source again. Same arguments as ``reference``; the
+        arrays returned are copies.
+        """
+        key = (int(k), *(_digest(a) for a in (queries, rows, cluster, question)))
+        if key not in self.references:
+            if len(self.references) >= REFERENCES_KEPT:
+                self.references.pop(next(iter(self.references)))
+            self.references[key] = self.backend.reference(queries, rows, cluster, question, k)
+        return tuple(a.copy() for a in self.references[key])  # type: ignore[return-value]
+
     def exact_lists(self) -> ClusterLists:
         """float32 lists of every cluster, for exact reference searches."""
         index = self.index
@@ -247,9 +271,10 @@ class MiningPlan:
         if isinstance(state.get("index"), _IndexBytes):
             state["index"] = state["index"].load()
         self.__dict__.update(state)
+        self.references = {}
 
 
-_DERIVED = ("backend", "raw_vectors", "vectors")
+_DERIVED = ("backend", "raw_vectors", "vectors", "references")
 
 
 class _IndexBytes:
@@ -291,6 +316,12 @@ def raw_cluster_lists(raw: Any, layout: ClusterLayout) -> ClusterLists:
         return normalized_float32(take_rows(raw, order[offsets[c] : offsets[c + 1]]))
 
     return ClusterLists(block, offsets, raw.shape[1])
+
+
+def _digest(a: np.ndarray) -> tuple[Any, ...]:
+    """An array's dtype, shape and a hash of its bytes."""
+    a = np.ascontiguousarray(a)
+    return (a.dtype.str, a.shape, hashlib.blake2b(a.view(np.uint8).reshape(-1)).hexdigest())
 
 
 def _make_backend(plan: MiningPlan) -> Tier3Backend:

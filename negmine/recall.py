@@ -92,7 +92,7 @@ def check_recall(plan: MiningPlan, sample: int = 2000, k: int | None = None) -> 
     t0 = time.perf_counter()
     _, got = plan.backend.search(qvec, rows, cl, qq, int(k))
     t1 = time.perf_counter()
-    _, exact = plan.backend.reference(qvec, rows, cl, qq, int(k))
+    _, exact = plan.exact_reference(qvec, rows, cl, qq, int(k))
     t2 = time.perf_counter()
     return {
         "recall": round(float(recall_at_k(got, exact)), 4),

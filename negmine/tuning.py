@@ -224,7 +224,7 @@ def tune(
     pick = _even_sample(plan.n_tier3, size)
     cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
     qvec, rows = question_vectors(plan.inputs.questions, qq)
-    _, exact = plan.backend.reference(qvec, rows, cl, qq, k)
+    _, exact = plan.exact_reference(qvec, rows, cl, qq, k)
     t_exact = time.perf_counter() - t0
     tried: list[dict[str, Any]] = []
 

@@ -99,6 +99,33 @@ def test_ladders_go_from_cheap_to_deep(small, big):
     assert builtin == [{"nprobe": n} for n in (1, 2, 3, 4, 6, 8, 9)]
 
 
+def test_tuning_and_the_recall_measurement_share_one_exact_search(small, monkeypatch):
+    """The recall measured after mining uses the exact result tuning searched for
+    the same sample: one exact search per run, and the recall brute force gives."""
+    from negmine.search.backends import Tier3Backend
+
+    calls = []
+    reference = Tier3Backend.reference
+    monkeypatch.setattr(
+        Tier3Backend, "reference", lambda self, *a: calls.append(a[-1]) or reference(self, *a)
+    )
+    idx = _build(small, "clusters,SQ8")
+    m = NegativeMiner(*_args(small), index=idx, target_recall=0.9, recall_sample=10**6, **T3_ONLY)
+    res = m.mine_all_negatives()
+    stats = m.last_stats
+    assert calls == [3]  # tuning's; the measurement found it
+    assert stats["tier3_recall"]["sample"] == stats["tuning"]["sample"] == m.plan.n_tier3
+    assert stats["tier3_recall"]["recall"] == pytest.approx(_query_recall(res, small, 3), abs=1e-4)
+    calls.clear()
+    again = NegativeMiner(*_args(small), index=idx, nprobe=2, rerank=1, recall_sample=10**6,
+                          **T3_ONLY)  # fmt: skip
+    res = again.mine_all_negatives()
+    assert calls == [3]  # no tuning: the measurement searches
+    assert again.last_stats["tier3_recall"]["recall"] == pytest.approx(
+        _query_recall(res, small, 3), abs=1e-4
+    )
+
+
 # ---------------------------------------------------------------- the default target
 def test_ivf_flat_without_settings_mines_at_the_default_target(big, caplog):
     """Before tuning, an IVF index given no settings searched at FAISS's nprobe = 1."""
