@@ -179,7 +179,7 @@ def probe_outside_cluster(
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
     integer = project is None and vectors.codes is not None
     # 8-bit codes: torch's integer products (exact, any thread count), and the
-    # scan cut over PROBE_BLAS_THREADS threads with one-thread products each.
+    # scan cut over SCAN_THREADS threads with one-thread products each.
     workers = SCAN_THREADS if integer else 1
     kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project, products,
                           workers)  # fmt: skip
