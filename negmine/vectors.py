@@ -305,8 +305,8 @@ class SourceVectors:
         if parts == 1:
             sels = [np.arange(ids.size)]
         else:  # cut at row quantiles: each thread reads its own windows
-            cuts = np.partition(ids, np.arange(1, parts) * ids.size // parts)
-            edges = cuts[np.arange(1, parts) * ids.size // parts]
+            at = np.arange(1, parts) * ids.size // parts
+            edges = np.partition(ids, at)[at]
             which = np.searchsorted(edges, ids, side="right")
             sels = [np.flatnonzero(which == j) for j in range(parts)]
 

@@ -177,15 +177,12 @@ def probe_outside_cluster(
         return out_d, out_i
     if not isinstance(vectors, ClusterLists):
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
-    integer = project is None and vectors.codes is not None
-    # 8-bit codes: torch's integer products (exact, any thread count), and the
-    # scan cut over SCAN_THREADS threads with one-thread products each.
-    workers = SCAN_THREADS if integer else 1
     kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project, products,
-                          workers)  # fmt: skip
-    library = "torch" if integer else products
+                          SCAN_THREADS)  # fmt: skip
+    # 8-bit codes: torch's integer products (exact, any thread count).
+    library = "torch" if kernel.integer else products
     with faiss_single_threaded(), product_threads(library, PROBE_BLAS_THREADS), _workers(kernel):
-        block = INTEGER_BLOCK if integer else PROBE_BLOCK
+        block = INTEGER_BLOCK if kernel.integer else PROBE_BLOCK
         run_query_blocks(kernel.run, block, queries, query_rows, query_cluster,
                          query_question, out_d, out_i, progress)  # fmt: skip
     return out_d, out_i
@@ -197,7 +194,9 @@ class _ProbeKernel:
     The probe sets are chosen here, in the calling thread; the scan of the lists
     (:class:`~negmine.search.scan.ListScan`) is cut by query rows into
     ``len(scans)`` parts run on ``pool``'s threads, which gives the same heaps
-    as one scan (a query's heap depends on nothing but its own rows).
+    as one scan (a query's heap depends on nothing but its own rows). Only
+    over 8-bit codes: ``workers`` scans there (one-thread integer products are
+    exact), one otherwise (float32 products keep their fixed BLAS threads).
     """
 
     def __init__(self, lists, centroids, layout, positives, k, nprobe, project=None,
@@ -208,7 +207,7 @@ class _ProbeKernel:
         self.nprobe = nprobe
         self.integer = project is None and lists.codes is not None
         self.scans = [ListScan(lists, layout, positives, k, self.integer, products)
-                      for _ in range(workers)]  # fmt: skip
+                      for _ in range(workers if self.integer else 1)]  # fmt: skip
         self.pool: ThreadPoolExecutor | None = None
         self.order = layout.order
 
