@@ -20,7 +20,12 @@ the first whose recall@k against exact search reaches ``R``:
   deepest first, see :func:`_walk_reranked`, and given up when recall stops
   growing with ``nprobe``).
 
-The exact reference is computed once and reused for every setting. A target
+The exact reference is computed once and reused for every setting. Over lists
+that are the user's clusters, a search at ``nprobe`` can only return sources of
+the clusters it probes, so the exact hits' clusters bound its recall from above
+(:func:`probe_bound`): the settings whose bound is below the target are never
+searched, which leaves the choice as it was and skips the cheap end of the
+ladder. A target
 no setting of the ladder reaches is an error naming the best recall and its
 settings; there is no silent fallback. :func:`tune_plan` is the miner's entry
 point: it tunes when ``target_recall`` is set, and to
@@ -34,6 +39,8 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
+
+import numpy as np
 
 from ._checks import fail
 from .plan import CODES_RERANK, COMPRESSED_RERANK, REDUCED_RERANK, MiningPlan
@@ -49,6 +56,7 @@ __all__ = [
     "REDUCED_LADDER",
     "RERANK_MAX",
     "TUNING_SAMPLE",
+    "probe_bound",
     "search_ladder",
     "tune",
     "tune_plan",
@@ -73,6 +81,11 @@ CODES_LADDER = (1, CODES_RERANK, 2 * CODES_RERANK)
 PLATEAU = 0.001
 
 _SETTINGS = ("nprobe", "ef_search", "rerank")
+#: Slack on the centroid scores in :func:`probe_bound`: far above the rounding of
+#: float32 products of unit vectors, so no cluster the search may probe is missed.
+_RANK_SLACK = 1e-4
+#: Elements of the comparison array :func:`probe_bound` builds per step.
+_BOUND_STEP = 1 << 24
 
 
 def _nprobes(hi: int) -> list[int]:
@@ -160,6 +173,67 @@ def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
     return steps or [{}]
 
 
+def probe_bound(
+    plan: MiningPlan, queries: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
+    exact_ids: np.ndarray, nprobes: list[int],
+) -> np.ndarray | None:  # fmt: skip
+    """The highest recall@k a search probing ``plan``'s clusters can reach at each ``nprobe``.
+
+    A search over lists that are the user's clusters (the built-in probing, a
+    ``"clusters"`` index of any storage) returns only sources of the clusters
+    it probes: the ``nprobe`` whose centroids score highest against the query,
+    its own cluster left out. An exact hit whose cluster has ``r`` other
+    clusters scoring above it can be found only from ``nprobe > r``. ``r`` is
+    counted with a slack of :data:`_RANK_SLACK` in the clusters' favour, so
+    rounding in the search's own centroid products cannot make the bound too
+    low, and re-ranking only keeps a subset of the candidates: no search of
+    these lists can do better.
+
+    Parameters
+    ----------
+    plan : MiningPlan
+    queries : float32 [Q', d]
+        L2-normalised question vectors.
+    rows : int64 [M]
+        Row of ``queries`` of each sampled query.
+    cluster : int64 [M]
+        Cluster each query skips.
+    exact_ids : int64 [M, k]
+        Exact top-k ids, ``-1`` padded (the reference recall is measured against).
+    nprobes : list of int
+        ``nprobe`` values to bound.
+
+    Returns
+    -------
+    float64 [len(nprobes)] or None
+        The bound at each ``nprobe``, measured like
+        :func:`~negmine.search.probe.recall_at_k`; None when the search's lists
+        are not the user's clusters (a FAISS index).
+    """
+    index = plan.index
+    if index is not None and not index.is_clusters:
+        return None
+    cent = np.asarray(plan.inputs.centroids, dtype=np.float32)
+    n, k = exact_ids.shape
+    n_c = cent.shape[0]
+    ranks = np.zeros((n, k), dtype=np.int64)
+    step = max(1, _BOUND_STEP // max(1, k * n_c))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        cs = queries[rows[r0:r1]] @ cent.T
+        cs[np.arange(r1 - r0), cluster[r0:r1]] = -np.inf
+        hit = plan.layout.source_cluster[np.maximum(exact_ids[r0:r1], 0)]
+        floor = np.take_along_axis(cs, hit, axis=1) + np.float32(_RANK_SLACK)
+        ranks[r0:r1] = (cs[:, None, :] > floor[:, :, None]).sum(axis=2)
+    valid = exact_ids >= 0
+    n_valid = valid.sum(axis=1)
+    keep = n_valid > 0
+    if not keep.any():
+        return np.full(len(nprobes), np.nan)
+    out = [float(np.mean(((ranks < p) & valid).sum(axis=1)[keep] / n_valid[keep])) for p in nprobes]
+    return np.asarray(out, dtype=np.float64)
+
+
 def tuning_target(plan: MiningPlan) -> tuple[float | None, bool]:
     """The recall target ``plan`` is tuned to, and whether it is the default.
 
@@ -208,8 +282,10 @@ def tune(
     tuning : dict
         ``target``, ``default``, ``k``, ``sample``, ``settings`` (the search
         settings in force), ``recall``, ``seconds`` (all of the tuning),
-        ``seconds_exact`` (the exact search of the sample) and ``tried`` (each
-        setting tried, cheapest first, with its recall and search seconds).
+        ``seconds_exact`` (the exact search of the sample), ``tried`` (each
+        setting tried, cheapest first, with its recall and search seconds) and
+        ``skipped`` (each ``nprobe`` not searched because its
+        :func:`probe_bound` is below ``target``, with that bound).
 
     Raises
     ------
@@ -227,6 +303,17 @@ def tune(
     _, exact = plan.exact_reference(qvec, rows, cl, qq, k)
     t_exact = time.perf_counter() - t0
     tried: list[dict[str, Any]] = []
+    steps = search_ladder(plan)
+    nprobes = list(dict.fromkeys(s["nprobe"] for s in steps if "nprobe" in s))
+    bound = probe_bound(plan, qvec, rows, cl, exact, nprobes)
+    short = (
+        set() if bound is None else {p for p, b in zip(nprobes, bound, strict=True) if b < target}
+    )
+    skipped = [
+        {"nprobe": p, "bound": round(float(b), 4)}
+        for p, b in zip(nprobes, [] if bound is None else bound, strict=False) if p in short
+    ]  # fmt: skip
+    steps = [s for s in steps if s.get("nprobe") not in short]
 
     def measure(step: dict[str, int]) -> tuple[MiningPlan, float]:
         t1 = time.perf_counter()
@@ -239,26 +326,26 @@ def tune(
 
     ladder = rerank_ladder(plan)
     if ladder is not None:
-        found = _walk_reranked(plan, target, measure, ladder)
+        found = _walk_reranked(steps, target, measure, ladder)
     else:
-        found = next((c for c in map(measure, search_ladder(plan)) if c[1] >= target), None)
+        found = next((c for c in map(measure, steps) if c[1] >= target), None)
     if found is None:
-        _unreachable(plan, target, default, k, int(pick.size), tried)
+        _unreachable(plan, target, default, k, int(pick.size), tried, skipped)
     cand, recall = found
     return cand, {
         "target": target, "default": default, "k": k, "sample": int(pick.size),
         "settings": cand.search_params(), "recall": round(recall, 4),
         "seconds": round(time.perf_counter() - t0, 4),
-        "seconds_exact": round(t_exact, 4), "tried": tried,
+        "seconds_exact": round(t_exact, 4), "tried": tried, "skipped": skipped,
     }  # fmt: skip
 
 
 def _walk_reranked(
-    plan: MiningPlan, target: float, measure: Callable[[dict[str, int]], tuple[MiningPlan, float]],
-    ladder: tuple[int, ...],
+    steps: list[dict[str, int]], target: float,
+    measure: Callable[[dict[str, int]], tuple[MiningPlan, float]], ladder: tuple[int, ...],
 ) -> tuple[MiningPlan, float] | None:  # fmt: skip
     """The settings :func:`tune` keeps for reduced or 8-bit lists (re-rank depths
-    ``ladder`` at each ``nprobe``): the cheapest of
+    ``ladder`` at each ``nprobe`` of ``steps``): the cheapest in
     :func:`search_ladder`'s order (``nprobe``, then ``rerank``) that reaches
     ``target``, found with fewer searches.
 
@@ -271,7 +358,7 @@ def _walk_reranked(
     """
     deep = ladder[-1]
     seen: list[float] = []
-    for nprobe in dict.fromkeys(s["nprobe"] for s in search_ladder(plan)):
+    for nprobe in dict.fromkeys(s["nprobe"] for s in steps):
         cand, recall = measure({"nprobe": nprobe, "rerank": deep})
         if recall >= target:
             for r in ladder[:-1]:
@@ -285,16 +372,17 @@ def _walk_reranked(
     return None
 
 
-def _unreachable(plan, target, default, k, n, tried) -> NoReturn:
+def _unreachable(plan, target, default, k, n, tried, skipped) -> NoReturn:
     best = max(tried, key=lambda t: t["recall"])
     at = ", ".join(f"{a}={b}" for a, b in best["settings"].items()) or "its stored settings"
     tops = ", ".join(f"{a}={b}" for a, b in tried[-1]["settings"].items()) or "none"
     what = plan.describe_search().get("factory", "the built-in search")
     why = " (the default, as the index came without search settings)" if default else ""
+    ruled = f"; {len(skipped)} smaller nprobe ruled out by their bound" if skipped else ""
     fail(
         "target_recall",
         f"be reachable within the search settings of this index ({what}: tried "
-        f"{len(tried)} settings up to {tops})",
+        f"{len(tried)} settings up to {tops}{ruled})",
         f"{target}{why}; the best tier-3 recall@{k} on {n} sampled queries was "
         f"{best['recall']:.4f}, at {at}",
         "Lower target_recall, pass explicit settings to use them as they are, or use an "

@@ -3,6 +3,7 @@ brute force), refused clearly where not, recorded in the manifest and the run ke
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -124,6 +125,59 @@ def test_tuning_and_the_recall_measurement_share_one_exact_search(small, monkeyp
     assert again.last_stats["tier3_recall"]["recall"] == pytest.approx(
         _query_recall(res, small, 3), abs=1e-4
     )
+
+
+@pytest.mark.parametrize("spec", ["clusters", "clusters,SQ8", "clusters,PCA4", None])
+def test_the_clusters_bound_is_never_below_a_measured_recall(big, spec):
+    """probe_bound at each nprobe is at least the recall every setting of the ladder
+    measures there (so skipping what it rules out cannot change the choice); over
+    float32 lists, whose scores within the probed clusters are exact, it is that
+    recall."""
+    from negmine.recall import _even_sample
+    from negmine.search.probe import recall_at_k
+    from negmine.tuning import probe_bound
+    from negmine.vectors import question_vectors
+
+    index = None if spec is None else _build(big, spec)
+    plan = NegativeMiner(*_args(big), index=index, nprobe=1, **T3_ONLY).plan
+    pick = _even_sample(plan.n_tier3, 400)
+    cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
+    qvec, rows = question_vectors(plan.inputs.questions, qq)
+    _, exact = plan.backend.reference(qvec, rows, cl, qq, 3)
+    ladder = search_ladder(plan)
+    nprobes = sorted({s["nprobe"] for s in ladder})
+    bound = dict(zip(nprobes, probe_bound(plan, qvec, rows, cl, exact, nprobes), strict=True))
+    assert bound[nprobes[0]] < 0.9 and bound[nprobes[-1]] == 1.0  # the bound does bind
+    assert all(bound[a] <= bound[b] for a, b in itertools.pairwise(nprobes))
+    for step in ladder:
+        _, got = plan.with_search(target_recall=None, **step).backend.search(qvec, rows, cl, qq, 3)
+        recall = float(recall_at_k(got, exact))
+        assert recall <= bound[step["nprobe"]] + 1e-12, step
+        if spec in ("clusters", None):  # up to the few hits whose cluster is within the slack
+            assert recall == pytest.approx(bound[step["nprobe"]], abs=0.01), step
+
+
+def test_tuning_searches_no_nprobe_its_bound_rules_out(big):
+    """The settings whose bound is below the target are recorded as skipped, never
+    searched, and the choice is the first setting of the whole ladder that reaches it."""
+    target = 0.95
+    idx = _build(big, "clusters,SQ8")
+    m = NegativeMiner(*_args(big), index=idx, target_recall=target, recall_sample=500, **T3_ONLY)
+    tun = m.tuning
+    skipped = {s["nprobe"] for s in tun["skipped"]}
+    assert skipped and all(s["bound"] < target for s in tun["skipped"])
+    assert not skipped & {t["settings"]["nprobe"] for t in tun["tried"]}
+    plan = m.plan.with_search(nprobe=1)
+    every = [
+        (step, NegativeMiner(*_args(big), index=idx, recall_sample=500, **step, **T3_ONLY))
+        for step in search_ladder(plan)
+        if step["nprobe"] <= tun["settings"]["nprobe"]
+    ]
+    reached = [
+        step for step, mm in every
+        if (mm.mine_arrays(), mm.last_stats["tier3_recall"]["recall"])[1] >= target
+    ]  # fmt: skip
+    assert reached[0] == tun["settings"]
 
 
 # ---------------------------------------------------------------- the default target
