@@ -152,6 +152,17 @@ def read_rows(
         )
     if rows.size == 0:
         return out
+    if rows.size > 1 and rows[-1] - rows[0] == rows.size - 1 and (np.diff(rows) == 1).all():
+        # One run of consecutive rows (a slice): read straight into ``out``.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            n = rows.size * row
+            _pread_full(
+                fd, memoryview(out.view(np.uint8).reshape(-1)), n, offset + int(rows[0]) * row
+            )
+        finally:
+            os.close(fd)
+        return out
     order = np.argsort(rows, kind="stable")
     srt = rows[order]
     new = np.concatenate([[True], srt[1:] != srt[:-1]])

@@ -36,7 +36,7 @@ from .search.backends import (
 from .search.common import QUERY_BLOCK, max_depth
 from .search.probe import INTEGER_BLOCK, PROBE_BLAS_THREADS
 from .search.products import resolve_products
-from .vectors import SourceVectors
+from .vectors import RowRange, SourceVectors
 
 __all__ = ["CLUSTERS_NPROBE", "CODES_RERANK", "CODES_T3_BLOCK", "COMPRESSED_RERANK",
            "PAIR_BLOCK", "REDUCED_RERANK", "T3_BLOCK", "MiningPlan", "make_plan",
@@ -216,6 +216,18 @@ class MiningPlan:
         # No full copy beside an index: each cluster gathered when searched.
         return raw_cluster_lists(self.inputs.sources, self.layout)
 
+    def exact_rows(self) -> RowRange | None:
+        """Unit vectors of all sources in id order for the exact reference, where
+        the run holds no float32 copy of them (8-bit, reduced or compressed
+        lists, a FAISS index other than a flat one): streamed from the
+        embeddings (a memory-mapped file is read in order, a slice at a time,
+        once per block of queries), which costs far less than gathering every
+        cluster's scattered rows. None where :meth:`exact_lists` holds them."""
+        index = self.index
+        if index is None or index.is_exact or (index.is_clusters and _codec(index) == "Flat"):
+            return None
+        return self.raw_vectors.row_range()
+
     def search_params(self) -> dict[str, int]:
         """The search settings in force: nprobe, ef_search, rerank."""
         cfg, index = self.config, self.index
@@ -326,7 +338,12 @@ def _digest(a: np.ndarray) -> tuple[Any, ...]:
 
 def _make_backend(plan: MiningPlan) -> Tier3Backend:
     ctx = SearchContext(
-        plan.layout, plan.positives, plan.inputs.centroids, plan.raw_vectors, plan.exact_lists
+        plan.layout,
+        plan.positives,
+        plan.inputs.centroids,
+        plan.raw_vectors,
+        plan.exact_lists,
+        plan.exact_rows,
     )
     desc, params, index = plan.describe_search(), plan.search_params(), plan.index
     lib = plan.config.products

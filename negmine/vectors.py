@@ -19,7 +19,7 @@ from ._checks import normalized_float32, release_pages, take_rows
 from ._rowfile import file_rows, read_rows, scan_rows
 from .layout import PositiveSets, csr_expand
 
-__all__ = ["SourceVectors", "question_vectors"]
+__all__ = ["RowRange", "SourceVectors", "question_vectors"]
 
 _UNSET = object()
 
@@ -36,6 +36,36 @@ SCAN_PAIRS = 2 * CHUNK
 SCAN_THREADS = 2
 #: Fewest rows a scan thread is given.
 SCAN_MIN_PART = 4096
+
+
+class RowRange:
+    """Unit vectors of all sources in id order, as an array the exact kernel slices.
+
+    ``rows[s0:s1]`` is float32 [s1 - s0, d], the unit vectors of sources
+    ``s0 .. s1 - 1``: read from the embeddings' file in one call when they are
+    memory-mapped (nothing stays mapped), else gathered and normalised. The
+    slice lives in a buffer the next slice reuses, so only one is held at a
+    time: the caller must be done with a slice before taking the next.
+
+    Parameters
+    ----------
+    vectors : SourceVectors
+    """
+
+    def __init__(self, vectors: SourceVectors):
+        self.vectors = vectors
+        self.shape = (int(vectors.raw.shape[0]), vectors.dim)
+        self.dtype = np.dtype(np.float32)
+        self._buf = np.empty((0, vectors.dim), dtype=np.float32)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        s0, s1, step = sl.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("RowRange takes slices of consecutive rows only")
+        n = max(0, s1 - s0)
+        if self._buf.shape[0] < n:
+            self._buf = np.empty((n, self.shape[1]), dtype=np.float32)
+        return self.vectors.gather(np.arange(s0, s0 + n, dtype=np.int64), self._buf[:n])
 
 
 def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +163,10 @@ class SourceVectors:
         if self._read(ids, out) is not None:  # a file read maps nothing
             return out
         return normalized_float32(np.take(np.asarray(self.raw), ids, axis=0), out=out)
+
+    def row_range(self) -> RowRange:
+        """All sources' unit vectors in id order, read a slice at a time (see :class:`RowRange`)."""
+        return RowRange(self)
 
     def release(self) -> None:
         """Drop the pages :meth:`gather_mapped` left mapped (see :func:`release_pages`)."""

@@ -39,6 +39,10 @@ def rows_file(tmp_path):
         lambda rng, n: np.array([n - 1]),
         lambda rng, n: np.array([], dtype=np.int64),
         lambda rng, n: np.array([5, 5, 5, 0, 5]),
+        lambda rng, n: np.arange(100, n - 7),  # one run of consecutive rows: one read
+        lambda rng, n: np.arange(n),
+        lambda rng, n: np.array([7, 8]),
+        lambda rng, n: np.array([9, 8, 7]),  # consecutive but descending
     ],
 )
 def test_read_rows_equals_indexing(rows_file, pick):
@@ -135,6 +139,30 @@ def test_source_vectors_from_a_file_equal_those_in_memory(rows_file):
     np.testing.assert_array_equal(mapped.gather_mapped(ids, out), ref)
     unit = a[ids] / np.linalg.norm(a[ids], axis=1, keepdims=True)
     np.testing.assert_allclose(ref, unit, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_a_row_range_slices_unit_rows_in_id_order(rows_file, mapped):
+    """RowRange[s0:s1] holds the unit vectors of sources s0..s1-1, read in one call
+    from a mapped file or gathered from memory; a slice's buffer is reused."""
+    from negmine.vectors import RowRange
+
+    a, m = rows_file
+    pos = PositiveSets(np.array([0, 1], dtype=np.int64), np.array([3], dtype=np.int64))
+    rr = SourceVectors(m if mapped else a, pos).row_range()
+    assert isinstance(rr, RowRange) and rr.shape == a.shape
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    for s0, s1 in [(0, 3000), (17, 1041), (2999, 3000), (2990, 4000), (5, 5)]:
+        got = rr[s0:s1]
+        np.testing.assert_allclose(got, unit[s0:s1], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(
+            got, SourceVectors(a, pos).gather(np.arange(s0, min(s1, 3000)))
+        )
+    first = rr[0:10]
+    rr[10:20]
+    np.testing.assert_allclose(first, unit[10:20], rtol=0, atol=1e-6)  # the same buffer
+    with pytest.raises(ValueError, match="consecutive"):
+        rr[0:10:2]
 
 
 @settings(max_examples=40, deadline=None)

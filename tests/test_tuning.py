@@ -157,6 +157,41 @@ def test_the_clusters_bound_is_never_below_a_measured_recall(big, spec):
             assert recall == pytest.approx(bound[step["nprobe"]], abs=0.01), step
 
 
+@pytest.mark.parametrize("mapped", [True, False])
+def test_the_reference_read_in_id_order_is_the_exact_search(big, tmp_path, mapped):
+    """Without float32 lists (8-bit lists here) the exact reference streams the
+    embeddings in id order through the exact kernel: its ids are brute force's,
+    and those of probing every cluster's gathered rows."""
+    from negmine.plan import raw_cluster_lists
+    from negmine.recall import _even_sample
+    from negmine.search.probe import probe_outside_cluster
+    from negmine.vectors import RowRange, question_vectors
+
+    c = dict(big)
+    if mapped:
+        np.save(tmp_path / "s.npy", c["source_embeddings"])
+        c["source_embeddings"] = np.load(tmp_path / "s.npy", mmap_mode="r")
+    plan = NegativeMiner(*_args(c), index=_build(big, "clusters,SQ8"), nprobe=1, **T3_ONLY).plan
+    assert isinstance(plan.exact_rows(), RowRange)
+    pick = _even_sample(plan.n_tier3, 300)
+    cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
+    qvec, rows = question_vectors(plan.inputs.questions, qq)
+    d, ids = plan.backend.reference(qvec, rows, cl, qq, 5)
+    _, old = probe_outside_cluster(
+        raw_cluster_lists(plan.inputs.sources, plan.layout), plan.inputs.centroids, qvec, rows,
+        cl, qq, plan.layout, plan.positives, 5, nprobe=plan.inputs.n_clusters,
+    )  # fmt: skip
+    np.testing.assert_array_equal(ids, old)
+    src = big["source_embeddings"] / np.linalg.norm(big["source_embeddings"], axis=1, keepdims=True)
+    scores = qvec[rows] @ src.T
+    scores[big["source_cluster_ids"][None, :] == cl[:, None]] = -np.inf
+    for i, q in enumerate(qq):
+        scores[i, big["pair_indices"][big["pair_indices"][:, 0] == q, 1]] = -np.inf
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    np.testing.assert_allclose(d, np.take_along_axis(scores, want, 1), rtol=0, atol=1e-5)
+    assert (ids == want).mean() > 0.999  # up to exact ties
+
+
 def test_tuning_searches_no_nprobe_its_bound_rules_out(big):
     """The settings whose bound is below the target are recorded as skipped, never
     searched, and the choice is the first setting of the whole ladder that reaches it."""

@@ -48,6 +48,12 @@ class SearchContext:
         Exact unit vectors from the raw embeddings, for re-ranking.
     exact_lists : callable ``() -> ClusterLists``
         float32 lists of every cluster, for the exact reference search.
+    exact_rows : callable ``() -> array or None``, optional
+        Unit vectors of all sources in id order that the exact kernel slices
+        (a :class:`~negmine.vectors.RowRange`), for the exact reference where
+        the run holds no float32 lists: the reference then reads the
+        embeddings in file order instead of gathering cluster by cluster.
+        None (or returning None): the reference searches ``exact_lists``.
     """
 
     def __init__(
@@ -57,12 +63,14 @@ class SearchContext:
         centroids: np.ndarray,
         raw_vectors: SourceVectors,
         exact_lists: Callable[[], ClusterLists],
+        exact_rows: Callable[[], Any] | None = None,
     ):
         self.layout = layout
         self.positives = positives
         self.centroids = centroids
         self.raw_vectors = raw_vectors
         self.exact_lists = exact_lists
+        self.exact_rows = exact_rows
 
     @property
     def n_clusters(self) -> int:
@@ -101,6 +109,11 @@ class Tier3Backend:
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """The exact top-``k`` with the same exclusions (every other cluster probed)."""
         ctx = self.ctx
+        rows_in_order = None if ctx.exact_rows is None else ctx.exact_rows()
+        if rows_in_order is not None:
+            return exact_outside_cluster(
+                rows_in_order, queries, rows, cluster, question, ctx.layout, ctx.positives, k
+            )
         return probe_outside_cluster(
             ctx.exact_lists(), ctx.centroids, queries, rows, cluster, question, ctx.layout,
             ctx.positives, k, nprobe=ctx.n_clusters,
