@@ -82,13 +82,18 @@ def test_quantized_queries_are_the_weights_on_a_scale_of_their_own():
     assert (err <= 0.5001 / scale[:, None]).all()
 
 
-@pytest.mark.parametrize(("nprobe", "threads"), [(2, 1), (2, 2), (8, 2), (8, 3)])
-def test_integer_candidates_equal_integer_brute_force(corpus, nprobe, threads, monkeypatch):
+@pytest.mark.parametrize(
+    ("nprobe", "threads", "ahead"), [(2, 1, 2), (2, 2, 1), (8, 2, 2), (8, 3, 1), (8, 2, 50)]
+)
+def test_integer_candidates_equal_integer_brute_force(corpus, nprobe, threads, ahead, monkeypatch):
     """The candidate pass's scores are the exact integer sums of the quantized
     query with each probed source's code, and its order is theirs (ties by
     lower id), over the probed clusters, own cluster and positives excluded;
-    whether one scan or several threads' scans share a block's queries."""
+    whether one scan or several threads' scans share a block's queries, and
+    however many chunks' probe sets are chosen while the next is computed."""
     monkeypatch.setattr(probe_mod, "SCAN_THREADS", threads)
+    monkeypatch.setattr(probe_mod, "PROBE_BLOCK", 16)  # many chunks in the one block
+    monkeypatch.setattr(probe_mod, "PREPARE_AHEAD", ahead)
     parts = []
     scan_part = probe_mod._scan_part
     monkeypatch.setattr(probe_mod, "_scan_part", lambda *a: parts.append(1) or scan_part(*a))

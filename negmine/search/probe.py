@@ -25,7 +25,7 @@ recovers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -54,6 +54,10 @@ INTEGER_BLOCK = 8 * PROBE_BLOCK
 #: OpenBLAS rounds them differently with another number of threads, which can
 #: flip a near-tie. Fixed, the result depends on the CPU type only.
 PROBE_BLAS_THREADS = 2
+#: Chunks of :data:`PROBE_BLOCK` rows whose probe-set choice may wait on the
+#: pool while the next chunk's centroid products run; each holds its
+#: ``[PROBE_BLOCK, C]`` float32 scores until chosen, so this bounds that memory.
+PREPARE_AHEAD = 2
 #: Threads a block's scan over 8-bit lists is cut across (each with one-thread
 #: integer products, which are exact: any count gives the same bytes).
 SCAN_THREADS = PROBE_BLAS_THREADS
@@ -227,9 +231,11 @@ class _ProbeKernel:
         nearest = np.empty(nb, dtype=np.int64)
         xs = xq if self.project is None else xq @ self.project.T
         xw = np.empty(xs.shape, dtype=np.int8) if self.integer else xs
-        jobs = []
+        jobs: list[Future[None]] = []
         for r0 in range(0, nb, PROBE_BLOCK):
             r1 = min(r0 + PROBE_BLOCK, nb)
+            if len(jobs) >= PREPARE_AHEAD:  # each holds a [PROBE_BLOCK, C] score block
+                jobs.pop(0).result()
             args = (xq[r0:r1] @ self.centroids.T, cl[r0:r1], probes[r0:r1], nearest[r0:r1],
                     xs[r0:r1], xw[r0:r1])  # fmt: skip
             if self.pool is None:
