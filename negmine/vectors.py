@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -80,12 +81,28 @@ def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndar
     Returns
     -------
     vectors : float32 [n', d]
-        One unit row per distinct question, ascending id.
+        One unit row per distinct question, ascending id. A memory-mapped
+        file's rows are read on up to :data:`SCAN_THREADS` threads, each its
+        own part of them.
     inverse : int64 [n]
         Row of ``vectors`` of each entry of ``questions``.
     """
     uq, inv = np.unique(questions, return_inverse=True)
-    return normalized_float32(take_rows(raw_questions, uq)), inv
+    parts = min(SCAN_THREADS, max(1, uq.size // SCAN_MIN_PART))
+    if parts == 1 or file_rows(raw_questions) is None:
+        return normalized_float32(take_rows(raw_questions, uq)), inv
+    # A memory-mapped file: each thread reads its own run of the (ascending)
+    # rows and normalizes it, row by row, so the bytes are those of one thread.
+    out = np.empty((uq.size, raw_questions.shape[1]), dtype=np.float32)
+    cuts = np.linspace(0, uq.size, parts + 1).astype(np.int64).tolist()
+
+    def run(a: int, b: int) -> None:
+        normalized_float32(take_rows(raw_questions, uq[a:b]), out=out[a:b])
+
+    with ThreadPoolExecutor(parts, thread_name_prefix="negmine-read") as pool:
+        for done in [pool.submit(run, a, b) for a, b in pairwise(cuts)]:
+            done.result()
+    return out, inv
 
 
 class SourceVectors:

@@ -141,6 +141,26 @@ def test_source_vectors_from_a_file_equal_those_in_memory(rows_file):
     np.testing.assert_allclose(ref, unit, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_question_vectors_read_on_threads_equal_those_in_memory(rows_file, threads, monkeypatch):
+    """Distinct questions' unit rows, read from a mapped file by 1, 2 or 3 threads
+    (each its own run of rows), have the bytes of normalizing them in memory."""
+    from negmine.vectors import question_vectors
+
+    monkeypatch.setattr(vectors_mod, "SCAN_THREADS", threads)
+    monkeypatch.setattr(vectors_mod, "SCAN_MIN_PART", 100)
+    a, m = rows_file
+    qs = np.random.default_rng(11).integers(0, a.shape[0], 2500)
+    got, inv = question_vectors(m, qs)
+    want, winv = question_vectors(a, qs)
+    np.testing.assert_array_equal(inv, winv)
+    assert got.tobytes() == want.tobytes()
+    uq = np.unique(qs)
+    np.testing.assert_allclose(got[inv], a[qs] / np.linalg.norm(a[qs], axis=1, keepdims=True),
+                               rtol=0, atol=1e-6)  # fmt: skip
+    assert uq.size > 3 * 100  # every thread count really cuts the rows
+
+
 @pytest.mark.parametrize("mapped", [True, False])
 def test_a_row_range_slices_unit_rows_in_id_order(rows_file, mapped):
     """RowRange[s0:s1] holds the unit vectors of sources s0..s1-1, read in one call
