@@ -306,13 +306,11 @@ def tune(
     steps = search_ladder(plan)
     nprobes = list(dict.fromkeys(s["nprobe"] for s in steps if "nprobe" in s))
     bound = probe_bound(plan, qvec, rows, cl, exact, nprobes)
-    short = (
-        set() if bound is None else {p for p, b in zip(nprobes, bound, strict=True) if b < target}
-    )
-    skipped = [
+    skipped = [] if bound is None else [
         {"nprobe": p, "bound": round(float(b), 4)}
-        for p, b in zip(nprobes, [] if bound is None else bound, strict=False) if p in short
+        for p, b in zip(nprobes, bound, strict=True) if b < target
     ]  # fmt: skip
+    short = {s["nprobe"] for s in skipped}
     steps = [s for s in steps if s.get("nprobe") not in short]
 
     def measure(step: dict[str, int]) -> tuple[MiningPlan, float]:
