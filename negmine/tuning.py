@@ -303,15 +303,7 @@ def tune(
     _, exact = plan.exact_reference(qvec, rows, cl, qq, k)
     t_exact = time.perf_counter() - t0
     tried: list[dict[str, Any]] = []
-    steps = search_ladder(plan)
-    nprobes = list(dict.fromkeys(s["nprobe"] for s in steps if "nprobe" in s))
-    bound = probe_bound(plan, qvec, rows, cl, exact, nprobes)
-    skipped = [] if bound is None else [
-        {"nprobe": p, "bound": round(float(b), 4)}
-        for p, b in zip(nprobes, bound, strict=True) if b < target
-    ]  # fmt: skip
-    short = {s["nprobe"] for s in skipped}
-    steps = [s for s in steps if s.get("nprobe") not in short]
+    steps, skipped = _within_bound(plan, target, probe_bound_args=(qvec, rows, cl, exact))
 
     def measure(step: dict[str, int]) -> tuple[MiningPlan, float]:
         t1 = time.perf_counter()
@@ -336,6 +328,22 @@ def tune(
         "seconds": round(time.perf_counter() - t0, 4),
         "seconds_exact": round(t_exact, 4), "tried": tried, "skipped": skipped,
     }  # fmt: skip
+
+
+def _within_bound(
+    plan: MiningPlan, target: float, probe_bound_args: tuple[np.ndarray, ...]
+) -> tuple[list[dict[str, int]], list[dict[str, Any]]]:
+    """:func:`search_ladder`'s settings but those whose :func:`probe_bound` is
+    below ``target``, and the ``nprobe`` values left out, each with its bound."""
+    steps = search_ladder(plan)
+    nprobes = list(dict.fromkeys(s["nprobe"] for s in steps if "nprobe" in s))
+    bound = probe_bound(plan, *probe_bound_args, nprobes)
+    skipped = [] if bound is None else [
+        {"nprobe": p, "bound": round(float(b), 4)}
+        for p, b in zip(nprobes, bound, strict=True) if b < target
+    ]  # fmt: skip
+    short = {s["nprobe"] for s in skipped}
+    return [s for s in steps if s.get("nprobe") not in short], skipped
 
 
 def _walk_reranked(
