@@ -49,7 +49,7 @@ REFERENCES_KEPT = 4
 T3_BLOCK = 4 * QUERY_BLOCK
 #: Tier-3 queries per block over 8-bit cluster lists: one probe-kernel block
 #: (:data:`~negmine.search.probe.INTEGER_BLOCK`), where each cluster's fixed cost
-#: is spread over eight times the queries of :data:`T3_BLOCK`.
+#: is spread over sixteen times the queries of :data:`T3_BLOCK`.
 CODES_T3_BLOCK = INTEGER_BLOCK
 #: Pairs per block (a multiple of the random-stream block).
 PAIR_BLOCK = 64 * RNG_BLOCK

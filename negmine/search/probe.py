@@ -46,9 +46,9 @@ PROBE_BLOCK = 4096
 #: Queries per block over 8-bit codes. Integer products are exact and the probe
 #: sets are still chosen :data:`PROBE_BLOCK` rows at a time, so which queries
 #: share a block cannot change a result; a larger block spreads each cluster's
-#: fixed cost (a call, a heap update) over more queries: eight times
-#: :data:`PROBE_BLOCK`, so each of the scan's two threads still gets four times.
-INTEGER_BLOCK = 8 * PROBE_BLOCK
+#: fixed cost (a call, a heap update) over more queries: sixteen times
+#: :data:`PROBE_BLOCK`, so each of the scan's two threads gets eight times.
+INTEGER_BLOCK = 16 * PROBE_BLOCK
 #: BLAS threads of the kernel's products, whatever the machine's count: the
 #: products are small (the queries probing one cluster times its sources), and
 #: OpenBLAS rounds them differently with another number of threads, which can
