@@ -25,7 +25,10 @@ that are the user's clusters, a search at ``nprobe`` can only return sources of
 the clusters it probes, so the exact hits' clusters bound its recall from above
 (:func:`probe_bound`): the settings whose bound is below the target are never
 searched, which leaves the choice as it was and skips the cheap end of the
-ladder. A target
+ladder. Once a ladder step of ``nprobe`` reaches the target, the values between
+it and the step below are searched by bisection (:func:`_refine_nprobe`, again
+passing over those whose bound is short), so the chosen ``nprobe`` is the
+smallest that reaches the target, not the next step of about sqrt 2. A target
 no setting of the ladder reaches is an error naming the best recall and its
 settings; there is no silent fallback. :func:`tune_plan` is the miner's entry
 point: it tunes when ``target_recall`` is set, and to
@@ -283,9 +286,9 @@ def tune(
         ``target``, ``default``, ``k``, ``sample``, ``settings`` (the search
         settings in force), ``recall``, ``seconds`` (all of the tuning),
         ``seconds_exact`` (the exact search of the sample), ``tried`` (each
-        setting tried, cheapest first, with its recall and search seconds) and
+        setting tried, in the order searched, with its recall and search seconds) and
         ``skipped`` (each ``nprobe`` not searched because its
-        :func:`probe_bound` is below ``target``, with that bound).
+        :func:`probe_bound` is below ``target``, with that bound, ascending).
 
     Raises
     ------
@@ -303,7 +306,7 @@ def tune(
     _, exact = plan.exact_reference(qvec, rows, cl, qq, k)
     t_exact = time.perf_counter() - t0
     tried: list[dict[str, Any]] = []
-    steps, skipped = _within_bound(plan, target, probe_bound_args=(qvec, rows, cl, exact))
+    steps, skipped, bounds = _within_bound(plan, target, probe_bound_args=(qvec, rows, cl, exact))
 
     def measure(step: dict[str, int]) -> tuple[MiningPlan, float]:
         t1 = time.perf_counter()
@@ -321,7 +324,8 @@ def tune(
         found = next((c for c in map(measure, steps) if c[1] >= target), None)
     if found is None:
         _unreachable(plan, target, default, k, int(pick.size), tried, skipped)
-    cand, recall = found
+    ladder_nprobes = [s["nprobe"] for s in search_ladder(plan) if "nprobe" in s]
+    cand, recall = _refine_nprobe(found, ladder_nprobes, target, measure, bounds, skipped, ladder)
     return cand, {
         "target": target, "default": default, "k": k, "sample": int(pick.size),
         "settings": cand.search_params(), "recall": round(recall, 4),
@@ -332,32 +336,86 @@ def tune(
 
 def _within_bound(
     plan: MiningPlan, target: float, probe_bound_args: tuple[np.ndarray, ...]
-) -> tuple[list[dict[str, int]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, int]], list[dict[str, Any]], dict[int, float]]:
     """:func:`search_ladder`'s settings but those whose :func:`probe_bound` is
-    below ``target``, and the ``nprobe`` values left out, each with its bound."""
+    below ``target``, the ``nprobe`` values left out, each with its bound, and
+    the bound at every ``nprobe`` from 1 to the ladder's last (empty when there
+    is none: a FAISS index)."""
     steps = search_ladder(plan)
     nprobes = list(dict.fromkeys(s["nprobe"] for s in steps if "nprobe" in s))
-    bound = probe_bound(plan, *probe_bound_args, nprobes)
-    skipped = [] if bound is None else [
-        {"nprobe": p, "bound": round(float(b), 4)}
-        for p, b in zip(nprobes, bound, strict=True) if b < target
-    ]  # fmt: skip
+    every = list(range(1, max(nprobes) + 1)) if nprobes else []
+    bound = probe_bound(plan, *probe_bound_args, every)
+    bounds = {} if bound is None else {p: float(b) for p, b in zip(every, bound, strict=True)}
+    skipped = [{"nprobe": p, "bound": round(bounds[p], 4)} for p in nprobes
+               if p in bounds and bounds[p] < target]  # fmt: skip
     short = {s["nprobe"] for s in skipped}
-    return [s for s in steps if s.get("nprobe") not in short], skipped
+    return [s for s in steps if s.get("nprobe") not in short], skipped, bounds
+
+
+def _refine_nprobe(
+    found: tuple[MiningPlan, float], ladder: list[int], target: float,
+    measure: Callable[[dict[str, int]], tuple[MiningPlan, float]],
+    bounds: dict[int, float], skipped: list[dict[str, Any]],
+    reranks: tuple[int, ...] | None = None,
+) -> tuple[MiningPlan, float]:  # fmt: skip
+    """``found`` (the first setting of the ladder to reach ``target``) at the
+    smallest ``nprobe`` between the ladder's step below it and its own that
+    still reaches ``target``, its other settings kept; with re-rank depths
+    ``reranks`` (``found`` at the deepest, from :func:`_walk_reranked`), the
+    ``nprobe`` is bisected at the deepest and then the shallowest depth that
+    reaches ``target`` there is kept.
+
+    The ladder's steps are about sqrt 2 apart, so its choice may probe up to
+    ~1.4x the clusters needed. Recall grows with ``nprobe`` (a larger one
+    probes a superset of the clusters; with lossy codes a new candidate can,
+    rarely, push a hit out of the re-rank), so the values in between are
+    bisected: the step below missed the target (searched, or ruled out by its
+    bound), the found one reached it. Values whose bound (``bounds``) is below
+    ``target`` are not searched; they are added to ``skipped``. The result was
+    measured to reach ``target``, like every choice of :func:`tune`.
+    """
+    settings = found[0].search_params()
+    hi = settings.get("nprobe")
+    if hi is None:
+        return found
+    lo = max((p for p in ladder if p < hi), default=0)
+    between = []
+    for p in range(lo + 1, hi):
+        if p in bounds and bounds[p] < target:
+            skipped.append({"nprobe": p, "bound": round(bounds[p], 4)})
+        else:
+            between.append(p)
+    skipped.sort(key=lambda s: s["nprobe"])
+    best, a, b = found, 0, len(between)  # between[:a] miss; between[b] (or hi) reaches
+    while a < b:
+        mid = (a + b) // 2
+        got = measure(dict(settings, nprobe=between[mid]))
+        if got[1] >= target:
+            best, b = got, mid
+        else:
+            a = mid + 1
+    if reranks is None:
+        return best
+    at = best[0].search_params()["nprobe"]
+    for r in reranks[:-1]:  # shallower depths at the nprobe found
+        got = measure(dict(settings, nprobe=at, rerank=r))
+        if got[1] >= target:
+            return got
+    return best
 
 
 def _walk_reranked(
     steps: list[dict[str, int]], target: float,
     measure: Callable[[dict[str, int]], tuple[MiningPlan, float]], ladder: tuple[int, ...],
 ) -> tuple[MiningPlan, float] | None:  # fmt: skip
-    """The settings :func:`tune` keeps for reduced or 8-bit lists (re-rank depths
-    ``ladder`` at each ``nprobe`` of ``steps``): the cheapest in
-    :func:`search_ladder`'s order (``nprobe``, then ``rerank``) that reaches
-    ``target``, found with fewer searches.
+    """The first ``nprobe`` of ``steps`` at which reduced or 8-bit lists reach
+    ``target`` at their deepest re-rank of ``ladder``, searched at that depth.
 
     A shallower re-rank keeps a subset of a deeper one's candidates, so its
-    recall is no higher: each ``nprobe`` is tried at the deepest re-rank first,
-    and the shallower depths only where that reaches the target. The walk gives
+    recall is no higher: each ``nprobe`` is tried at the deepest re-rank only,
+    and :func:`_refine_nprobe` then tries the shallower depths at the ``nprobe``
+    it settles on, which gives :func:`search_ladder`'s order (``nprobe``, then
+    ``rerank``) with fewer searches. The walk gives
     up once the deepest re-rank's recall has gained less than :data:`PLATEAU`
     over two ``nprobe`` steps (about a doubling) while still short of the target:
     the candidate pass, not the probing, then bounds it.
@@ -367,10 +425,6 @@ def _walk_reranked(
     for nprobe in dict.fromkeys(s["nprobe"] for s in steps):
         cand, recall = measure({"nprobe": nprobe, "rerank": deep})
         if recall >= target:
-            for r in ladder[:-1]:
-                shallow = measure({"nprobe": nprobe, "rerank": r})
-                if shallow[1] >= target:
-                    return shallow
             return cand, recall
         seen.append(recall)
         if len(seen) >= 3 and seen[-1] - seen[-3] < PLATEAU:

@@ -69,19 +69,30 @@ def test_tuning_reaches_the_target_at_the_cheapest_setting(small, spec):
     tun = m.tuning
     assert tun["sample"] == m.plan.n_tier3 and tun["k"] == 3 and tun["target"] == target
     assert tun["default"] is False and tun["seconds"] > 0
-    assert tun["settings"] == m.plan.search_params()
-    ladder = search_ladder(m.plan)
-    at = ladder.index(tun["settings"])
-    # Each tried setting cheaper than the chosen one (in ladder order) missed the target.
-    assert all(t["recall"] < target for t in tun["tried"] if ladder.index(t["settings"]) < at)
+    chosen = tun["settings"]
+    assert chosen == m.plan.search_params()
+    # Each tried setting cheaper than the chosen one missed the target.
+    assert all(t["recall"] < target for t in tun["tried"] if _cost(t["settings"]) < _cost(chosen))
     res = m.mine_all_negatives()
     brute = _query_recall(res, small, 3)
     assert brute == pytest.approx(tun["recall"], abs=1e-4)
     assert brute >= target
-    if at > 0:  # the next cheaper setting of the ladder (tried or not) really misses it
-        cheaper = NegativeMiner(*_args(small), index=index, **ladder[at - 1],
-                                **T3_ONLY).mine_all_negatives()  # fmt: skip
-        assert _query_recall(cheaper, small, 3) < target
+    # The next cheaper setting really misses it: one nprobe fewer (the refinement
+    # between ladder steps), else the ladder's step below.
+    ladder = search_ladder(m.plan)
+    if chosen.get("nprobe", 1) > 1:
+        cheaper = dict(chosen, nprobe=chosen["nprobe"] - 1)
+    else:
+        at = ladder.index(chosen)
+        cheaper = ladder[at - 1] if at > 0 else None
+    if cheaper is not None:
+        res = NegativeMiner(*_args(small), index=index, **cheaper, **T3_ONLY).mine_all_negatives()
+        assert _query_recall(res, small, 3) < target
+
+
+def _cost(settings: dict) -> tuple[int, int, int]:
+    """The order of the ladders: ``nprobe`` or ``ef_search`` first, then ``rerank``."""
+    return (settings.get("nprobe", 0), settings.get("ef_search", 0), settings.get("rerank", 0))
 
 
 def test_ladders_go_from_cheap_to_deep(small, big):
@@ -194,7 +205,8 @@ def test_the_reference_read_in_id_order_is_the_exact_search(big, tmp_path, mappe
 
 def test_tuning_searches_no_nprobe_its_bound_rules_out(big):
     """The settings whose bound is below the target are recorded as skipped, never
-    searched, and the choice is the first setting of the whole ladder that reaches it."""
+    searched, and the choice is the cheapest (``nprobe``, then ``rerank``) of all
+    settings up to it that reaches the target, between the ladder's steps too."""
     target = 0.95
     idx = _build(big, "clusters,SQ8")
     m = NegativeMiner(*_args(big), index=idx, target_recall=target, recall_sample=500, **T3_ONLY)
@@ -203,16 +215,56 @@ def test_tuning_searches_no_nprobe_its_bound_rules_out(big):
     assert skipped and all(s["bound"] < target for s in tun["skipped"])
     assert not skipped & {t["settings"]["nprobe"] for t in tun["tried"]}
     plan = m.plan.with_search(nprobe=1)
+    ladder = search_ladder(plan)
+    chosen = tun["settings"]
+    assert chosen not in ladder or chosen == next(
+        s for s in ladder if s["nprobe"] >= chosen["nprobe"] and s["rerank"] >= chosen["rerank"]
+    )
     every = [
         (step, NegativeMiner(*_args(big), index=idx, recall_sample=500, **step, **T3_ONLY))
-        for step in search_ladder(plan)
-        if step["nprobe"] <= tun["settings"]["nprobe"]
-    ]
+        for step in ({"nprobe": p, "rerank": r} for p in range(1, chosen["nprobe"] + 1)
+                     for r in sorted({s["rerank"] for s in ladder}))
+    ]  # fmt: skip
     reached = [
         step for step, mm in every
         if (mm.mine_arrays(), mm.last_stats["tier3_recall"]["recall"])[1] >= target
     ]  # fmt: skip
-    assert reached[0] == tun["settings"]
+    assert reached[0] == chosen
+    # Between the ladder's steps: the ladder alone would have chosen a larger nprobe.
+    first = next(s for s in ladder if s in reached)
+    assert first["nprobe"] >= chosen["nprobe"]
+
+
+@pytest.mark.parametrize("spec", ["clusters", "clusters,SQ8"])
+def test_tuning_refines_nprobe_between_the_ladders_steps(spec):
+    """With 100 clusters the ladder's steps 8 and 11 are far apart: the choice is
+    the smallest nprobe that reaches the target, checked by brute force over every
+    query (one nprobe fewer misses, at any re-rank depth; at the chosen nprobe a
+    shallower depth misses)."""
+    many = make_corpus(4000, 100, 2000, d=32, seed=2)
+    target = 0.975
+    idx = _build(many, spec)
+    m = NegativeMiner(*_args(many), index=idx, target_recall=target, recall_sample=4000,
+                      **T3_ONLY)  # fmt: skip
+    tun, chosen = m.tuning, m.tuning["settings"]
+    assert tun["sample"] == m.plan.n_tier3
+    ladder = search_ladder(m.plan.with_search(nprobe=1))
+    assert chosen not in ladder  # the corpus is one where refining matters
+
+    def recall(**settings) -> float:
+        res = NegativeMiner(*_args(many), index=idx, **settings, **T3_ONLY).mine_all_negatives()
+        return _query_recall(res, many, 3)
+
+    assert recall(**chosen) >= target
+    deeper = {"rerank": max(s.get("rerank", 0) for s in ladder)} if "rerank" in chosen else {}
+    assert recall(**dict(chosen, nprobe=chosen["nprobe"] - 1, **deeper)) < target
+    for r in sorted({s["rerank"] for s in ladder if s.get("rerank", 0) < chosen.get("rerank", 0)}):
+        assert recall(**dict(chosen, rerank=r)) < target
+    # Every nprobe the bound rules out, between the steps too, is recorded and unsearched.
+    skipped = [s["nprobe"] for s in tun["skipped"]]
+    assert skipped == sorted(skipped)
+    assert all(s["bound"] < target for s in tun["skipped"])
+    assert not set(skipped) & {t["settings"]["nprobe"] for t in tun["tried"]}
 
 
 # ---------------------------------------------------------------- the default target
