@@ -5,7 +5,9 @@ then, each step in a child process of its own (its own peak RSS, read from
 ``VmHWM``):
 
 * mines every pair with the search tuned to a recall target (the tuning timed
-  apart from the mining, the recall measured on the mined ids);
+  apart from the mining, the recall measured on the mined ids of the queries
+  tuning measured, and again, after the peak RSS is read, on as many queries
+  tuning never searched: see :func:`negmine.recall.held_out_sample`);
 * with ``curve``, searches an even sample of tier-3 queries at each ``nprobe``
   of a ladder: recall@3 and seconds, scaled to all queries;
 * times exact tier 3 on an even sample, before and after, and scales the faster.
@@ -115,6 +117,8 @@ def _child_mine(work: str, spec: str, target: float, pairs: int = 0) -> dict[str
     secs = time.perf_counter() - t0 - rec.get("seconds", 0.0)  # the check is not mining
     tm = st.get("timings_seconds", {})
     scale = n_all / len(a["pair_indices"])
+    peak = round(_peak_rss_mb())
+    held = m.check_recall(sample=_RECALL_SAMPLE, k=3, held_out=True)
     return {
         "spec": spec,
         "pairs_mined": len(a["pair_indices"]),
@@ -125,9 +129,11 @@ def _child_mine(work: str, spec: str, target: float, pairs: int = 0) -> dict[str
         "setup_s": round(setup - (tun.get("seconds") or 0.0), 2),
         "mine_s": round(secs * scale, 2),
         "recall": rec.get("recall"),
+        "recall_held_out": held["recall"],
+        "held_out_sample": held["sample"],
         "tier3_s": round(tm.get("tier3_search", 0.0) * scale, 2),
         "tier3_queries": st.get("tier3_queries"),
-        "peak_rss_mb": round(_peak_rss_mb()),
+        "peak_rss_mb": peak,
     }
 
 
@@ -262,7 +268,9 @@ def run_store(
             runs.append(r)
             print(f"[{spec}] tuned to recall@3 >= {target} in {r['tuning_s']} s: "
                   f"{r['settings']}; mining {r['mine_s']} s (tier 3 {r['tier3_s']} s), "
-                  f"recall@3 {r['recall']}; tuning = {r['tuning_s'] / r['mine_s']:.1%} of "
+                  f"recall@3 {r['recall']} (held out: {r['recall_held_out']} on "
+                  f"{r['held_out_sample']} other queries); tuning = "
+                  f"{r['tuning_s'] / r['mine_s']:.1%} of "
                   f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources",
                   flush=True)  # fmt: skip
             if curve:
@@ -297,7 +305,8 @@ def run_store(
             vs = f"{base['mine_s'] / r['mine_s']:.1f}x {specs[0]}"
             ex_txt = f", {r['speedup_vs_exact']}x exact" if "speedup_vs_exact" in r else ""
             print(f"  {r['spec']:<16} mining {r['mine_s']:>7.1f} s  ({vs}{ex_txt}); recall@3 "
-                  f"{r['recall']}; peak RSS {r['rss_ratio']}x the sources")  # fmt: skip
+                  f"{r['recall']} (held out {r['recall_held_out']}); peak RSS "
+                  f"{r['rss_ratio']}x the sources")  # fmt: skip
         for f in failed:
             print(f"  {f['spec']:<16} not mined (see above)")
         return {"workload": name, "corpus": corpus, "prepare": prep, "builds": builds,

@@ -229,12 +229,15 @@ class NegativeMiner:
 
         return update
 
-    def check_recall(self, sample: int = 2000, k: int | None = None) -> dict[str, Any]:
+    def check_recall(
+        self, sample: int = 2000, k: int | None = None, held_out: bool = False
+    ) -> dict[str, Any]:
         """Measure tier-3 recall@k of this miner's search against exact search.
 
-        See :func:`negmine.recall.check_recall`.
+        ``held_out=True`` checks queries tuning never searched. See
+        :func:`negmine.recall.check_recall`.
         """
-        return check_recall(self.plan, sample, k)
+        return check_recall(self.plan, sample, k, held_out)
 
     def _validate(self, ids: np.ndarray, tiers: np.ndarray) -> bool:
         """Check the result against every rule; a violation is a bug, raised."""

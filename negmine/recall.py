@@ -13,11 +13,27 @@ from .plan import MiningPlan
 from .search.probe import recall_at_k
 from .vectors import question_vectors
 
-__all__ = ["check_recall", "measure_recall"]
+__all__ = ["check_recall", "held_out_sample", "measure_recall"]
 
 
 def _even_sample(n: int, size: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(size, n)).astype(np.int64))
+
+
+def held_out_sample(plan: MiningPlan, size: int) -> np.ndarray:
+    """``size`` tier-3 queries (fewer when the run has too few), evenly spread
+    over those outside the sample tuning searches (:func:`negmine.tuning.tune`)
+    and the even sample of ``size``.
+
+    Returns int64 [m], ascending positions in the plan's tier-3 queries.
+    """
+    from .tuning import TUNING_SAMPLE
+
+    n = plan.n_tier3
+    seen = np.union1d(_even_sample(n, plan.config.recall_sample or TUNING_SAMPLE),
+                      _even_sample(n, size))  # fmt: skip
+    free = np.setdiff1d(np.arange(n, dtype=np.int64), seen, assume_unique=True)
+    return free[_even_sample(free.size, size)] if free.size else free
 
 
 def measure_recall(plan: MiningPlan, t3_ids: np.ndarray) -> dict[str, Any] | None:
@@ -59,13 +75,21 @@ def measure_recall(plan: MiningPlan, t3_ids: np.ndarray) -> dict[str, Any] | Non
     }
 
 
-def check_recall(plan: MiningPlan, sample: int = 2000, k: int | None = None) -> dict[str, Any]:
+def check_recall(
+    plan: MiningPlan, sample: int = 2000, k: int | None = None, held_out: bool = False
+) -> dict[str, Any]:
     """Measure tier-3 recall@k of the plan's search against exact search.
 
     Takes an even sample of the tier-3 queries (one per distinct question and
     pair cluster, as mining does) and searches them the way mining would and
     exactly, with the same exclusions (the pair's cluster, the question's
     positives); filters and windows are not applied.
+
+    A tuned search reached its target on the sample tuning measured, which is
+    also the even sample checked here when the sizes agree: its recall there
+    is at least the target by construction. ``held_out=True`` checks queries
+    tuning never searched instead (:func:`held_out_sample`), an unbiased
+    estimate of the recall of the whole run.
 
     Parameters
     ----------
@@ -74,19 +98,33 @@ def check_recall(plan: MiningPlan, sample: int = 2000, k: int | None = None) -> 
         Queries to check, >= 1.
     k : int, optional
         Results per query; default the tier-3 count of the config.
+    held_out : bool
+        Check queries outside the tuning's sample.
 
     Returns
     -------
     dict
-        ``recall``, ``k``, ``sample``, ``index`` (the search as recorded in
-        mining stats), ``seconds_search`` and ``seconds_exact``.
+        ``recall``, ``k``, ``sample`` (queries checked), ``held_out``,
+        ``index`` (the search as recorded in mining stats), ``seconds_search``
+        and ``seconds_exact``.
+
+    Raises
+    ------
+    ValueError
+        When ``held_out`` leaves no query (the run has too few tier-3 queries).
     """
     if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
         fail("sample", "be a positive integer", repr(sample))
     k = plan.config.tier_counts[2] if k is None else k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         fail("k", "be a positive integer", repr(k))
-    pick = _even_sample(plan.n_tier3, int(sample))
+    if not isinstance(held_out, (bool, np.bool_)):
+        fail("held_out", "be True or False", repr(held_out))
+    size = int(sample)
+    pick = held_out_sample(plan, size) if held_out else _even_sample(plan.n_tier3, size)
+    if pick.size == 0:
+        fail("held_out", "leave queries to check", f"True with {plan.n_tier3} tier-3 queries, "
+             "all of them in the tuning's sample", "Check with held_out=False.")  # fmt: skip
     cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
     qvec, rows = question_vectors(plan.inputs.questions, qq)
     t0 = time.perf_counter()
@@ -98,6 +136,7 @@ def check_recall(plan: MiningPlan, sample: int = 2000, k: int | None = None) -> 
         "recall": round(float(recall_at_k(got, exact)), 4),
         "k": int(k),
         "sample": int(pick.size),
+        "held_out": bool(held_out),
         "index": plan.describe_search(),
         "seconds_search": round(t1 - t0, 4),
         "seconds_exact": round(t2 - t1, 4),

@@ -281,5 +281,6 @@ def test_bench_work_dir_is_created_or_named(tmp_path):
                 "--exact-sample", "64", "--work-dir", str(work))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "[clusters,fast] tuned to recall@3 >= 0.95" in proc.stdout
+    assert " other queries); tuning = " in proc.stdout  # the held-out recall
     assert "[clusters,fast] recall@3 / tier-3 seconds" in proc.stdout
     assert work.is_dir() and not any(work.iterdir())  # its own files removed, the dir kept

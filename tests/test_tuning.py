@@ -267,6 +267,41 @@ def test_tuning_refines_nprobe_between_the_ladders_steps(spec):
     assert not set(skipped) & {t["settings"]["nprobe"] for t in tun["tried"]}
 
 
+def test_held_out_recall_checks_queries_tuning_never_searched(big):
+    """``check_recall(held_out=True)`` measures queries outside the tuning's
+    sample, and its recall is the brute-force recall of the mined ids there."""
+    from negmine.recall import _even_sample, held_out_sample
+
+    idx = _build(big, "clusters,SQ8")
+    m = NegativeMiner(*_args(big), index=idx, target_recall=0.95, recall_sample=500, **T3_ONLY)
+    plan = m.plan
+    pick = held_out_sample(plan, 500)
+    assert pick.size == 500 and pick.max() < plan.n_tier3
+    assert not set(pick.tolist()) & set(_even_sample(plan.n_tier3, 500).tolist())
+    rep = m.check_recall(sample=500, k=3, held_out=True)
+    assert rep["held_out"] is True and rep["sample"] == pick.size
+    # Brute force on those queries, from the mined ids of one pair per query.
+    ids = np.asarray(m.mine_all_negatives()["hard_negatives"])
+    ref = tier3_reference(big, 3)
+    pairs = zip(big["pair_indices"][:, 0], big["pair_cluster_ids"], strict=True)
+    pair_of = {(int(q), int(c)): p for p, (q, c) in enumerate(pairs)}
+    queries = zip(plan.t3_question[pick], plan.t3_cluster[pick], strict=True)
+    rows = [pair_of[(int(q), int(c))] for q, c in queries]
+    hits = [len(set(ids[p].tolist()) & set(ref[p][0].tolist())) / 3 for p in rows]
+    assert rep["recall"] == pytest.approx(float(np.mean(hits)), abs=1e-4)
+    # The default check measures the tuning's own queries: its recall is the tuning's.
+    assert m.check_recall(sample=500, k=3)["recall"] == pytest.approx(m.tuning["recall"], abs=1e-4)
+
+
+def test_held_out_with_every_query_tuned_is_refused(small):
+    m = NegativeMiner(*_args(small), index=_build(small, "clusters,SQ8"), target_recall=0.9,
+                      recall_sample=100000, **T3_ONLY)  # fmt: skip
+    with pytest.raises(ValueError, match=r"`held_out` must leave queries to check; got True with"):
+        m.check_recall(sample=50, held_out=True)
+    with pytest.raises(ValueError, match=r"`held_out` must be True or False; got 'yes'"):
+        m.check_recall(sample=50, held_out="yes")
+
+
 # ---------------------------------------------------------------- the default target
 def test_ivf_flat_without_settings_mines_at_the_default_target(big, caplog):
     """Before tuning, an IVF index given no settings searched at FAISS's nprobe = 1."""
@@ -423,6 +458,19 @@ def test_cli_index_check_tunes_and_refuses_clearly(data_dir):
                "--target-recall", "1.0")  # fmt: skip
     assert bad.returncode == 2 and bad.stdout == ""
     assert "`target_recall` must be reachable" in bad.stderr and "Lower target_recall" in bad.stderr
+    # --held-out: the recall of up to 100 queries tuning never searched, as the API measures it.
+    held = _cli("index", "check", ivf, "--data", str(data_dir), "--recall-sample", "100",
+                "--held-out")  # fmt: skip
+    assert held.returncode == 0, held.stderr
+    line = next(x for x in held.stdout.splitlines() if x.startswith("recall@"))
+    assert " held-out tier-3 queries " in line
+    from negmine.io.datasets import load_dataset
+
+    api = NegativeMiner(**load_dataset(data_dir).arrays, n_neg=3, tier_proportions=[0, 0, 1, 0],
+                        adjacent_k=3, index=ivf, validate=False, recall_sample=100)  # fmt: skip
+    want = api.check_recall(sample=100, k=3, held_out=True)
+    assert f" on {want['sample']} held-out " in line and 0 < want["sample"] <= 100
+    assert float(line.split()[1]) == pytest.approx(want["recall"], abs=1e-4)
     both = _cli("index", "check", ivf, "--data", str(data_dir), "--target-recall", "0.9",
                 "--nprobe", "2")  # fmt: skip
     assert both.returncode == 2 and "`target_recall` must come without" in both.stderr

@@ -99,6 +99,9 @@ def _register_check(isub: Any, common: argparse.ArgumentParser) -> None:
                     help="first tune --nprobe, --ef-search or --rerank to the cheapest "
                     "settings reaching recall@k >= R (an approximate index given no "
                     "settings is tuned to 0.95)")  # fmt: skip
+    ck.add_argument("--held-out", action="store_true",
+                    help="with --target-recall: check queries the tuning never searched "
+                         "(by default the check measures the tuning's own sample)")  # fmt: skip
     ck.add_argument("--adjacent-k", type=int, default=3, help=argparse.SUPPRESS)
     ck.set_defaults(func=_check)
 
@@ -170,7 +173,7 @@ def _check(args: argparse.Namespace) -> int:
                           ef_search=args.ef_search, rerank=args.rerank, validate=False,
                           target_recall=args.target_recall,
                           recall_sample=max(args.recall_sample, 0))  # fmt: skip
-    rep = miner.check_recall(sample=args.recall_sample, k=args.k)
+    rep = miner.check_recall(sample=args.recall_sample, k=args.k, held_out=args.held_out)
     desc = rep["index"]
     params = ", ".join(f"{k}={v}" for k, v in desc.get("search_params", {}).items()) or "none"
     kind = "exact" if desc.get("exact") else "approximate"
@@ -179,7 +182,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"search     {params}")
     if miner.tuning:
         print(f"tuned      {tuning_line(miner.tuning)}")
-    print(f"recall@{rep['k']:<3} {rep['recall']:.4f} on {rep['sample']} tier-3 queries "
+    which = "held-out tier-3 queries" if rep["held_out"] else "tier-3 queries"
+    print(f"recall@{rep['k']:<3} {rep['recall']:.4f} on {rep['sample']} {which} "
           f"(pair's cluster and the question's positives excluded)")  # fmt: skip
     print(f"time       {rep['seconds_search']:.3f} s searching, {rep['seconds_exact']:.3f} s exact")
     if args.min_recall is not None and rep["recall"] < args.min_recall:
