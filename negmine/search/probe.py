@@ -38,7 +38,8 @@ from .products import product_threads
 from .scan import SCORE_BUFFER, ListScan
 
 __all__ = ["INTEGER_BLOCK", "PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists",
-           "probe_outside_cluster", "quantize_queries", "recall_at_k"]  # fmt: skip
+           "probe_outside_cluster", "quantize_queries", "recall_at_k",
+           "recall_per_row"]  # fmt: skip
 
 #: Queries per block. Fixed so that which queries share a matrix product (and so
 #: any near-tie) never depends on how the caller batches the work.
@@ -306,6 +307,15 @@ def _workers(kernel: _ProbeKernel) -> Iterator[None]:
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean fraction of each row's exact ids that the approximate row recovers.
 
+    The mean of :func:`recall_per_row`; ``nan`` when no row has an exact id.
+    """
+    rows = recall_per_row(approx_ids, exact_ids)
+    return float(np.mean(rows)) if rows.size else float("nan")
+
+
+def recall_per_row(approx_ids: np.ndarray, exact_ids: np.ndarray) -> np.ndarray:
+    """Fraction of each row's exact ids that the approximate row recovers.
+
     Parameters
     ----------
     approx_ids : int64 [M, k_a]
@@ -315,9 +325,9 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
 
     Returns
     -------
-    float
-        Mean over rows with at least one valid exact id of
-        ``|approx ∩ exact| / |valid exact ids|``; ``nan`` when no row has one.
+    float64 [M']
+        ``|approx ∩ exact| / |valid exact ids|`` of each row with at least one
+        valid exact id, in row order.
     """
     approx_ids = np.asarray(approx_ids)
     exact_ids = np.asarray(exact_ids)
@@ -336,6 +346,4 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
         hit = (a[:, :, None] == e[:, None, :]).any(axis=1) & (e >= 0)
         found[r0 : r0 + step] = hit.sum(axis=1)
     rows = valid > 0
-    if not rows.any():
-        return float("nan")
-    return float(np.mean(found[rows] / valid[rows]))
+    return found[rows] / valid[rows]
