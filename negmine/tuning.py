@@ -28,9 +28,10 @@ the clusters it probes, so the exact hits' clusters bound its recall from above
 (:func:`probe_bound`): the settings whose bound is below the target are never
 searched, which leaves the choice as it was and skips the cheap end of the
 ladder. Once a ladder step of ``nprobe`` reaches the target, the values between
-it and the step below are searched by bisection (:func:`_refine_nprobe`, again
-passing over those whose bound is short), so the chosen ``nprobe`` is the
-smallest that reaches the target, not the next step of about sqrt 2. A target
+it and the step below are searched, from the bottom up and then by bisection
+(:func:`_refine_nprobe`, again passing over those whose bound is short), so
+the chosen ``nprobe`` is the smallest that reaches the target, not the next
+step of about sqrt 2. A target
 no setting of the ladder reaches is an error naming the best recall and its
 settings; there is no silent fallback. :func:`tune_plan` is the miner's entry
 point: it tunes when ``target_recall`` is set, and to
@@ -413,15 +414,16 @@ def _refine_nprobe(
     smallest ``nprobe`` between the ladder's step below it and its own that
     still reaches ``target``, its other settings kept; with re-rank depths
     ``reranks`` (``found`` at the deepest, from :func:`_walk_reranked`), the
-    ``nprobe`` is bisected at the deepest and then the shallowest depth that
+    ``nprobe`` is searched at the deepest and then the shallowest depth that
     reaches ``target`` there is kept.
 
     The ladder's steps are about sqrt 2 apart, so its choice may probe up to
     ~1.4x the clusters needed. Recall grows with ``nprobe`` (a larger one
     probes a superset of the clusters; with lossy codes a new candidate can,
     rarely, push a hit out of the re-rank), so the values in between are
-    bisected: the step below missed the target (searched, or ruled out by its
-    bound), the found one reached it. Values whose bound (``bounds``) is below
+    searched from the bottom, 1, 2, 4, ... values on, then by bisection: the
+    step below missed the target (searched, or ruled out by its bound), the
+    found one reached it. Values whose bound (``bounds``) is below
     ``target`` are not searched; they are added to ``skipped``. The result was
     measured to reach ``target``, like every choice of :func:`tune`.
     """
@@ -438,6 +440,16 @@ def _refine_nprobe(
             between.append(p)
     skipped.sort(key=lambda s: s["nprobe"])
     best, a, b = found, 0, len(between)  # between[:a] miss; between[b] (or hi) reaches
+    # The step below just missed, so the answer tends to lie near the bottom:
+    # gallop up from it (1, 2, 4, ... values on), then bisect the last gap.
+    reach = 1
+    while a < b:
+        at = min(a + reach, b) - 1
+        got = measure(dict(settings, nprobe=between[at]))
+        if got[1] >= target:
+            best, b = got, at
+            break
+        a, reach = at + 1, 2 * reach
     while a < b:
         mid = (a + b) // 2
         got = measure(dict(settings, nprobe=between[mid]))
