@@ -100,8 +100,9 @@ def _register_check(isub: Any, common: argparse.ArgumentParser) -> None:
                     "settings reaching recall@k >= R (an approximate index given no "
                     "settings is tuned to 0.95)")  # fmt: skip
     ck.add_argument("--held-out", action="store_true",
-                    help="with --target-recall: check queries the tuning never searched "
-                         "(by default the check measures the tuning's own sample)")  # fmt: skip
+                    help="check queries outside the sample a tuning searches (by default "
+                         "the check measures that sample, where a tuned search is above its "
+                         "target by construction)")  # fmt: skip
     ck.add_argument("--adjacent-k", type=int, default=3, help=argparse.SUPPRESS)
     ck.set_defaults(func=_check)
 
