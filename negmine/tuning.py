@@ -502,7 +502,7 @@ def _unreachable(plan, target, default, k, n, tried, skipped) -> NoReturn:
     what = plan.describe_search().get("factory", "the built-in search")
     why = " (the default, as the index came without search settings)" if default else ""
     ruled = f"; {len(skipped)} smaller nprobe ruled out by their bound" if skipped else ""
-    low = best.get("lower", best["recall"])
+    low = best["lower"]
     sure = (f" ({low:.4f} or more over all queries at {TUNING_CONFIDENCE:.0%} confidence; "
             "a larger recall_sample narrows that)") if low < best["recall"] else ""  # fmt: skip
     fail(
