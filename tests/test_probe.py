@@ -245,24 +245,31 @@ def test_miner_with_nprobe_passes_the_rules_and_reports_recall():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int32])
 def test_admit_keeps_the_heaps_faiss_addn_keeps(dtype):
-    """_admit (warm rows compacted, integer scores compared as integers) leaves
-    every heap, ids and order, as FAISS's addn over the float32 scores does, from
-    empty, half-full and warm heaps, with ties at and around the heaps' floors."""
+    """_admit (warm rows compacted) and _admit_int (integer heaps, for integer
+    scores) leave every heap, ids and order, as FAISS's addn over the float32
+    scores does, from empty, half-full and warm heaps, with ties at and around
+    the heaps' floors and left-out scores (-inf, or the integer empty slot)."""
     import faiss
 
     from negmine.search.common import heap_over
 
     rng = np.random.default_rng(4)
     n, w, k, lo = 90, 64, 5, 1000
-    dist = np.full((n, k), -np.inf, dtype=np.float32)
+    integer = dtype == np.int32
+    empty = scan_mod._INT_EMPTY if integer else -np.inf
+    dist = np.full((n, k), empty, dtype=dtype)
     ids = np.full((n, k), -1, dtype=np.int64)
-    ref_d, ref_i = dist.copy(), ids.copy()
+    ref_d = np.full((n, k), -np.inf, dtype=np.float32)
+    ref_i = ids.copy()
     for step in range(6):
         scores = rng.integers(-40, 40 + 20 * step, (n, w)).astype(dtype)
         scores[: n // 3, : w // 2] = -50  # rows the warm path takes
-        scan_mod._admit(scores, dist, ids, lo + step * w)
-        flt = scores.astype(np.float32)
+        scores[n // 2 :, 7] = empty  # left out (a positive)
+        admit = scan_mod._admit_int if integer else scan_mod._admit
+        admit(scores, dist, ids, lo + step * w)
+        flt = np.where(scores == empty, np.float32(-np.inf), scores.astype(np.float32))
         heap_over(ref_d, ref_i).addn(w, faiss.swig_ptr(flt), lo + step * w, 0, n)
-        assert dist.tobytes() == ref_d.tobytes()
+        got = np.where(dist == empty, np.float32(-np.inf), dist.astype(np.float32))
+        assert got.tobytes() == ref_d.tobytes()
         assert ids.tobytes() == ref_i.tobytes()
     assert (ids >= 0).all()  # the heaps filled

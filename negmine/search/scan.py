@@ -7,7 +7,9 @@ visited once, with one matrix product of the queries probing it against the
 cluster's rows, and each query keeps one running top-``k`` heap across its
 clusters, fed its nearest cluster first. Once a heap is warm, a row whose
 maximum is not above its smallest kept score is skipped whole, and of the
-others only the scores above it are pushed (:func:`_admit`).
+others only the scores above it are pushed (:func:`_admit`). Over 8-bit lists
+the heaps hold the integer scores themselves and FAISS pushes each row whole
+(:func:`_admit_int`).
 
 A query's heap depends only on its own probe set, its own scores and its own
 positives, so the queries of a block may be cut into parts scanned by
@@ -29,8 +31,9 @@ __all__ = ["SCORE_BUFFER", "ListScan"]
 #: Floats in the reusable score buffer of one cluster's matrix product; larger
 #: products are split by query rows.
 SCORE_BUFFER = 1 << 22
-#: Below every integer score (``|s| < 2**24``): an empty heap's ``-inf`` as an integer floor.
-_INT_FLOOR = -(1 << 30)
+#: An integer heap's empty slot and a left-out positive's score: below every
+#: integer score (``|s| < 2**24``), so, like ``-inf`` in a float heap, never admitted.
+_INT_EMPTY = np.iinfo(np.int32).min
 
 
 class ListScan:
@@ -106,7 +109,9 @@ class ListScan:
         by_pc = np.argsort(pos_col, kind="stable")
         pos_col = pos_col[by_pc]
         pos_row = owner[by_pc]
-        top_d = np.full((nb, k), -np.inf, dtype=np.float32)
+        # Over 8-bit lists the heaps keep the integer scores (exact in float32).
+        empty = _INT_EMPTY if self.integer else -np.inf
+        top_d = np.full((nb, k), empty, dtype=np.int32 if self.integer else np.float32)
         top_i = np.full((nb, k), -1, dtype=np.int64)
         if self.local.size < nb:
             self.local = np.full(nb, -1, dtype=np.int64)
@@ -122,6 +127,8 @@ class ListScan:
             step = max(1, SCORE_BUFFER // (hi - lo))
             for r0 in range(0, rows.size, step):
                 self._push(xq, src, rows[r0 : r0 + step], lo, pos, top_d, top_i)
+        if self.integer:
+            top_d = np.where(top_d == _INT_EMPTY, np.float32(-np.inf), top_d.astype(np.float32))
         return top_d, top_i
 
     def _scores(self, n: int, dtype: type = np.float32) -> np.ndarray:
@@ -136,20 +143,17 @@ class ListScan:
         positions from ``lo``), its positives ``pos`` (query rows, positions
         within the cluster) left out, into the queries' heaps."""
         shape = (sub.size, src.shape[0])
-        if self.integer:  # compared as int32; cast only where pushed (_admit)
+        if self.integer:
             scores = self._scores(shape[0] * shape[1], np.int32).reshape(shape)
             int_products(xq[sub], src, scores)
         else:
             scores = self._scores(shape[0] * shape[1]).reshape(shape)
             matmul_into(xq[sub], src, scores, self.products)
         if pos[0].size:
-            if self.integer:  # a positive's -inf needs floats
-                ints, scores = scores, self._scores(scores.size).reshape(shape)
-                scores[...] = ints
             self.local[sub] = np.arange(shape[0])
             hit_row = self.local[pos[0]]
             ok = hit_row >= 0
-            scores[hit_row[ok], pos[1][ok]] = -np.inf
+            scores[hit_row[ok], pos[1][ok]] = _INT_EMPTY if self.integer else -np.inf
             self.local[sub] = -1
         # Once heaps are warm most rows hold no score above their smallest kept
         # one, and a row's maximum says so: those rows are left alone.
@@ -160,7 +164,7 @@ class ListScan:
                 return
             sub, scores = sub[live], scores[live]
         dist, ids = top_d[sub], top_i[sub]
-        _admit(scores, dist, ids, lo)
+        (_admit_int if self.integer else _admit)(scores, dist, ids, lo)
         top_d[sub], top_i[sub] = dist, ids
 
 
@@ -177,34 +181,27 @@ def _row_max(scores: np.ndarray, integer: bool) -> np.ndarray:
 
 
 def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> None:
-    """Push row ``i`` of ``scores`` [n, w] (ids ``lo + j``) into heap row ``i``
-    of ``dist`` / ``ids``, exactly as FAISS's ``addn`` would with those scores
-    as float32.
+    """Push row ``i`` of ``scores`` float32 [n, w] (ids ``lo + j``) into heap
+    row ``i`` of ``dist`` / ``ids``, exactly as FAISS's ``addn`` would.
 
     ``addn`` compares every score with its heap's smallest kept one, which only
     rises as it goes: a score not above the smallest *before* the call can never
     enter. Once the heaps are warm few scores are, so those are compacted (row
     by row, in column order) and pushed alone, which gives the same heaps,
-    kept in the same order, for a fraction of the scalar work. Integer scores
-    (int32, ``|s| < 2**24``, so exact as float32) are compared as integers and
-    cast only where they are pushed.
+    kept in the same order, for a fraction of the scalar work.
     """
     import faiss
 
     n, w = scores.shape
-    floor = dist[:, :1]  # column 0 of a min-heap row is its smallest
-    if scores.dtype != np.float32:  # s > t <=> s > floor(t) for an integer s
-        floor = np.maximum(np.floor(floor), _INT_FLOOR).astype(scores.dtype)
-    keep = scores > floor
+    keep = scores > dist[:, :1]  # column 0 of a min-heap row is its smallest
     cnt = np.add.reduce(keep.view(np.uint8), axis=1, dtype=np.int32)
     cold = 4 * cnt >= w  # rows where most scores may enter: the plain scan
     if cold.all():
-        sc = np.ascontiguousarray(scores, dtype=np.float32)
-        heap_over(dist, ids).addn(w, faiss.swig_ptr(sc), lo, 0, n)
+        heap_over(dist, ids).addn(w, faiss.swig_ptr(np.ascontiguousarray(scores)), lo, 0, n)
         return
     if cold.any():
         dc, ic = dist[cold], ids[cold]
-        sc = np.ascontiguousarray(scores[cold], dtype=np.float32)
+        sc = np.ascontiguousarray(scores[cold])
         heap_over(dc, ic).addn(w, faiss.swig_ptr(sc), lo, 0, dc.shape[0])
         dist[cold], ids[cold] = dc, ic
         warm = np.flatnonzero(~cold)
@@ -227,3 +224,19 @@ def _admit(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> No
     vals[r, at] = scores[r, c]
     cols[r, at] = c + lo
     heap_over(dist, ids).addn_with_ids(most, faiss.swig_ptr(vals), faiss.swig_ptr(cols), most, 0, n)
+
+
+def _admit_int(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -> None:
+    """Push row ``i`` of ``scores`` int32 [n, w] (ids ``lo + j``) into the
+    integer heap row ``i`` of ``dist`` int32 / ``ids``: FAISS's ``addn`` over
+    the rows as they are, which compares each score with its heap's smallest in
+    one pass. Integer scores are exact as float32 (``|s| < 2**24``), so these
+    are the heaps, ids and order, a float heap would keep.
+    """
+    import faiss
+
+    heap = faiss.int_minheap_array_t()
+    heap.nh, heap.k = dist.shape
+    heap.val = faiss.swig_ptr(dist)
+    heap.ids = faiss.swig_ptr(ids)
+    heap.addn(scores.shape[1], faiss.swig_ptr(np.ascontiguousarray(scores)), lo, 0, scores.shape[0])
