@@ -128,6 +128,27 @@ def test_integer_candidates_equal_integer_brute_force(corpus, nprobe, threads, a
     assert len(parts) == (threads if threads > 1 else 0)  # one block, cut in `threads` parts
 
 
+def test_integer_rows_short_of_k_pad_as_float32_lists_do(corpus):
+    """Where the probed clusters hold fewer than ``k`` eligible sources, the
+    8-bit pass returns every one of them (the float32 lists' ids, as a set) and
+    pads with ``-inf`` and ``-1``, as float32 lists do: the integer heaps' empty
+    slots never leak out as scores."""
+    idx = _build(corpus, "clusters,SQ8")
+    ki = kernel_inputs(corpus)
+    lay = ki["layout"]
+    args = (ki["centroids"], ki["queries"], ki["query_rows"], ki["query_cluster"],
+            ki["query_question"], lay, ki["positives"], 200, 1)  # fmt: skip
+    got_d, got_i = probe_outside_cluster(idx.cluster_lists(lay.offsets), *args)
+    ref_d, ref_i = probe_outside_cluster(ki["vectors"], *args)
+    n_ok = (ref_i >= 0).sum(axis=1)
+    assert (n_ok < 200).all() and (n_ok > 0).all()  # every row short, none empty
+    np.testing.assert_array_equal((got_i >= 0).sum(axis=1), n_ok)
+    np.testing.assert_array_equal(np.sort(got_i, axis=1), np.sort(ref_i, axis=1))
+    assert np.isfinite(got_d[got_i >= 0]).all()
+    assert (got_d[got_i < 0] == -np.inf).all()
+    assert (ref_d[ref_i < 0] == -np.inf).all()  # the float32 lists' padding, the same
+
+
 def test_integer_blocks_of_any_size_give_the_same_bytes(corpus, monkeypatch):
     """Over 8-bit codes, how many queries share a block (and so each cluster's
     product) changes nothing: the sums are exact and the probe sets are still
