@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .bench import _make_work_dir, _peak_rss_mb, _spawn_module
+from .bench_floor import products_floor
 
 __all__ = ["STORE_WORKLOADS", "run_store"]
 
@@ -119,6 +120,10 @@ def _child_mine(work: str, spec: str, target: float, pairs: int = 0) -> dict[str
     scale = n_all / len(a["pair_indices"])
     peak = round(_peak_rss_mb())
     held = m.check_recall(sample=_RECALL_SAMPLE, k=3, held_out=True)
+    floor = products_floor(m.plan, m.plan.config.nprobe) if m.plan.config.nprobe else None
+    if floor is not None:
+        floor["floor_s"] = round(floor["floor_s"] * scale, 2)
+        floor["ops_per_s"] = round(floor["ops_per_s"])
     return {
         "spec": spec,
         "pairs_mined": len(a["pair_indices"]),
@@ -134,6 +139,7 @@ def _child_mine(work: str, spec: str, target: float, pairs: int = 0) -> dict[str
         "tier3_s": round(tm.get("tier3_search", 0.0) * scale, 2),
         "tier3_queries": st.get("tier3_queries"),
         "peak_rss_mb": peak,
+        "products_floor": floor,
     }
 
 
@@ -213,6 +219,16 @@ def _child_exact(work: str, sample: int) -> dict[str, Any]:
     }
 
 
+def _floor_text(r: dict[str, Any]) -> str:
+    """One line on a run's products floor (:mod:`negmine.bench_floor`)."""
+    f = r["products_floor"]
+    unit = "GOP/s" if f["kind"] == "int8" else "GFLOP/s"
+    return (f"products floor {f['floor_s']:,.1f} s: {f['scanned_per_query']:,.0f} sources "
+            f"scanned per tier-3 query, {f['kind']} products [{f['shape'][0]} x {f['width']}] @ "
+            f"[{f['width']} x {f['shape'][1]}] at {f['ops_per_s'] / 1e9:,.0f} {unit} here; "
+            f"mining = {r['mine_s'] / f['floor_s']:.1f}x the floor")  # fmt: skip
+
+
 def _slug(spec: str) -> str:
     return "index-" + spec.replace(",", "-").lower()
 
@@ -273,6 +289,8 @@ def run_store(
                   f"{r['tuning_s'] / r['mine_s']:.1%} of "
                   f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources",
                   flush=True)  # fmt: skip
+            if r["products_floor"]:
+                print(f"[{spec}] {_floor_text(r)}", flush=True)
             if curve:
                 cv = _spawn(f"--curve={work}:{spec}:{','.join(map(str, curve))}")
                 curves.append(cv)
@@ -304,6 +322,9 @@ def run_store(
         for r in runs:
             vs = f"{base['mine_s'] / r['mine_s']:.1f}x {specs[0]}"
             ex_txt = f", {r['speedup_vs_exact']}x exact" if "speedup_vs_exact" in r else ""
+            if r["products_floor"]:
+                floor = r["products_floor"]["floor_s"]
+                ex_txt += f", {r['mine_s'] / floor:.1f}x its products floor"
             print(f"  {r['spec']:<16} mining {r['mine_s']:>7.1f} s  ({vs}{ex_txt}); recall@3 "
                   f"{r['recall']} (held out {r['recall_held_out']}); peak RSS "
                   f"{r['rss_ratio']}x the sources")  # fmt: skip
