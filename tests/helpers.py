@@ -9,6 +9,22 @@ from negmine.index import SourceIndex
 from negmine.layout import ClusterLayout, PositiveSets, adjacent_clusters
 
 
+def blas_kernel() -> str | None:
+    """The kernel family numpy's OpenBLAS runs here (threadpoolctl's ``architecture``).
+
+    OpenBLAS picks it from the CPU unless ``OPENBLAS_CORETYPE`` names one, and
+    float32 products round differently from one family to another: on one AMD
+    EPYC it picked ``SkylakeX`` (AVX-512) by itself and ``Haswell`` with
+    ``OPENBLAS_CORETYPE`` set to ``Haswell`` or ``Zen``.
+    """
+    from threadpoolctl import threadpool_info
+
+    for lib in threadpool_info():
+        if lib.get("internal_api") == "openblas" and "faiss" not in lib.get("filepath", ""):
+            return lib.get("architecture")
+    return None
+
+
 def kernel_inputs(corpus: dict) -> dict:
     """Kernel inputs the way the miner builds them: one query per distinct
     (cluster, question), sorted by cluster then question."""

@@ -116,9 +116,9 @@ def test_torch_finds_what_numpy_and_brute_force_find(clustered, kernel):
         # The ids are a true top-k (up to round-off) and carry their own scores.
         np.testing.assert_allclose(_cosines(corpus, inp, i), ref, atol=TOL, rtol=0)
         np.testing.assert_allclose(d, ref, atol=TOL, rtol=0)
+    # Through another library the scores may round differently (or not: OpenBLAS's
+    # AVX-512 kernels and torch's gave the same bytes here), never beyond near-ties.
     _same_up_to_ties(got["torch"], got["numpy"])
-    # ... through another library: the scores round differently.
-    assert got["torch"][0].tobytes() != got["numpy"][0].tobytes()
 
 
 def test_probe_subset_same_ids(clustered):

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import blas_kernel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,7 +106,9 @@ print(hashlib.sha256(b"".join(np.ascontiguousarray(c[k]).tobytes() for k in sort
 
 
 @pytest.mark.xfail(
-    strict=True,
+    # Seen with OpenBLAS's Haswell kernels; its AVX-512 ones gave the same bytes on 1 and
+    # 2 threads for this corpus.
+    strict=blas_kernel() == "Haswell",
     raises=AssertionError,
     reason="the embeddings come from float32 products whose rounding follows the number "
     "of BLAS threads (pairs and cluster ids do not)",
