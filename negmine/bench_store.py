@@ -219,6 +219,19 @@ def _child_exact(work: str, sample: int) -> dict[str, Any]:
     }
 
 
+def _print_run(spec: str, r: dict[str, Any], target: float) -> None:
+    """The lines of one storage's mining run (and its products floor)."""
+    print(f"[{spec}] tuned to recall@3 >= {target} in {r['tuning_s']} s: "
+          f"{r['settings']}; mining {r['mine_s']} s (tier 3 {r['tier3_s']} s), "
+          f"recall@3 {r['recall']} (held out: {r['recall_held_out']} on "
+          f"{r['held_out_sample']} other queries); tuning = "
+          f"{r['tuning_s'] / r['mine_s']:.1%} of "
+          f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources",
+          flush=True)  # fmt: skip
+    if r["products_floor"]:
+        print(f"[{spec}] {_floor_text(r)}", flush=True)
+
+
 def _floor_text(r: dict[str, Any]) -> str:
     """One line on a run's products floor (:mod:`negmine.bench_floor`)."""
     f = r["products_floor"]
@@ -282,15 +295,7 @@ def run_store(
                 continue
             r["rss_ratio"] = round(r["peak_rss_mb"] / src_mb, 2)
             runs.append(r)
-            print(f"[{spec}] tuned to recall@3 >= {target} in {r['tuning_s']} s: "
-                  f"{r['settings']}; mining {r['mine_s']} s (tier 3 {r['tier3_s']} s), "
-                  f"recall@3 {r['recall']} (held out: {r['recall_held_out']} on "
-                  f"{r['held_out_sample']} other queries); tuning = "
-                  f"{r['tuning_s'] / r['mine_s']:.1%} of "
-                  f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources",
-                  flush=True)  # fmt: skip
-            if r["products_floor"]:
-                print(f"[{spec}] {_floor_text(r)}", flush=True)
+            _print_run(spec, r, target)
             if curve:
                 cv = _spawn(f"--curve={work}:{spec}:{','.join(map(str, curve))}")
                 curves.append(cv)
