@@ -102,9 +102,10 @@ def product_rate(
         from .search.codes import int_products
         from .search.products import product_threads
 
-        def run(_: int) -> int:
-            a = rng.integers(-127, 128, (m, d), dtype=np.int8)
-            b = rng.integers(-127, 128, (n, d), dtype=np.int8)
+        a = rng.integers(-127, 128, (m, d), dtype=np.int8)
+        b = rng.integers(-127, 128, (n, d), dtype=np.int8)
+
+        def run(_: int) -> int:  # each thread its own output, as each scan thread has
             out = np.empty((m, n), dtype=np.int32)
             return _loop(lambda: int_products(a, b, out), seconds)
 

@@ -23,16 +23,17 @@ QUERY_BLOCK = 1024
 
 
 def heap_over(dist: np.ndarray, ids: np.ndarray):
-    """A FAISS min-heap over rows of ``dist`` float32 [n, k] / ``ids`` int64 [n, k].
+    """A FAISS min-heap over rows of ``dist`` float32 (or int32) [n, k] / ``ids`` int64 [n, k].
 
-    Both must be valid heaps: filled with ``-inf`` / ``-1`` (all-equal rows
-    already are heaps, so no multi-threaded heapify is needed, and a ``-inf``
-    score is never admitted), or left so by earlier ``addn`` calls, which is how
-    a search carries one running top-k per query across several lists.
+    Both must be valid heaps: filled with ``-inf`` (an int32 heap: its smallest
+    value) / ``-1`` (all-equal rows already are heaps, so no multi-threaded
+    heapify is needed, and that score is never admitted), or left so by earlier
+    ``addn`` calls, which is how a search carries one running top-k per query
+    across several lists.
     """
     import faiss
 
-    heap = faiss.float_minheap_array_t()
+    heap = faiss.int_minheap_array_t() if dist.dtype == np.int32 else faiss.float_minheap_array_t()
     heap.nh = dist.shape[0]
     heap.k = dist.shape[1]
     heap.val = faiss.swig_ptr(dist)

@@ -235,8 +235,5 @@ def _admit_int(scores: np.ndarray, dist: np.ndarray, ids: np.ndarray, lo: int) -
     """
     import faiss
 
-    heap = faiss.int_minheap_array_t()
-    heap.nh, heap.k = dist.shape
-    heap.val = faiss.swig_ptr(dist)
-    heap.ids = faiss.swig_ptr(ids)
-    heap.addn(scores.shape[1], faiss.swig_ptr(np.ascontiguousarray(scores)), lo, 0, scores.shape[0])
+    n, w = scores.shape
+    heap_over(dist, ids).addn(w, faiss.swig_ptr(np.ascontiguousarray(scores)), lo, 0, n)
