@@ -41,7 +41,8 @@ def scanned_per_query(plan: Any, nprobe: int, sample: int = FLOOR_SAMPLE) -> flo
     ----------
     plan : MiningPlan
     nprobe : int
-        Clusters probed per query (at most ``C - 1`` are).
+        Clusters probed per query (at most ``C - 1`` are); sub-lists, over
+        lists split in them.
     sample : int
         Tier-3 queries to count over, evenly spaced; all when fewer.
 
@@ -52,7 +53,7 @@ def scanned_per_query(plan: Any, nprobe: int, sample: int = FLOOR_SAMPLE) -> flo
         the ``nprobe`` whose centroids score highest, its own cluster left out,
         chosen as the probe kernel chooses them.
     """
-    from .search.probe import PROBE_BLOCK, _probe_sets
+    from .search.probe import PROBE_BLOCK, _probe_sets, quantize_queries, sub_list_probes
     from .vectors import question_vectors
 
     if plan.n_tier3 == 0:
@@ -60,6 +61,13 @@ def scanned_per_query(plan: Any, nprobe: int, sample: int = FLOOR_SAMPLE) -> flo
     pick = np.unique(np.linspace(0, plan.n_tier3 - 1, min(sample, plan.n_tier3)).astype(np.int64))
     cl = plan.t3_cluster[pick]
     qvec, rows = question_vectors(plan.inputs.questions, plan.t3_question[pick])
+    lists = _sub_listed(plan)
+    if lists is not None:  # sub-lists, chosen by the kernel's integer scores
+        sub = lists.sub
+        xw = quantize_queries(qvec[rows], lists.step)
+        probes, _ = sub_list_probes(sub, xw, cl, max(1, min(nprobe, sub.n_lists)))
+        sizes = np.append(np.diff(sub.offsets), 0)  # a -1 probe holds nothing
+        return float(sizes[probes].sum()) / pick.size
     cent = np.asarray(plan.inputs.centroids, dtype=np.float32)
     sizes = np.diff(plan.layout.offsets)
     n_probe = max(1, min(nprobe, cent.shape[0] - 1))
@@ -70,6 +78,14 @@ def scanned_per_query(plan: Any, nprobe: int, sample: int = FLOOR_SAMPLE) -> flo
         cs[np.arange(r1 - r0), cl[r0:r1]] = -np.inf
         total += int(sizes[_probe_sets(cs, n_probe)].sum())
     return total / pick.size
+
+
+def _sub_listed(plan: Any) -> Any:
+    """The plan's tier-3 lists when they are sub-lists, else None."""
+    index = plan.index
+    if index is None or not index.is_clusters or index.sub_list_count is None:
+        return None
+    return plan.backend.lists
 
 
 def product_rate(
@@ -144,7 +160,8 @@ def products_floor(plan: Any, nprobe: int) -> dict[str, Any] | None:
     Returns
     -------
     dict or None
-        ``scanned_per_query`` (float), ``kind`` (``"int8"`` or the float32
+        ``scanned_per_query`` (float), ``choice_per_query`` (sub-list
+        centroids scored per query, 0 over whole clusters), ``kind`` (``"int8"`` or the float32
         library), ``width`` (columns multiplied: ``d``, or a reduction's),
         ``shape`` ``[m, n]`` of the timed product, ``ops_per_s`` and ``floor_s``
         (all ``plan.n_tier3`` queries).
@@ -158,18 +175,22 @@ def products_floor(plan: Any, nprobe: int) -> dict[str, Any] | None:
     lists = backend.lists
     integer = backend.project is None and lists.codes is not None
     library = plan.products["library"]
-    n_c = len(plan.layout.offsets) - 1
+    sub = lists.sub if integer else None
+    n_c = len(plan.layout.offsets) - 1 if sub is None else sub.n_lists
     scanned = scanned_per_query(plan, nprobe)
-    n_probe = max(1, min(nprobe, n_c - 1))
+    n_probe = max(1, min(nprobe, n_c - 1 if sub is None else n_c))
     n = max(1, round(scanned / n_probe))  # a probed cluster's mean size
     # Queries probing one cluster in one block (per scan thread over 8-bit lists),
     # split as the kernel splits products larger than its score buffer.
     per = INTEGER_BLOCK / SCAN_THREADS if integer else PROBE_BLOCK
     m = max(1, min(round(per * n_probe / n_c), SCORE_BUFFER // n))
     rate = product_rate(integer, m, n, lists.d, library)
-    ops = 2.0 * plan.n_tier3 * scanned * lists.d
+    # Over sub-lists, choosing them is integer products too: one per sub-list.
+    chosen = 0 if sub is None else sub.n_lists
+    ops = 2.0 * plan.n_tier3 * (scanned + chosen) * lists.d
     return {
         "scanned_per_query": round(scanned, 1),
+        "choice_per_query": int(chosen),
         "kind": "int8" if integer else library,
         "width": int(lists.d),
         "shape": [int(m), int(n)],

@@ -236,7 +236,9 @@ def _floor_text(r: dict[str, Any]) -> str:
     """One line on a run's products floor (:mod:`negmine.bench_floor`)."""
     f = r["products_floor"]
     unit = "GOP/s" if f["kind"] == "int8" else "GFLOP/s"
-    return (f"products floor {f['floor_s']:,.1f} s: {f['scanned_per_query']:,.0f} sources "
+    chosen = f.get("choice_per_query", 0)
+    also = f" (+ {chosen:,} sub-list centroids)" if chosen else ""
+    return (f"products floor {f['floor_s']:,.1f} s: {f['scanned_per_query']:,.0f} sources{also} "
             f"scanned per tier-3 query, {f['kind']} products [{f['shape'][0]} x {f['width']}] @ "
             f"[{f['width']} x {f['shape'][1]}] at {f['ops_per_s'] / 1e9:,.0f} {unit} here; "
             f"mining = {r['mine_s'] / f['floor_s']:.1f}x the floor")  # fmt: skip

@@ -236,7 +236,9 @@ class MiningPlan:
         params = {"nprobe": cfg.nprobe, "ef_search": cfg.ef_search, "rerank": cfg.rerank}
         if index is not None and index.is_clusters:
             if cfg.nprobe is None:
-                params["nprobe"] = min(CLUSTERS_NPROBE, max(1, self.inputs.n_clusters - 1))
+                subs = index.sub_list_count
+                top = max(1, self.inputs.n_clusters - 1) if subs is None else subs
+                params["nprobe"] = min(CLUSTERS_NPROBE, top)
             if cfg.rerank is None and _codec(index) != "Flat":
                 params["rerank"] = (
                     REDUCED_RERANK if index.reduction is not None
@@ -250,6 +252,10 @@ class MiningPlan:
         index, params = self.index, self.search_params()
         if index is not None:
             desc = {k: v for k, v in index.manifest.items() if k != "versions"}
+            sub = desc.get("clusters", {}).get("sub_lists")
+            if sub is not None:  # C counts: the index file's sha256 already pins them
+                sub = {k: v for k, v in sub.items() if k != "per_cluster"}
+                desc["clusters"] = dict(desc["clusters"], sub_lists=sub)
             return dict(desc, exact=index.is_exact, search_params=params)
         if self.config.nprobe is not None:
             return {"factory": "clusters", "exact": False, "search_params": params,

@@ -164,7 +164,8 @@ def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
     """
     index, n_c = plan.index, plan.inputs.n_clusters
     if index is None or index.is_clusters:
-        steps = [{"nprobe": v} for v in _nprobes(max(1, n_c - 1))]
+        subs = None if index is None else index.sub_list_count
+        steps = [{"nprobe": v} for v in _nprobes(max(1, n_c - 1) if subs is None else subs)]
         if index is None or index.manifest["clusters"]["codec"] == "Flat":
             return steps
         ladder = rerank_ladder(plan)
@@ -224,8 +225,11 @@ def probe_bound(
     index = plan.index
     if index is not None and not index.is_clusters:
         return None
-    cent = np.asarray(plan.inputs.centroids, dtype=np.float32)
     n, k = exact_ids.shape
+    if index is not None and index.sub_list_count is not None:
+        ranks = _sub_list_ranks(plan, queries, rows, cluster, exact_ids)
+        return _bound_at(ranks, exact_ids, nprobes)
+    cent = np.asarray(plan.inputs.centroids, dtype=np.float32)
     n_c = cent.shape[0]
     ranks = np.zeros((n, k), dtype=np.int64)
     step = max(1, _BOUND_STEP // max(1, k * n_c))
@@ -236,6 +240,36 @@ def probe_bound(
         hit = plan.layout.source_cluster[np.maximum(exact_ids[r0:r1], 0)]
         floor = np.take_along_axis(cs, hit, axis=1) + np.float32(_RANK_SLACK)
         ranks[r0:r1] = (cs[:, None, :] > floor[:, :, None]).sum(axis=2)
+    return _bound_at(ranks, exact_ids, nprobes)
+
+
+def _sub_list_ranks(
+    plan: MiningPlan, queries: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
+    exact_ids: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """For each exact hit, the sub-lists scoring strictly above its own, as the
+    search scores them (integer products, exact: no slack): it can be probed
+    only from ``nprobe`` above that. int64 [M, k]; hits ``-1`` rank 0."""
+    from .search.probe import quantize_queries, sub_list_scores
+
+    lists = plan.backend.lists
+    sub = lists.sub
+    where = sub.layout(plan.layout).rank[np.maximum(exact_ids, 0)]
+    hit = np.searchsorted(sub.offsets, where, side="right") - 1
+    n, k = exact_ids.shape
+    ranks = np.zeros((n, k), dtype=np.int64)
+    step = max(1, _BOUND_STEP // max(1, k * sub.n_lists))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        xw = quantize_queries(queries[rows[r0:r1]], lists.step)
+        sc = sub_list_scores(sub, xw, cluster[r0:r1])
+        own = np.take_along_axis(sc, hit[r0:r1], axis=1)
+        ranks[r0:r1] = (sc[:, None, :] > own[:, :, None]).sum(axis=2)
+    return ranks
+
+
+def _bound_at(ranks: np.ndarray, exact_ids: np.ndarray, nprobes: list[int]) -> np.ndarray:
+    """Mean share of each row's exact hits whose rank is below each ``nprobe``."""
     valid = exact_ids >= 0
     n_valid = valid.sum(axis=1)
     keep = n_valid > 0

@@ -204,8 +204,12 @@ def test_fast_builds_8bit_lists_and_the_manifest_says_how_they_are_searched(tmp_
     idx = _build(corpus, "clusters,fast")
     idx.save(tmp_path / "ix")
     man = json.loads((tmp_path / "ix" / "manifest.json").read_text())
-    assert man["spec"] == "clusters,fast" and man["factory"] == "IVF9,SQ8"
-    assert man["clusters"]["codec"] == "SQ8" and "integer" in man["clusters"]["candidate_pass"]
+    assert man["spec"] == "clusters,fast" and man["clusters"]["codec"] == "SQ8"
+    assert "integer" in man["clusters"]["candidate_pass"]
+    # Sub-lists of about 512 sources: each of these clusters (about 78) is one.
+    sub = man["clusters"]["sub_lists"]
+    assert sub["target_size"] == 512 and sub["per_cluster"] == [1] * 9
+    assert man["factory"] == "IVF9,SQ8" and sub["count"] == 9
     loaded = SourceIndex.load(tmp_path / "ix", mmap=True)
     m = NegativeMiner(**corpus, index=loaded, nprobe=4, recall_sample=100, **T3)
     m.mine_arrays()

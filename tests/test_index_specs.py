@@ -218,7 +218,10 @@ def test_auto_records_its_choice(corpus):
     finally:
         specs_mod.AUTO_FLAT_MAX = old
     assert idx.manifest["auto"]["chose"] == "clusters,fast"
-    assert idx.manifest["factory"] == "IVF12,SQ8"
+    # 8-bit lists split in sub-lists: every cluster at least one, each its own.
+    per = idx.manifest["clusters"]["sub_lists"]["per_cluster"]
+    assert len(per) == 12 and min(per) >= 1
+    assert idx.manifest["factory"] == f"IVF{sum(per)},SQ8" and idx.sub_list_count == sum(per)
     res = NegativeMiner(*_args(big), index=idx, **MINE).mine_all_negatives()
     check_rows(res, big, MINE["adjacent_k"])
 

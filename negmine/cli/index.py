@@ -51,8 +51,10 @@ def _register_build(isub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--spec", default="flat",
         help="'flat' (exact, default), 'clusters' (lists = the data's clusters; "
-        "'clusters,fast' stores them as 8-bit codes searched with integer products and "
-        "re-ranked exactly, the recommended storage; 'clusters,PCA96' / 'clusters,PCA' "
+        "'clusters,SQ8' stores them as 8-bit codes searched with integer products and "
+        "re-ranked exactly; 'clusters,fast', the recommended storage, also splits each "
+        "cluster into sub-lists of about 512 sources (nprobe then counts sub-lists; "
+        "'clusters,SQ8,sub<n>' sets their size); 'clusters,PCA96' / 'clusters,PCA' "
         "reduce them, 'clusters,fp16' halves them), 'auto' (by size and "
         "--memory-budget) "
         "or a FAISS factory string such as 'HNSW32' or 'IVF4096,Flat'",

@@ -75,7 +75,7 @@ def build_index(
     extra: dict[str, Any] = {}
     if kind.startswith("clusters"):
         index, factory, extra = build_clusters(src, kind, source_cluster_ids,
-                                               centroid_embeddings)  # fmt: skip
+                                               centroid_embeddings, seed)  # fmt: skip
         fp = fingerprint(src)
     else:
         factory = "Flat" if kind == "flat" else spec_used

@@ -16,8 +16,9 @@ import numpy as np
 
 from .._checks import fail
 from .manifest import assignment_fingerprint, fingerprint
+from .sublists import SubLists
 
-__all__ = ["ClusterLists", "check_cluster_lists", "ivf_cluster_lists"]
+__all__ = ["ClusterLists", "check_cluster_lists", "ivf_cluster_lists", "sub_lists"]
 
 
 class ClusterLists:
@@ -68,6 +69,9 @@ class ClusterLists:
         #: Frees what the lists keep between searches (8-bit lists: their signed
         #: codes, converted again when next searched).
         self.release: Callable[[], Any] = lambda: None
+        #: The sub-lists these lists are (then list ``g`` is sub-list ``g`` and
+        #: positions are sub-list positions), or None where lists are clusters.
+        self.sub: SubLists | None = None
 
     @classmethod
     def from_sorted(cls, vectors: np.ndarray, offsets: np.ndarray) -> ClusterLists:
@@ -131,6 +135,9 @@ def check_cluster_lists(
              "Rebuild it with these centroids.")  # fmt: skip
     ivf = faiss.extract_index_ivf(index)
     lists = ivf.invlists
+    if "sub_lists" in info:
+        _check_sub_lists(ivf, manifest, source_cluster_ids, offsets)
+        return
     for c in range(n_c):
         size = lists.list_size(c)
         lo, hi = int(offsets[c]), int(offsets[c + 1])
@@ -141,15 +148,82 @@ def check_cluster_lists(
                  "The file does not match its manifest; rebuild the index.")  # fmt: skip
 
 
+def _list_ids(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Sizes int64 [nlist] and ids int64 [ntotal] of an IVF index's lists, in list order."""
+    import faiss
+
+    lists = ivf.invlists
+    sizes = np.array([lists.list_size(g) for g in range(ivf.nlist)], dtype=np.int64)
+    ids = np.empty(int(sizes.sum()), dtype=np.int64)
+    at = 0
+    for g in np.flatnonzero(sizes).tolist():
+        n = int(sizes[g])
+        ids[at : at + n] = faiss.rev_swig_ptr(lists.get_ids(g), n)
+        at += n
+    return sizes, ids
+
+
+def _check_sub_lists(
+    ivf: Any, manifest: dict[str, Any], source_cluster_ids: np.ndarray, offsets: np.ndarray
+) -> None:
+    """Refuse sub-lists that do not split the clusters in use: each list must hold
+    sources of one cluster, the lists of cluster ``c`` (``per_cluster``, in turn)
+    all of its sources, each once, ascending id within a list."""
+    per = np.asarray(manifest["clusters"]["sub_lists"]["per_cluster"], dtype=np.int64)
+    spec = str(manifest.get("spec"))
+    rebuild = "The file does not match its manifest; rebuild the index."
+    if per.size != offsets.size - 1 or int(per.sum()) != int(ivf.nlist):
+        fail(spec, "hold one sub-list per entry of its manifest's per_cluster",
+             f"{int(ivf.nlist)} lists for {int(per.sum())} sub-lists", rebuild)  # fmt: skip
+    sizes, ids = _list_ids(ivf)
+    owner = np.repeat(np.repeat(np.arange(per.size), per), sizes)
+    n = source_cluster_ids.shape[0]
+    ok = ids.size == n and bool(((ids >= 0) & (ids < n)).all())
+    ok = ok and np.array_equal(np.bincount(ids, minlength=n), np.ones(n, dtype=np.int64))
+    ok = ok and np.array_equal(source_cluster_ids[ids], owner)
+    starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    ok = ok and bool((np.diff(ids)[(np.arange(1, ids.size) - starts[1:]) > 0] > 0).all())
+    if not ok:
+        fail(spec, "hold each cluster's sources in its sub-lists, each once, ascending id",
+             "lists whose sources are not those of their clusters", rebuild)  # fmt: skip
+
+
+def sub_lists(index: Any, manifest: dict[str, Any]) -> SubLists:
+    """The sub-lists of an 8-bit ``"clusters"`` index built with them."""
+    import faiss
+
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    per = np.asarray(manifest["clusters"]["sub_lists"]["per_cluster"], dtype=np.int64)
+    sizes, ids = _list_ids(ivf)
+    offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    first = np.zeros(per.size + 1, dtype=np.int64)
+    np.cumsum(per, out=first[1:])
+    g, d = int(ivf.nlist), int(ivf.d)
+    quant = faiss.downcast_index(ivf.quantizer)
+    cen = np.array(faiss.rev_swig_ptr(quant.get_xb(), g * d), dtype=np.float32).reshape(g, d)
+    codes = ivf.sq.compute_codes(cen) if g else np.zeros((0, d), dtype=np.uint8)
+    return SubLists(offsets, ids, first, (codes ^ 0x80).view(np.int8))
+
+
 def ivf_cluster_lists(
-    index: Any, manifest: dict[str, Any], offsets: np.ndarray, cache: dict | None = None
-) -> ClusterLists:
+    index: Any, manifest: dict[str, Any], offsets: np.ndarray, cache: dict | None = None,
+    sub: SubLists | None = None,
+) -> ClusterLists:  # fmt: skip
     """The lists of a ``"clusters"`` index; see ``SourceIndex.cluster_lists``.
 
     ``cache`` (a dict kept with the index) holds 8-bit lists' signed codes, so
-    that the lists of every plan over the index convert each list once.
+    that the lists of every plan over the index convert each list once. Over
+    an index with sub-lists the lists returned are the sub-lists (``offsets``
+    is then unused), with :class:`SubLists` as their ``sub`` (``sub``, when
+    given, else read from the index).
     """
     import faiss
+
+    if sub is None and "sub_lists" in manifest["clusters"]:
+        sub = sub_lists(index, manifest)
+    if sub is not None:
+        offsets = sub.offsets
 
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     lists, d = ivf.invlists, int(ivf.d)  # reduced lists are narrower than the index
@@ -220,6 +294,7 @@ def ivf_cluster_lists(
         return out
 
     out = ClusterLists(block, offsets, d, rows, codes, step)
+    out.sub = sub
     out.release = lambda: cache.pop(key, None)
     return out
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._checks import fail
 from .build import build_index
-from .lists import ClusterLists, check_cluster_lists, ivf_cluster_lists
+from .lists import ClusterLists, check_cluster_lists, ivf_cluster_lists, sub_lists
 from .store import load_index, save_index
 
 __all__ = ["MMAP_FACTORIES", "SourceIndex"]
@@ -64,6 +64,8 @@ class SourceIndex:
         self.mmapped = mmapped
         # Signed codes of 8-bit lists, converted once for every plan over this index.
         self._codes: dict[bytes, Any] = {}
+        # Sub-lists as searches read them, read once for every plan over this index.
+        self._sub: Any = None
 
     @property
     def is_exact(self) -> bool:
@@ -84,6 +86,13 @@ class SourceIndex:
     def is_clusters(self) -> bool:
         """True for a cluster-aligned index (spec ``"clusters"``)."""
         return "clusters" in self.manifest
+
+    @property
+    def sub_list_count(self) -> int | None:
+        """Number of sub-lists of an 8-bit ``"clusters"`` index built with them
+        (``"clusters,fast"``; ``nprobe`` then counts sub-lists), else None."""
+        sub = self.manifest.get("clusters", {}).get("sub_lists")
+        return None if sub is None else int(sub["count"])
 
     @property
     def reduction(self) -> dict[str, Any] | None:
@@ -125,8 +134,8 @@ class SourceIndex:
             Raw embeddings; a normalised float32 copy is indexed.
         spec : str
             ``"flat"`` (exact); ``"clusters"``, ``"clusters,fast"``,
-            ``"clusters,SQ8"``, ``"clusters,fp16"``, ``"clusters,PCA<m>"`` or
-            ``"clusters,PCA"``
+            ``"clusters,SQ8"``, ``"clusters,SQ8,sub<n>"``, ``"clusters,fp16"``,
+            ``"clusters,PCA<m>"`` or ``"clusters,PCA"``
             (inverted lists that are exactly the user's clusters, see Notes);
             ``"auto"`` (chosen by size and ``memory_budget``, the reason
             recorded in the manifest); or a FAISS
@@ -157,11 +166,15 @@ class SourceIndex:
         (``add_preassigned``) in ascending source id. Tier 3 then probes the
         ``nprobe`` clusters nearest to a question other than the pair's own,
         reading each list as one contiguous block (:mod:`negmine.probe`).
-        8-bit lists (``"clusters,SQ8"``, and ``"clusters,fast"``, which names
-        them as the recommended storage: 1 byte per value) are searched with
+        8-bit lists (``"clusters,SQ8"``: 1 byte per value) are searched with
         integer products of quantized queries and the codes, fp16 lists (2
         bytes) decoded block by block; either way the candidates are re-ranked
-        exactly from the embeddings. Reduced lists (``"clusters,PCA<m>"``;
+        exactly from the embeddings. ``"clusters,fast"``, the recommended
+        storage, is 8-bit lists with each cluster split by its own k-means into
+        sub-lists of about 512 sources (``"clusters,SQ8,sub<n>"``: about ``n``;
+        :mod:`negmine.index.sublists`): the index's lists are then the
+        sub-lists, cluster by cluster, its quantizer their centroids, and
+        ``nprobe`` counts the sub-lists probed. Reduced lists (``"clusters,PCA<m>"``;
         ``"clusters,PCA"`` chooses ``m`` by the spectrum) hold each source
         centred and projected on the ``m``
         leading principal axes: the candidate pass multiplies ``m``-wide rows,
@@ -235,7 +248,9 @@ class SourceIndex:
         shared by every call with the same ``offsets``). Call
         :meth:`check_clusters` first.
         """
-        return ivf_cluster_lists(self.index, self.manifest, offsets, self._codes)
+        if self._sub is None and self.sub_list_count is not None:
+            self._sub = sub_lists(self.index, self.manifest)
+        return ivf_cluster_lists(self.index, self.manifest, offsets, self._codes, self._sub)
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Set FAISS search parameters of this index for the next searches.

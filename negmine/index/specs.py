@@ -8,6 +8,7 @@ lists are exactly the user's clusters (see :meth:`negmine.index.SourceIndex.buil
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from .._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
 from .manifest import _FP_CHUNK, assignment_fingerprint, fingerprint
 from .reduce import DEFAULT_RERANK, fit_pca, parse_reduction, reduce_rows, wrap_reduced
+from .sublists import SUBLIST_SIZE, split_clusters
 
 __all__ = [
     "AUTO_FAST_MIN",
@@ -34,9 +36,11 @@ AUTO_FLAT_MAX = 100_000
 AUTO_FAST_MIN = 1_000_000
 
 _CODECS = {"flat": ("Flat", 4), "fp16": ("SQfp16", 2), "sq8": ("SQ8", 1)}
-#: What ``"clusters,fast"`` builds: 8-bit lists, searched with integer products
-#: and re-ranked exactly. Of the cluster lists measured at 1M sources it mined
-#: fastest at the same recall, in a quarter of float32's memory (docs/benchmarks.md).
+#: What ``"clusters,fast"`` builds: 8-bit lists, split in sub-lists of about
+#: :data:`~negmine.index.sublists.SUBLIST_SIZE` sources, searched with integer
+#: products and re-ranked exactly. Of the cluster lists measured at 1M sources
+#: it mined fastest at the same recall, in a quarter of float32's memory
+#: (docs/benchmarks.md).
 FAST_CODEC = "sq8"
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -147,9 +151,30 @@ def _add_in_lists(index: Any, src: np.ndarray, scl: np.ndarray, transform: Any =
         release_pages(src)
 
 
+def _parse_codec(kind: str) -> tuple[str, int | None]:
+    """The codec of a ``"clusters[,<codec>[,sub<n>]]"`` spec and its sub-list size."""
+    parts = [p.strip() for p in kind.split(",")]
+    codec = parts[1].lower() if len(parts) > 1 else "flat"
+    sub: int | None = None
+    if codec == "fast":
+        codec, sub = FAST_CODEC, SUBLIST_SIZE
+    if len(parts) == 3 and codec == "sq8" and parts[2].lower().startswith("sub"):
+        digits = parts[2][3:]
+        sub = int(digits) if digits.isdigit() and int(digits) >= 1 else -1
+    if (
+        len(parts) > 3
+        or (len(parts) == 3 and (sub is None or sub < 1))
+        or (codec not in _CODECS and not codec.startswith("pca"))
+    ):
+        fail("spec", "be 'clusters', 'clusters,fast', 'clusters,SQ8', 'clusters,SQ8,sub<n>', "
+             "'clusters,fp16' or 'clusters,PCA<m>'", repr(kind))  # fmt: skip
+    return codec, sub
+
+
 def build_clusters(
-    src: np.ndarray, kind: str, source_cluster_ids: Any, centroid_embeddings: Any
-) -> tuple[Any, str, dict[str, Any]]:
+    src: np.ndarray, kind: str, source_cluster_ids: Any, centroid_embeddings: Any,
+    seed: int = 1234,
+) -> tuple[Any, str, dict[str, Any]]:  # fmt: skip
     """A FAISS IVF index whose lists are the given clusters.
 
     See :meth:`negmine.index.SourceIndex.build` (spec ``"clusters"``).
@@ -166,12 +191,8 @@ def build_clusters(
     from .._checks import check_ids
 
     n, d = src.shape
-    codec = kind.split(",", 1)[1].strip() if "," in kind else "flat"
-    codec = FAST_CODEC if codec == "fast" else codec
+    codec, sub = _parse_codec(kind)
     reduced = codec.startswith("pca")
-    if not reduced and codec not in _CODECS:
-        fail("spec", "be 'clusters', 'clusters,fast', 'clusters,SQ8', 'clusters,fp16' or "
-             "'clusters,PCA<m>'", repr(kind))  # fmt: skip
     dims = parse_reduction(codec, d) if reduced else None
     if source_cluster_ids is None or centroid_embeddings is None:
         fail("source_cluster_ids", "be given with `centroid_embeddings` for spec 'clusters'",
@@ -186,6 +207,9 @@ def build_clusters(
     if reduced:
         index, name, info = _reduced_lists(src, scl, cen, dims, codec)
         factory = f"{name},IVF{n_c},Flat"
+    elif sub is not None:
+        index, name, info = _sub_lists(src, scl, cen, sub, seed)
+        factory = f"IVF{index.nlist},{name}"
     else:
         index, name, info = _float_lists(src, scl, cen, codec), _CODECS[codec][0], {}
         factory = f"IVF{n_c},{name}"
@@ -198,7 +222,12 @@ def build_clusters(
             "list_order": "ascending source id within each cluster",
         }
     }
-    if info:
+    if info and sub is not None:
+        extra["clusters"]["sub_lists"] = info
+        extra["clusters"]["list_order"] = (
+            "cluster by cluster; within each, by sub-list, then ascending source id"
+        )
+    elif info:
         extra["clusters"]["reduction"] = info
     if name == "SQ8":
         extra["clusters"]["candidate_pass"] = (
@@ -207,8 +236,30 @@ def build_clusters(
     return index, factory, extra
 
 
+def _sub_lists(
+    src: np.ndarray, scl: np.ndarray, cen: np.ndarray, size: int, seed: int
+) -> tuple[Any, str, dict[str, Any]]:
+    """8-bit IVF lists that split each cluster in sub-lists (:mod:`.sublists`), the
+    codec's name and the manifest's record: list ``g`` is sub-list ``g``, and the
+    coarse quantizer holds the sub-lists' centroids."""
+    t0 = time.perf_counter()
+    n_c = cen.shape[0]
+    list_of, per_cluster, sub_cen = split_clusters(src, scl, n_c, size, seed)
+    index = _float_lists(src, list_of, sub_cen, "sq8")
+    record = {
+        "count": int(sub_cen.shape[0]),
+        "target_size": int(size),
+        "per_cluster": [int(v) for v in per_cluster],
+        "method": "spherical k-means within each cluster",
+        "seed": int(seed),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return index, "SQ8", record
+
+
 def _float_lists(src: np.ndarray, scl: np.ndarray, cen: np.ndarray, codec: str) -> Any:
-    """IVF lists of float32, fp16 or SQ8 values over the normalised sources."""
+    """IVF lists of float32, fp16 or SQ8 values over the normalised sources
+    (list ``c`` holds the sources ``scl == c``, one per row of ``cen``)."""
     import faiss
 
     n, d = src.shape

@@ -31,15 +31,16 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..index.lists import ClusterLists
-from ..layout import ClusterLayout, PositiveSets
-from .codes import quantize_queries
-from .common import faiss_single_threaded, run_query_blocks
+from ..index.sublists import SubLists
+from ..layout import ClusterLayout, PositiveSets, csr_expand
+from .codes import int_products, quantize_queries
+from .common import faiss_single_threaded, heap_over, run_query_blocks
 from .products import product_threads
 from .scan import SCORE_BUFFER, ListScan
 
 __all__ = ["INTEGER_BLOCK", "PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists",
            "probe_outside_cluster", "quantize_queries", "recall_at_k",
-           "recall_per_row"]  # fmt: skip
+           "recall_per_row", "sub_list_probes", "sub_list_scores"]  # fmt: skip
 
 #: Queries per block. Fixed so that which queries share a matrix product (and so
 #: any near-tie) never depends on how the caller batches the work.
@@ -183,8 +184,12 @@ def probe_outside_cluster(
         return out_d, out_i
     if not isinstance(vectors, ClusterLists):
         vectors = ClusterLists.from_sorted(vectors, layout.offsets)
-    kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project, products,
-                          SCAN_THREADS)  # fmt: skip
+    kernel: _ProbeKernel
+    if vectors.sub is not None and project is None:
+        kernel = _SubListKernel(vectors, layout, positives, k, nprobe)
+    else:
+        kernel = _ProbeKernel(vectors, centroids, layout, positives, k, n_probe, project, products,
+                              SCAN_THREADS)  # fmt: skip
     # 8-bit codes: torch's integer products (exact, any thread count).
     library = "torch" if kernel.integer else products
     with faiss_single_threaded(), product_threads(library, PROBE_BLAS_THREADS), _workers(kernel):
@@ -276,6 +281,108 @@ class _ProbeKernel:
             np.take_along_axis(top_d, order, axis=1),
             np.take_along_axis(flat_i, order, axis=1),
         )
+
+
+class _SubListKernel(_ProbeKernel):
+    """The kernel over 8-bit lists split in sub-lists (:mod:`negmine.index.sublists`).
+
+    A query probes the ``nprobe`` sub-lists whose centroids' codes score
+    highest against its quantized weights, those of its own cluster left out
+    (:func:`sub_list_probes`); the scan is the same, over the sub-lists as
+    lists (a layout whose "clusters" are the sub-lists), and its positions map
+    back to source ids through the sub-lists' order.
+    """
+
+    def __init__(self, lists, layout, positives, k, nprobe):
+        sub = lists.sub
+        super().__init__(lists, None, sub.layout(layout), positives, k,
+                         max(1, min(nprobe, sub.n_lists)), None, "torch", SCAN_THREADS)  # fmt: skip
+        self.sub = sub
+
+    def _prepare(self, xq: np.ndarray, cl: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Probe sets int64 [n, nprobe] (``-1`` padded), the best probed sub-list
+        int64 [n] and the quantized queries, :data:`PROBE_BLOCK` rows at a time
+        on the pool's threads when there is one (each row's choice depends on
+        that row alone)."""
+        nb = xq.shape[0]
+        probes = np.empty((nb, self.nprobe), dtype=np.int64)
+        nearest = np.empty(nb, dtype=np.int64)
+        xw = np.empty(xq.shape, dtype=np.int8)
+        chunks = [tuple(a[r0 : r0 + PROBE_BLOCK] for a in (xq, cl, probes, nearest, xw))
+                  for r0 in range(0, nb, PROBE_BLOCK)]  # fmt: skip
+        if self.pool is None:
+            for args in chunks:
+                self._choose_sub(*args)
+        else:
+            for job in [self.pool.submit(self._choose_sub, *args) for args in chunks]:
+                job.result()
+        return probes, nearest, xw
+
+    def _choose_sub(self, xq, cl, probes, nearest, xw) -> None:
+        with faiss_single_threaded():
+            xw[...] = quantize_queries(xq, self.lists.step)
+            probes[...], nearest[...] = sub_list_probes(self.sub, xw, cl, self.nprobe)
+
+
+def sub_list_scores(sub: SubLists, xw: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+    """Integer scores of quantized queries against every sub-list's centroid code.
+
+    Parameters
+    ----------
+    sub : SubLists
+    xw : int8 [n, d]
+        Queries quantized for the lists (:func:`quantize_queries`).
+    cluster : int64 [n]
+        Cluster each query skips: its sub-lists score the int32 minimum.
+
+    Returns
+    -------
+    int32 [n, G]
+    """
+    out = np.empty((xw.shape[0], sub.n_lists), dtype=np.int32)
+    if out.size:
+        int_products(np.ascontiguousarray(xw), sub.codes, out)
+    owner, at = csr_expand(sub.first, cluster)
+    out[owner, at] = np.iinfo(np.int32).min
+    return out
+
+
+def sub_list_probes(
+    sub: SubLists, xw: np.ndarray, cluster: np.ndarray, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``nprobe`` sub-lists each query probes and the best of them.
+
+    Parameters
+    ----------
+    sub : SubLists
+    xw : int8 [n, d]
+        Quantized queries.
+    cluster : int64 [n]
+        Cluster each query skips.
+    nprobe : int
+        >= 1.
+
+    Returns
+    -------
+    probes : int64 [n, nprobe]
+        The sub-lists with the largest integer scores (:func:`sub_list_scores`),
+        as FAISS's heap keeps them, in no particular order; ``-1`` where fewer
+        lists lie outside the query's cluster.
+    best : int64 [n]
+        The highest-scoring of them (``-1`` for none).
+    """
+    import faiss
+
+    n, g = xw.shape[0], sub.n_lists
+    top = np.full((n, nprobe), np.iinfo(np.int32).min, dtype=np.int32)
+    ids = np.full((n, nprobe), -1, dtype=np.int64)
+    step = max(1, SCORE_BUFFER // max(1, g))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        scores = sub_list_scores(sub, xw[r0:r1], cluster[r0:r1])
+        heap_over(top[r0:r1], ids[r0:r1]).addn(g, faiss.swig_ptr(scores), 0, 0, r1 - r0)
+    best = ids[np.arange(n), np.argmax(top, axis=1)] if n else np.zeros(0, dtype=np.int64)
+    return ids, best
 
 
 def _scan_part(scan: ListScan, *args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

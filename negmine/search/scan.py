@@ -76,7 +76,7 @@ class ListScan:
         xq : float32 or int8 [n, w]
             The queries as the lists are scored (reduced, or quantized).
         probes : int64 [n, nprobe]
-            Clusters each query probes.
+            Clusters (lists) each query probes; ``-1`` for none.
         nearest : int64 [n]
             Each query's nearest probed cluster (scanned first).
         qq : int64 [n]
@@ -95,14 +95,15 @@ class ListScan:
         # (row, slot) pairs grouped by probed cluster, in two rounds: each query's
         # nearest cluster first, so its heap is warm (and admits few scores) when
         # its other clusters come.
+        # A probe of -1 (fewer lists to probe than places) goes to a last, unread group.
         later = probes != nearest[:, None]
-        flat_c = (probes + later * n_c).reshape(-1)
+        flat_c = np.where(probes >= 0, probes + later * n_c, 2 * n_c).reshape(-1)
         # A stable sort is one permutation; numpy sorts 16-bit keys by radix, in O(n).
-        key = flat_c.astype(np.uint16) if 2 * n_c <= 1 << 16 else flat_c
+        key = flat_c.astype(np.uint16) if 2 * n_c < 1 << 16 else flat_c
         by_c = np.argsort(key, kind="stable")
         pair_row = by_c // n_probe
-        bounds = np.zeros(2 * n_c + 1, dtype=np.int64)
-        np.cumsum(np.bincount(flat_c, minlength=2 * n_c), out=bounds[1:])
+        bounds = np.zeros(2 * n_c + 2, dtype=np.int64)
+        np.cumsum(np.bincount(flat_c, minlength=2 * n_c + 1), out=bounds[1:])
         # Positives of the queries, as layout positions grouped by their cluster.
         owner, at = csr_expand(self.positives.offsets, qq)
         pos_col = lay.rank[self.positives.sources[at]]
@@ -115,7 +116,7 @@ class ListScan:
         top_i = np.full((nb, k), -1, dtype=np.int64)
         if self.local.size < nb:
             self.local = np.full(nb, -1, dtype=np.int64)
-        for g in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+        for g in np.flatnonzero(bounds[1:-1] > bounds[:-2]).tolist():
             c = g % n_c
             lo, hi = int(lay.offsets[c]), int(lay.offsets[c + 1])
             if hi == lo:
