@@ -30,9 +30,9 @@ ALL_FILTERS = (*CANDIDATE_FILTERS, "tier3_rank_window")
 # Tier-3 kernels: exact over cluster-sorted sources, exact over a flat index (source
 # order), the cluster probe over every other cluster (exact), and the generic
 # over-fetch path through a non-flat index that still scans everything, reduced
-# (PCA) cluster lists and 8-bit cluster lists (integer products) probed everywhere
-# and re-ranked at full depth.
-KERNELS = ["exact", "flat_index", "probe_all", "ivf1", "reduced_all", "sq8_all"]
+# (PCA) cluster lists, 8-bit cluster lists (integer products) and 8-bit sub-lists
+# probed everywhere and re-ranked at full depth.
+KERNELS = ["exact", "flat_index", "probe_all", "ivf1", "reduced_all", "sq8_all", "sub_all"]
 
 
 def _kernel_args(kind: str, corpus: dict) -> dict:
@@ -42,15 +42,18 @@ def _kernel_args(kind: str, corpus: dict) -> dict:
         return {"index": SourceIndex.build(corpus["source_embeddings"])}
     if kind == "probe_all":
         return {"nprobe": len(corpus["centroid_embeddings"]) - 1}
-    if kind in ("reduced_all", "sq8_all"):
+    if kind in ("reduced_all", "sq8_all", "sub_all"):
         n, d = corpus["source_embeddings"].shape
+        spec = {"reduced_all": f"clusters,PCA{max(1, d // 2)}", "sq8_all": "clusters,SQ8",
+                "sub_all": "clusters,SQ8,sub20"}[kind]  # fmt: skip
         index = SourceIndex.build(
             corpus["source_embeddings"],
-            f"clusters,PCA{max(1, d // 2)}" if kind == "reduced_all" else "clusters,SQ8",
+            spec,
             source_cluster_ids=corpus["source_cluster_ids"],
             centroid_embeddings=corpus["centroid_embeddings"],
         )
-        return {"index": index, "nprobe": len(corpus["centroid_embeddings"]) - 1, "rerank": n}
+        every = index.sub_list_count or len(corpus["centroid_embeddings"]) - 1
+        return {"index": index, "nprobe": every, "rerank": n}
     return {"index": SourceIndex.build(corpus["source_embeddings"], "IVF1,Flat")}
 
 

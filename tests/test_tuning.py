@@ -59,7 +59,9 @@ def _query_recall(res: dict, corpus: dict, k: int) -> float:
 
 
 # ---------------------------------------------------------------- reaching the target
-@pytest.mark.parametrize("spec", ["IVF8,Flat", "clusters", "clusters,SQ8", "HNSW16", None])
+@pytest.mark.parametrize(
+    "spec", ["IVF8,Flat", "clusters", "clusters,SQ8", "clusters,SQ8,sub20", "HNSW16", None]
+)
 def test_tuning_reaches_the_target_at_the_cheapest_setting(small, spec):
     """Every tier-3 query is in the sample here, so the tuning's recall is the run's:
     checked by brute force, and the next cheaper setting checked to miss the target."""
@@ -138,7 +140,9 @@ def test_tuning_and_the_recall_measurement_share_one_exact_search(small, monkeyp
     )
 
 
-@pytest.mark.parametrize("spec", ["clusters", "clusters,SQ8", "clusters,PCA4", None])
+@pytest.mark.parametrize(
+    "spec", ["clusters", "clusters,SQ8", "clusters,SQ8,sub30", "clusters,PCA4", None]
+)
 def test_the_clusters_bound_is_never_below_a_measured_recall(big, spec):
     """probe_bound at each nprobe is at least the recall every setting of the ladder
     measures there (so skipping what it rules out cannot change the choice); over
@@ -235,7 +239,7 @@ def test_tuning_searches_no_nprobe_its_bound_rules_out(big):
     assert first["nprobe"] >= chosen["nprobe"]
 
 
-@pytest.mark.parametrize("spec", ["clusters", "clusters,SQ8"])
+@pytest.mark.parametrize("spec", ["clusters", "clusters,SQ8", "clusters,SQ8,sub10"])
 def test_tuning_refines_nprobe_between_the_ladders_steps(spec):
     """With 100 clusters the ladder's steps 8 and 11 are far apart: the choice is
     the smallest nprobe that reaches the target, checked by brute force over every
