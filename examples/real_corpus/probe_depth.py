@@ -53,6 +53,7 @@ def _log(msg: str) -> None:
 
 def real_corpus(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit passage and question embeddings [S, 384], [Q, 384] and pairs int64 [P, 2]."""
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "corpus.json"
     t0 = time.perf_counter()
     corpus = load_corpus(path) if path.is_file() else build_packages_isolated(path)
