@@ -211,3 +211,20 @@ def exact_negative_scores(res: dict, corpus: dict) -> np.ndarray:
     qi = corpus["pair_indices"][:, 0]
     return np.einsum("pd,pkd->pk", unit(corpus["question_embeddings"])[qi],
                      unit(corpus["source_embeddings"])[ids])  # fmt: skip
+
+
+def check_integer_row(got_d, got_i, ok, question, positives, signed, u, k, what="") -> None:
+    """One query's 8-bit candidates against an integer brute force: among the
+    sources ``ok`` (bool [S], the probed lists') less the question's positives,
+    the ``k`` largest ``signed @ u`` (int64 codes [S, d] and weights [d]), ties
+    to the lower id, then ``-1`` / ``-inf`` padding."""
+    ok = ok.copy()
+    ok[positives.sources[positives.offsets[question] : positives.offsets[question + 1]]] = False
+    cand = np.flatnonzero(ok)
+    sc = signed[cand] @ u
+    order = np.lexsort((cand, -sc))[:k]
+    want = np.full(k, -1)
+    want[: order.size] = cand[order]
+    np.testing.assert_array_equal(got_i, want, err_msg=what)
+    np.testing.assert_array_equal(got_d[: order.size], sc[order].astype(np.float32))
+    assert (got_d[order.size :] == -np.inf).all(), what

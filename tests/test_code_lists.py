@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import build_index as _build
 from helpers import kernel_inputs, tier3_recall
-from reference import check_rows, exact_negative_scores, small_corpus, unit
+from reference import check_integer_row, check_rows, exact_negative_scores, small_corpus, unit
 
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
@@ -115,16 +115,8 @@ def test_integer_candidates_equal_integer_brute_force(corpus, nprobe, threads, a
         cs = ki["centroids"] @ xq[m]
         cs[ki["query_cluster"][m]] = -np.inf
         probed = np.argsort(-cs, kind="stable")[:nprobe]
-        ok = np.isin(scl, probed)
-        q = ki["query_question"][m]
-        ok[pos.sources[pos.offsets[q] : pos.offsets[q + 1]]] = False
-        cand = np.flatnonzero(ok)
-        sc = signed[cand] @ u[m]
-        order = np.lexsort((cand, -sc))[:k]
-        want_i = np.full(k, -1)
-        want_i[: order.size] = cand[order]
-        np.testing.assert_array_equal(got_i[m], want_i, err_msg=str(m))
-        np.testing.assert_array_equal(got_d[m][: order.size], sc[order].astype(np.float32))
+        check_integer_row(got_d[m], got_i[m], np.isin(scl, probed), ki["query_question"][m], pos,
+                          signed, u[m], k, str(m))  # fmt: skip
     assert len(parts) == (threads if threads > 1 else 0)  # one block, cut in `threads` parts
 
 

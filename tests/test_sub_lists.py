@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import build_index as _build
 from helpers import kernel_inputs
-from reference import check_rows, exact_negative_scores, small_corpus, unit
+from reference import check_integer_row, check_rows, exact_negative_scores, small_corpus, unit
 
 from negmine import NegativeMiner
 from negmine.index import SourceIndex
@@ -144,17 +144,8 @@ def test_candidates_equal_an_integer_brute_force_over_the_probed_sub_lists(
         rest = np.setdiff1d(np.flatnonzero(~out), p)
         if rest.size:
             assert lsc[p].min() >= lsc[rest].max()
-        ok = np.isin(of, p)
-        q = ki["query_question"][m]
-        ok[pos.sources[pos.offsets[q] : pos.offsets[q + 1]]] = False
-        cand = np.flatnonzero(ok)
-        sc = signed[cand] @ u[m]
-        order = np.lexsort((cand, -sc))[:k]
-        want = np.full(k, -1)
-        want[: order.size] = cand[order]
-        np.testing.assert_array_equal(got_i[m], want, err_msg=str(m))
-        np.testing.assert_array_equal(got_d[m][: order.size], sc[order].astype(np.float32))
-        assert (got_d[m][order.size :] == -np.inf).all()
+        check_integer_row(got_d[m], got_i[m], np.isin(of, p), ki["query_question"][m], pos,
+                          signed, u[m], k, str(m))  # fmt: skip
 
 
 def test_every_sub_list_probed_and_full_rerank_is_exact(corpus, index):

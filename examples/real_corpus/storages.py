@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,12 @@ def _recall(arrays: dict, index: SourceIndex, **settings) -> float:
     return float(m.last_stats["tier3_recall"]["recall"])
 
 
-def compare(src: np.ndarray, qry: np.ndarray, pairs: np.ndarray, n_c: int, seed: int) -> None:
-    """Print the recall of each storage at the nprobe float32 lists need for 0.95."""
+def clustered(
+    src: np.ndarray, qry: np.ndarray, pairs: np.ndarray, n_c: int, seed: int
+) -> dict[str, np.ndarray]:
+    """The miner's six arrays, the passages clustered by spherical k-means into ``n_c``."""
     cents, scl = _kmeans(src, n_c, seed)
-    arrays = {
+    return {
         "source_embeddings": src,
         "question_embeddings": qry,
         "pair_indices": pairs,
@@ -58,6 +61,12 @@ def compare(src: np.ndarray, qry: np.ndarray, pairs: np.ndarray, n_c: int, seed:
         "source_cluster_ids": scl,
         "centroid_embeddings": cents,
     }
+
+
+def compare(src: np.ndarray, qry: np.ndarray, pairs: np.ndarray, n_c: int, seed: int) -> None:
+    """Print the recall of each storage at the nprobe float32 lists need for 0.95."""
+    arrays = clustered(src, qry, pairs, n_c, seed)
+    scl, cents = arrays["source_cluster_ids"], arrays["centroid_embeddings"]
 
     def build(spec: str) -> SourceIndex:
         return SourceIndex.build(src, spec, source_cluster_ids=scl, centroid_embeddings=cents)
@@ -75,14 +84,16 @@ def compare(src: np.ndarray, qry: np.ndarray, pairs: np.ndarray, n_c: int, seed:
         print(f"  {spec}{what} at nprobe {nprobe}: {got}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, each: Callable[..., None] = compare,
+         doc: str = __doc__) -> int:  # fmt: skip
+    """Cluster the real corpus at each size of :data:`PER_CLUSTER` and call ``each``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="work directory (embeddings cache)")
     ap.add_argument("--seed", type=int, default=0, help="k-means seed")
     args = ap.parse_args(argv)
     src, qry, pairs = real_corpus(args.out)
     for per in PER_CLUSTER:
-        compare(src, qry, pairs, max(2, round(len(src) / per)), args.seed)
+        each(src, qry, pairs, max(2, round(len(src) / per)), args.seed)
     return 0
 
 

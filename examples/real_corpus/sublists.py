@@ -16,35 +16,22 @@ candidate products cost, whatever the machine.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_depth import real_corpus
-from run import _kmeans
+from storages import T3, clustered, main
 
 from negmine import NegativeMiner, SourceIndex
 from negmine.bench_floor import scanned_per_query
 
-#: Passages per cluster of the clusterings measured.
-PER_CLUSTER = (1000, 300)
-T3 = {"n_neg": 3, "tier_proportions": [0, 0, 3, 0], "adjacent_k": 1, "seed": 0}
-
 
 def compare(src: np.ndarray, qry: np.ndarray, pairs: np.ndarray, n_c: int, seed: int) -> None:
     """Print each storage's tuned settings, recall and sources scanned per query."""
-    cents, scl = _kmeans(src, n_c, seed)
-    arrays = {
-        "source_embeddings": src,
-        "question_embeddings": qry,
-        "pair_indices": pairs,
-        "pair_cluster_ids": scl[pairs[:, 1]],
-        "source_cluster_ids": scl,
-        "centroid_embeddings": cents,
-    }
+    arrays = clustered(src, qry, pairs, n_c, seed)
+    scl, cents = arrays["source_cluster_ids"], arrays["centroid_embeddings"]
     mean = len(src) / n_c
     specs = ["clusters,SQ8"] + [f"clusters,SQ8,sub{max(8, round(mean / f))}" for f in (8, 2)]
     print(f"C = {n_c} (mean cluster {mean:.0f} passages):")
@@ -60,16 +47,5 @@ def compare(src: np.ndarray, qry: np.ndarray, pairs: np.ndarray, n_c: int, seed:
               f"{scanned:8,.0f} sources scanned per query")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="work directory (embeddings cache)")
-    ap.add_argument("--seed", type=int, default=0, help="k-means seed")
-    args = ap.parse_args(argv)
-    src, qry, pairs = real_corpus(args.out)
-    for per in PER_CLUSTER:
-        compare(src, qry, pairs, max(2, round(len(src) / per)), args.seed)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(each=compare, doc=__doc__))
