@@ -16,7 +16,10 @@ float32 rate here, and the same bytes whatever the thread count or blocking.
 So over 8-bit lists a block's queries are cut in :data:`SCAN_THREADS`
 parts scanned on as many threads, each with one-thread products: the scan's
 selection is numpy work on one core, which a single scan with two-thread
-products leaves the other core idle through.
+products leaves the other core idle through. Over 8-bit lists split in
+sub-lists (``ClusterLists.sub``, :mod:`negmine.index.sublists`) a query
+probes ``nprobe`` sub-lists instead, chosen by integer products with their
+centroids' codes (:func:`sub_list_probes`), and the scan runs over them.
 
 :func:`recall_at_k` measures how much of an exact result an approximate one
 recovers.
@@ -145,6 +148,7 @@ def probe_outside_cluster(
         Results per query, >= 0.
     nprobe : int
         Clusters probed per query, >= 1; values above ``C - 1`` act as ``C - 1``.
+        Over sub-lists (``vectors.sub``), sub-lists probed, up to ``G``.
     progress : callable, optional
         Called with the number of queries finished after each block.
     project : float32 [m, d], optional
