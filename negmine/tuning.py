@@ -22,7 +22,11 @@ with :data:`TUNING_CONFIDENCE` (a lower bound from the sample, see
   deepest first, see :func:`_walk_reranked`, and given up when recall stops
   growing with ``nprobe``).
 
-The exact reference is computed once and reused for every setting. Over lists
+The exact reference is computed once and reused for every setting. Over 8-bit
+lists the searches of the ladder are answered from one scan of the sample
+(:mod:`negmine.search.prefix`: each (query, list) pair is scored once, however
+many settings are tried), and the setting chosen is searched once more by the
+search itself, whose measurement is the one kept. Over lists
 that are the user's clusters, a search at ``nprobe`` can only return sources of
 the clusters it probes, so the exact hits' clusters bound its recall from above
 (:func:`probe_bound`): the settings whose bound is below the target are never
@@ -53,6 +57,8 @@ import numpy as np
 from ._checks import fail
 from .plan import CODES_RERANK, COMPRESSED_RERANK, REDUCED_RERANK, MiningPlan
 from .recall import _even_sample
+from .search.backends import ProbeBackend
+from .search.prefix import PrefixSearch
 from .search.probe import recall_per_row
 from .vectors import question_vectors
 
@@ -335,7 +341,9 @@ def tune(
         lower bound over all queries) and ``confidence``, ``seconds`` (all of
         the tuning), ``seconds_exact`` (the exact search of the sample),
         ``tried`` (each setting tried, in the order searched, with its recall,
-        lower bound and search seconds) and
+        lower bound, search seconds and ``merged``: whether it was answered
+        from one scan of the sample, :class:`~negmine.search.prefix.PrefixSearch`;
+        the choice is then searched once more by the search itself, last) and
         ``skipped`` (each ``nprobe`` not searched because its
         :func:`probe_bound` is below ``target``, with that bound, ascending).
 
@@ -357,28 +365,47 @@ def tune(
     tried: list[dict[str, Any]] = []
     steps, skipped, bounds = _within_bound(plan, target, probe_bound_args=(qvec, rows, cl, exact))
 
+    ladder = rerank_ladder(plan)
+    prefix = _prefix_search(plan, ladder, (qvec, rows, cl, qq), k)
+
     def measure(step: dict[str, int]) -> tuple[MiningPlan, float]:
         """Search the sample at ``step``: the plan and the recall's lower bound."""
         t1 = time.perf_counter()
         cand = plan.with_search(target_recall=None, **step)
-        _, got = cand.backend.search(qvec, rows, cl, qq, k)
+        b = cand.backend
+        merged = prefix is not None and prefix.covers(b.nprobe, b.rerank or 1, k)
+        if merged:
+            _, got = prefix.search(b.nprobe, b.rerank or 1, k)
+        else:
+            _, got = b.search(qvec, rows, cl, qq, k)
         per_row = recall_per_row(got, exact)
         recall = float(np.mean(per_row)) if per_row.size else float("nan")
         low = lower_bound(per_row, plan.n_tier3)
         tried.append({"settings": cand.search_params(), "recall": round(recall, 4),
-                      "lower": round(low, 4),
+                      "lower": round(low, 4), "merged": merged,
                       "seconds": round(time.perf_counter() - t1, 4)})  # fmt: skip
         return cand, low
 
-    ladder = rerank_ladder(plan)
-    if ladder is not None:
-        found = _walk_reranked(steps, target, measure, ladder)
-    else:
-        found = next((c for c in map(measure, steps) if c[1] >= target), None)
-    if found is None:
-        _unreachable(plan, target, default, k, int(pick.size), tried, skipped)
-    ladder_nprobes = [s["nprobe"] for s in search_ladder(plan) if "nprobe" in s]
-    cand, _ = _refine_nprobe(found, ladder_nprobes, target, measure, bounds, skipped, ladder)
+    def choose() -> MiningPlan:
+        if ladder is not None:
+            found = _walk_reranked(steps, target, measure, ladder)
+        else:
+            found = next((c for c in map(measure, steps) if c[1] >= target), None)
+        if found is None:
+            _unreachable(plan, target, default, k, int(pick.size), tried, skipped)
+        ladder_nprobes = [s["nprobe"] for s in search_ladder(plan) if "nprobe" in s]
+        return _refine_nprobe(found, ladder_nprobes, target, measure, bounds, skipped, ladder)[0]
+
+    cand = choose()
+    if prefix is not None:
+        # The choice came from merged candidates: measure it with the search
+        # itself. Should a tie at a cut have tipped it (not seen so far), the
+        # ladder is walked again with the search itself.
+        prefix = None
+        if measure(cand.search_params())[1] < target:
+            cand = choose()
+            once = {s["nprobe"]: s for s in skipped}
+            skipped[:] = [once[p] for p in sorted(once)]
     chosen = next(t for t in reversed(tried) if t["settings"] == cand.search_params())
     return cand, {
         "target": target, "default": default, "k": k, "sample": int(pick.size),
@@ -387,6 +414,20 @@ def tune(
         "seconds": round(time.perf_counter() - t0, 4),
         "seconds_exact": round(t_exact, 4), "tried": tried, "skipped": skipped,
     }  # fmt: skip
+
+
+def _prefix_search(
+    plan: MiningPlan, ladder: tuple[int, ...] | None, sample: tuple[np.ndarray, ...], k: int
+) -> PrefixSearch | None:
+    """Tuning's searches over 8-bit lists as selections from one scan of the
+    sample (:class:`~negmine.search.prefix.PrefixSearch`); None for other indexes."""
+    backend = plan.backend
+    if not isinstance(backend, ProbeBackend) or backend.lists.codes is None:
+        return None
+    if backend.project is not None or ladder is None or k < 1:
+        return None
+    qvec, rows, cl, qq = sample
+    return PrefixSearch(backend, qvec, rows, cl, qq, depth=k * max(ladder))
 
 
 def lower_bound(per_row: np.ndarray, population: int) -> float:
