@@ -42,13 +42,16 @@ def _own(plan, sample, nprobe, rerank, k=3):
 
 @pytest.mark.parametrize("entries", [1 << 22, 700])
 def test_every_setting_equals_the_search_itself(plan_and_sample, entries, monkeypatch):
-    # 700 entries scan one or two ranks a step: the merge runs across many steps.
+    # 700 entries scan one or two ranks a step: the merge runs across many steps,
+    # and the lists are ranked 2 at first, the ranking grown as searches go deeper.
     monkeypatch.setattr(prefix_mod, "PREFIX_ENTRIES", entries)
+    if entries < 1000:
+        monkeypatch.setattr(prefix_mod, "_FIRST_RANKS", 2)
     spec, plan, sample = plan_and_sample
     px = PrefixSearch(plan.backend, *sample, depth=12)
     assert px.max_nprobe == (plan.index.sub_list_count or 8) - (0 if "sub" in spec else 1)
-    # Out of order: a deep search first, then shallow ones from what it kept.
-    nprobes = [px.max_nprobe, 1, 2, 3, 5, 7, 13, 20, px.max_nprobe - 1]
+    # Deeper and deeper, with shallower ones from what was kept in between.
+    nprobes = [1, 3, 2, 7, 5, 20, 13, px.max_nprobe, px.max_nprobe - 1]
     checked = 0
     for p in dict.fromkeys(n for n in nprobes if 1 <= n <= px.max_nprobe):
         for r in (1, 2, 4):

@@ -44,6 +44,8 @@ __all__ = ["PREFIX_ENTRIES", "PrefixSearch"]
 PREFIX_ENTRIES = 1 << 22
 
 _INT_MIN = np.iinfo(np.int32).min
+#: Lists ranked per query at first (doubled as searches probe more).
+_FIRST_RANKS = 64
 
 
 class PrefixSearch:
@@ -92,13 +94,10 @@ class PrefixSearch:
             n_lists, gone = scores.shape[1], -np.inf
             self.limit = n_lists - 1  # the own cluster is never probed
         self.max_nprobe = max(1, self.limit if max_nprobe is None else min(max_nprobe, self.limit))
-        width = min(self.max_nprobe, n_lists)
-        top = _probe_sets(scores, width) if n else np.zeros((0, width), dtype=np.int64)
-        ts = np.take_along_axis(scores, top, axis=1)
-        by_rank = np.argsort(-ts.astype(np.float64), axis=1, kind="stable")
-        #: int64 [n, max_nprobe]: each query's lists, best first (-1: none left).
-        self.ranked = np.where(np.take_along_axis(ts, by_rank, 1) == gone, -1,
-                               np.take_along_axis(top, by_rank, 1))  # fmt: skip
+        self._scores, self._gone = scores, gone
+        #: int64 [n, w]: each query's ``w`` best lists, best first (-1: none left);
+        #: ``w`` grows as searches probe more (:meth:`_rank_to`).
+        self.ranked = np.zeros((n, 0), dtype=np.int64)
         self.scanned = 0
         # Kept candidates, one entry each: query row, rank of its list, score, source id.
         self._q = np.zeros(0, dtype=np.int64)
@@ -143,11 +142,26 @@ class PrefixSearch:
         cand[q[take], slot[take]] = ids[take]
         return self.backend._rescore(self.queries, self.rows, cand, k)
 
+    def _rank_to(self, p: int) -> None:
+        """Rank at least each query's ``p`` best lists: score descending, then
+        list ascending, as the search's probe sets take them (a total order,
+        so a longer ranking starts with a shorter one)."""
+        have, n_lists = self.ranked.shape[1], self._scores.shape[1]
+        if p <= have:
+            return
+        width = min(n_lists, max(p, 2 * have, _FIRST_RANKS))
+        top = _probe_sets(self._scores, width)
+        ts = np.take_along_axis(self._scores, top, axis=1)
+        by_rank = np.argsort(-ts.astype(np.float64), axis=1, kind="stable")
+        gone = np.take_along_axis(ts, by_rank, 1) == self._gone
+        self.ranked = np.where(gone, -1, np.take_along_axis(top, by_rank, 1))
+
     def _scan_to(self, p: int) -> None:
         """Scan the lists of ranks ``[scanned, p)`` and keep their candidates."""
         n = self.rows.shape[0]
         if p <= self.scanned or n == 0:
             return
+        self._rank_to(p)
         step = max(1, PREFIX_ENTRIES // (n * self.depth))
         new: list[tuple[np.ndarray, ...]] = []
         for r0 in range(self.scanned, p, step):
