@@ -198,9 +198,11 @@ def test_fast_builds_8bit_lists_and_the_manifest_says_how_they_are_searched(tmp_
     man = json.loads((tmp_path / "ix" / "manifest.json").read_text())
     assert man["spec"] == "clusters,fast" and man["clusters"]["codec"] == "SQ8"
     assert "integer" in man["clusters"]["candidate_pass"]
-    # Sub-lists of about 512 sources: each of these clusters (about 78) is one.
+    # Sub-lists of about 192 KiB of codes (6,144 sources at d = 32): each of these
+    # clusters (about 78 sources) is one.
     sub = man["clusters"]["sub_lists"]
-    assert sub["target_size"] == 512 and sub["per_cluster"] == [1] * 9
+    d = corpus["source_embeddings"].shape[1]
+    assert d == 32 and sub["target_size"] == 512 * 384 // d and sub["per_cluster"] == [1] * 9
     assert man["factory"] == "IVF9,SQ8" and sub["count"] == 9
     loaded = SourceIndex.load(tmp_path / "ix", mmap=True)
     m = NegativeMiner(**corpus, index=loaded, nprobe=4, recall_sample=100, **T3)

@@ -234,3 +234,17 @@ def test_tuning_over_sub_lists_reaches_the_target(corpus, index):
 def test_bad_sub_list_specs_are_refused(corpus, spec):
     with pytest.raises(ValueError, match="sub<n>"):
         _build(corpus, spec)
+
+
+def test_fast_sub_lists_hold_about_the_same_bytes_at_every_width():
+    from negmine.index.sublists import SUBLIST_BYTES, sublist_size
+
+    assert [sublist_size(d) for d in (128, 384, 768, 3072)] == [1536, 512, 256, 64]
+    assert all(abs(sublist_size(d) * d - SUBLIST_BYTES) <= d / 2 for d in range(1, 5000, 7))
+    # At d = 3072 "clusters,fast" cuts clusters of ~150 sources in lists of about 64.
+    wide = small_corpus(n_sources=1200, n_clusters=8, n_questions=50, d=3072, seed=4)
+    sub = _build(wide, "clusters,fast").manifest["clusters"]["sub_lists"]
+    sizes = np.bincount(wide["source_cluster_ids"], minlength=8)
+    assert sub["target_size"] == 64
+    want = np.maximum(1, np.round(sizes / 64)).astype(int)
+    assert (np.array(sub["per_cluster"]) <= want).all() and sum(sub["per_cluster"]) > 8

@@ -16,7 +16,7 @@ import numpy as np
 from .._checks import check_embeddings, fail, normalized_float32, release_pages, take_rows
 from .manifest import _FP_CHUNK, assignment_fingerprint, fingerprint
 from .reduce import DEFAULT_RERANK, fit_pca, parse_reduction, reduce_rows, wrap_reduced
-from .sublists import SUBLIST_SIZE, split_clusters
+from .sublists import split_clusters, sublist_size
 
 __all__ = [
     "AUTO_FAST_MIN",
@@ -37,7 +37,8 @@ AUTO_FAST_MIN = 1_000_000
 
 _CODECS = {"flat": ("Flat", 4), "fp16": ("SQfp16", 2), "sq8": ("SQ8", 1)}
 #: What ``"clusters,fast"`` builds: 8-bit lists, split in sub-lists of about
-#: :data:`~negmine.index.sublists.SUBLIST_SIZE` sources, searched with integer
+#: :data:`~negmine.index.sublists.SUBLIST_BYTES` of codes each
+#: (:func:`~negmine.index.sublists.sublist_size`), searched with integer
 #: products and re-ranked exactly. Of the cluster lists measured at 1M sources
 #: it mined fastest at the same recall, in a quarter of float32's memory
 #: (docs/benchmarks.md).
@@ -151,13 +152,14 @@ def _add_in_lists(index: Any, src: np.ndarray, scl: np.ndarray, transform: Any =
         release_pages(src)
 
 
-def _parse_codec(kind: str) -> tuple[str, int | None]:
-    """The codec of a ``"clusters[,<codec>[,sub<n>]]"`` spec and its sub-list size."""
+def _parse_codec(kind: str, d: int) -> tuple[str, int | None]:
+    """The codec of a ``"clusters[,<codec>[,sub<n>]]"`` spec and its sub-list size
+    (for ``"clusters,fast"``, that of sources of width ``d``)."""
     parts = [p.strip() for p in kind.split(",")]
     codec = parts[1].lower() if len(parts) > 1 else "flat"
     sub: int | None = None
     if codec == "fast":
-        codec, sub = FAST_CODEC, SUBLIST_SIZE
+        codec, sub = FAST_CODEC, sublist_size(d)
     if len(parts) == 3 and codec == "sq8" and parts[2].lower().startswith("sub"):
         digits = parts[2][3:]
         sub = int(digits) if digits.isdigit() and int(digits) >= 1 else -1
@@ -191,7 +193,7 @@ def build_clusters(
     from .._checks import check_ids
 
     n, d = src.shape
-    codec, sub = _parse_codec(kind)
+    codec, sub = _parse_codec(kind, d)
     reduced = codec.startswith("pca")
     dims = parse_reduction(codec, d) if reduced else None
     if source_cluster_ids is None or centroid_embeddings is None:

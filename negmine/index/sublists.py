@@ -3,8 +3,9 @@
 A search over lists that are whole clusters scans every source of each cluster
 it probes. Clusters overlap, so reaching a recall target takes many of them:
 on the 1M store bench, recall@3 0.95 probed 46 clusters, about 45,000 sources
-per query. Cut each cluster into lists of about :data:`SUBLIST_SIZE` sources
-by spherical k-means within the cluster, and probe the lists whose own
+per query. Cut each cluster into lists of a few hundred sources
+(:func:`sublist_size`: about :data:`SUBLIST_BYTES` of codes each) by spherical
+k-means within the cluster, and probe the lists whose own
 centroids score highest: the same recall took about 11,000 sources over
 lists of 250 (docs/benchmarks.md). A sub-list never mixes clusters, so leaving a query's
 own cluster out is leaving out a contiguous range of lists.
@@ -25,19 +26,31 @@ import numpy as np
 
 from .._checks import normalized_float32, release_pages, take_rows
 
-__all__ = ["SUBLIST_SIZE", "SubLists", "split_clusters"]
+__all__ = ["SUBLIST_BYTES", "SUBLIST_SIZE", "SubLists", "split_clusters", "sublist_size"]
 
-#: Sources per sub-list aimed at (a cluster of ``n`` gets ``round(n / size)``
-#: lists, at least one). Tuned to recall@3 0.95 on 262,144 pairs of the 1M
-#: store bench, tier 3 took 28.7 s over whole clusters, 23.8 s over lists of
-#: 256, 21.6 s of 384, 18.7-21.5 s of 512, 18.6 s of 768 and 19.5 s of 1024:
-#: smaller lists scan fewer sources but add a fixed cost per (query, list)
-#: pair and more centroids to score (docs/benchmarks.md).
-SUBLIST_SIZE = 512
+#: Bytes of 8-bit codes per sub-list aimed at by ``"clusters,fast"``: lists of
+#: ``SUBLIST_BYTES / d`` sources (:func:`sublist_size`). Smaller lists scan
+#: fewer sources at the same recall but add a fixed cost per (query, list) pair
+#: and more centroids to score, and a row's products cost in proportion to
+#: ``d``: what balances the two is a size in bytes. Tuned to recall@3 0.95 at
+#: d = 384 (262,144 pairs of the 1M store bench), tier 3 took 28.7 s over
+#: whole clusters, 23.8 s over lists of 256, 21.6 s of 384, 18.7-21.5 s of 512,
+#: 18.6 s of 768 and 19.5 s of 1024; at d = 128 (about 60,000 pairs of the
+#: 10M store bench), 19.1-22.5 s over whole clusters, 22.8 s over lists of 512
+#: and 15.2-15.9 s over lists of 1536 (docs/benchmarks.md).
+SUBLIST_BYTES = 512 * 384
+#: Sources per sub-list at d = 384.
+SUBLIST_SIZE = SUBLIST_BYTES // 384
 #: Rounds of k-means within a cluster.
 KMEANS_ITERATIONS = 10
 #: Sources gathered from the embeddings at a time (whole clusters, in order).
 _GATHER = 1 << 17
+
+
+def sublist_size(d: int) -> int:
+    """Sources per sub-list of ``"clusters,fast"`` at width ``d``: about
+    :data:`SUBLIST_BYTES` of codes (512 at d = 384, 1536 at d = 128)."""
+    return max(1, round(SUBLIST_BYTES / max(1, int(d))))
 
 
 def split_clusters(
