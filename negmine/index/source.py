@@ -171,7 +171,8 @@ class SourceIndex:
         bytes) decoded block by block; either way the candidates are re-ranked
         exactly from the embeddings. ``"clusters,fast"``, the recommended
         storage, is 8-bit lists with each cluster split by its own k-means into
-        sub-lists of about 512 sources (``"clusters,SQ8,sub<n>"``: about ``n``;
+        sub-lists of about 192 KiB of codes, 512 sources at d = 384
+        (``"clusters,SQ8,sub<n>"``: about ``n``;
         :mod:`negmine.index.sublists`): the index's lists are then the
         sub-lists, cluster by cluster, its quantizer their centroids, and
         ``nprobe`` counts the sub-lists probed. Reduced lists (``"clusters,PCA<m>"``;
