@@ -33,7 +33,7 @@ import numpy as np
 
 from .codes import quantize_queries
 from .common import faiss_single_threaded
-from .probe import PROBE_BLOCK, SCAN_THREADS, _probe_sets, sub_list_scores
+from .probe import PROBE_BLOCK, SCAN_THREADS, _probe_sets, _scan_part, sub_list_scores
 from .products import product_threads
 from .scan import ListScan
 
@@ -184,15 +184,11 @@ class PrefixSearch:
         (its positives left out), cut over the scans' threads."""
         xw, qq = self.xw[q], self.question[q]
         cuts = np.linspace(0, q.size, len(self._scans) + 1).astype(np.int64).tolist()
-
-        def run(j: int) -> tuple[np.ndarray, np.ndarray]:
-            a, b = cuts[j], cuts[j + 1]
-            with faiss_single_threaded():
-                return self._scans[j].run(xw[a:b], lists[a:b, None], lists[a:b], qq[a:b])
-
         # One-thread integer products on each scan's thread (exact on any count).
         with product_threads("torch", 1), ThreadPoolExecutor(len(self._scans)) as pool:
-            done = list(pool.map(run, range(len(self._scans))))
+            done = [job.result() for job in [
+                pool.submit(_scan_part, s, xw[a:b], lists[a:b, None], lists[a:b], qq[a:b])
+                for s, a, b in zip(self._scans, cuts[:-1], cuts[1:], strict=True)]]  # fmt: skip
         top_d = np.concatenate([d for d, _ in done])
         top_i = np.concatenate([i for _, i in done])
         return top_d, np.where(top_i < 0, -1, self.layout.order[np.maximum(top_i, 0)])
