@@ -29,6 +29,7 @@ from ..vectors import SourceVectors
 from .exact import exact_outside_cluster, workspace_for
 from .overfetch import overfetch_outside_cluster
 from .probe import probe_outside_cluster
+from .refine import REFINE_MIN_SOURCES, refined_outside_cluster
 
 __all__ = ["ExactBackend", "FaissBackend", "ProbeBackend", "SearchContext", "Tier3Backend"]
 
@@ -111,9 +112,10 @@ class Tier3Backend:
         ctx = self.ctx
         rows_in_order = None if ctx.exact_rows is None else ctx.exact_rows()
         if rows_in_order is not None:
-            return exact_outside_cluster(
-                rows_in_order, queries, rows, cluster, question, ctx.layout, ctx.positives, k
-            )
+            args = (rows_in_order, queries, rows, cluster, question, ctx.layout, ctx.positives)
+            if rows_in_order.shape[0] >= REFINE_MIN_SOURCES:
+                return refined_outside_cluster(args[0], ctx.raw_vectors, *args[1:], k)
+            return exact_outside_cluster(*args, k)
         return probe_outside_cluster(
             ctx.exact_lists(), ctx.centroids, queries, rows, cluster, question, ctx.layout,
             ctx.positives, k, nprobe=ctx.n_clusters,

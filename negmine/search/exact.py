@@ -143,6 +143,10 @@ class _BlockKernel:
         self.over = np.empty(0, dtype=bool)
         self.products = "numpy"
 
+    def _products(self, xq: np.ndarray, s0: int, s1: int, scores: np.ndarray) -> None:
+        """``scores[:] = xq @ vectors[s0:s1].T``: the block's scores of one chunk."""
+        matmul_into(xq, self.vectors[s0:s1], scores, self.products)
+
     def _mask_runs(self, scores, s0, s1, runs) -> None:
         lay = self.layout
         for r0, r1, c in runs:
@@ -242,7 +246,7 @@ class _BlockKernel:
             s1 = min(s0 + self.chunk, n_s)
             ns = s1 - s0
             scores = self.buf[: nb * ns].reshape(nb, ns)
-            matmul_into(xq, self.vectors[s0:s1], scores, self.products)
+            self._products(xq, s0, s1, scores)
             self._mask_runs(scores, s0, s1, runs)
             hit = (pos_col >= s0) & (pos_col < s1)
             scores[owner[hit], pos_col[hit] - s0] = -np.inf
