@@ -172,11 +172,16 @@ def test_the_clusters_bound_is_never_below_a_measured_recall(big, spec):
             assert recall == pytest.approx(bound[step["nprobe"]], abs=0.01), step
 
 
-@pytest.mark.parametrize("mapped", [True, False])
-def test_the_reference_read_in_id_order_is_the_exact_search(big, tmp_path, mapped):
+@pytest.mark.parametrize(("mapped", "refined"), [(True, False), (False, False), (True, True),
+                                                (False, True)])  # fmt: skip
+def test_the_reference_read_in_id_order_is_the_exact_search(
+    big, tmp_path, monkeypatch, mapped, refined
+):
     """Without float32 lists (8-bit lists here) the exact reference streams the
-    embeddings in id order through the exact kernel: its ids are brute force's,
-    and those of probing every cluster's gathered rows."""
+    embeddings in id order through the exact kernel, or from
+    ``REFINE_MIN_SOURCES`` on through 8-bit codes with a proof: its ids are
+    brute force's, and those of probing every cluster's gathered rows."""
+    import negmine.search.backends as backends
     from negmine.plan import raw_cluster_lists
     from negmine.recall import _even_sample
     from negmine.search.probe import probe_outside_cluster
@@ -188,6 +193,7 @@ def test_the_reference_read_in_id_order_is_the_exact_search(big, tmp_path, mappe
         c["source_embeddings"] = np.load(tmp_path / "s.npy", mmap_mode="r")
     plan = NegativeMiner(*_args(c), index=_build(big, "clusters,SQ8"), nprobe=1, **T3_ONLY).plan
     assert isinstance(plan.exact_rows(), RowRange)
+    monkeypatch.setattr(backends, "REFINE_MIN_SOURCES", 0 if refined else 10**9)
     pick = _even_sample(plan.n_tier3, 300)
     cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
     qvec, rows = question_vectors(plan.inputs.questions, qq)
@@ -197,6 +203,36 @@ def test_the_reference_read_in_id_order_is_the_exact_search(big, tmp_path, mappe
         cl, qq, plan.layout, plan.positives, 5, nprobe=plan.inputs.n_clusters,
     )  # fmt: skip
     np.testing.assert_array_equal(ids, old)
+    src = big["source_embeddings"] / np.linalg.norm(big["source_embeddings"], axis=1, keepdims=True)
+    scores = qvec[rows] @ src.T
+    scores[big["source_cluster_ids"][None, :] == cl[:, None]] = -np.inf
+    for i, q in enumerate(qq):
+        scores[i, big["pair_indices"][big["pair_indices"][:, 0] == q, 1]] = -np.inf
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    np.testing.assert_allclose(d, np.take_along_axis(scores, want, 1), rtol=0, atol=1e-5)
+    assert (ids == want).mean() > 0.999  # up to exact ties
+
+
+@pytest.mark.parametrize("spec", ["clusters", "IVF8,Flat", None])
+def test_the_refined_reference_of_any_search_is_brute_force(big, monkeypatch, spec):
+    """Float32 lists, a FAISS index and the built-in probing take the refined
+    reference too from ``REFINE_MIN_SOURCES`` on: the ids of brute force."""
+    import negmine.search.backends as backends
+    import negmine.search.refine as refine
+    from negmine.recall import _even_sample
+    from negmine.vectors import question_vectors
+
+    index = None if spec is None else _build(big, spec)
+    plan = NegativeMiner(*_args(big), index=index, nprobe=1, **T3_ONLY).plan
+    monkeypatch.setattr(backends, "REFINE_MIN_SOURCES", 0)
+    used = []
+    real = refine.refined_outside_cluster
+    monkeypatch.setattr(backends, "refined_outside_cluster", lambda *a: used.append(1) or real(*a))
+    pick = _even_sample(plan.n_tier3, 300)
+    cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
+    qvec, rows = question_vectors(plan.inputs.questions, qq)
+    d, ids = plan.backend.reference(qvec, rows, cl, qq, 5)
+    assert used
     src = big["source_embeddings"] / np.linalg.norm(big["source_embeddings"], axis=1, keepdims=True)
     scores = qvec[rows] @ src.T
     scores[big["source_cluster_ids"][None, :] == cl[:, None]] = -np.inf

@@ -12,8 +12,10 @@ cluster it skips, its question's positives excluded" and nothing else:
   hits, search again, optionally re-ranked exactly.
 
 Every back-end also offers :meth:`Tier3Backend.reference`, the exact search
-with the same exclusions, which recall is measured against. Which back-end a
-run uses is decided by :func:`negmine.plan.make_plan`, never by the miner.
+with the same exclusions, which recall is measured against (over many sources
+filtered through 8-bit codes and proven exact: :mod:`negmine.search.refine`).
+Which back-end a run uses is decided by :func:`negmine.plan.make_plan`, never
+by the miner.
 """
 
 from __future__ import annotations
@@ -108,14 +110,21 @@ class Tier3Backend:
         self, queries: np.ndarray, rows: np.ndarray, cluster: np.ndarray, question: np.ndarray,
         k: int,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """The exact top-``k`` with the same exclusions (every other cluster probed)."""
+        """The exact top-``k`` with the same exclusions (every other cluster probed).
+
+        From :data:`~negmine.search.refine.REFINE_MIN_SOURCES` sources on, the
+        embeddings are read in id order through 8-bit codes and the result
+        proven exact (:func:`~negmine.search.refine.refined_outside_cluster`),
+        whatever the back-end stores; below, the float32 lists or the
+        embeddings in id order go through the float32 kernels.
+        """
         ctx = self.ctx
+        common = (queries, rows, cluster, question, ctx.layout, ctx.positives, k)
+        if ctx.raw_vectors.raw.shape[0] >= REFINE_MIN_SOURCES:  # integer filter, exact proof
+            return refined_outside_cluster(ctx.raw_vectors.row_range(), ctx.raw_vectors, *common)
         rows_in_order = None if ctx.exact_rows is None else ctx.exact_rows()
         if rows_in_order is not None:
-            args = (rows_in_order, queries, rows, cluster, question, ctx.layout, ctx.positives)
-            if rows_in_order.shape[0] >= REFINE_MIN_SOURCES:
-                return refined_outside_cluster(args[0], ctx.raw_vectors, *args[1:], k)
-            return exact_outside_cluster(*args, k)
+            return exact_outside_cluster(rows_in_order, *common)
         return probe_outside_cluster(
             ctx.exact_lists(), ctx.centroids, queries, rows, cluster, question, ctx.layout,
             ctx.positives, k, nprobe=ctx.n_clusters,

@@ -50,8 +50,8 @@ log = logging.getLogger("negmine")
 REFINE_DEPTH = 128
 #: Fewest sources for which back-ends search their exact reference this way.
 REFINE_MIN_SOURCES = 200_000
-#: Queries and sources per integer product of the filter.
-CODE_BLOCK, CODE_CHUNK = 2048, 16384
+#: Queries and sources per integer product of the filter (128 MiB of scores).
+CODE_BLOCK, CODE_CHUNK = 2048, 8192
 #: Rows, evenly spaced, whose range sets each dimension's code range.
 SAMPLE_ROWS = 65_536
 #: Share of the sample's range added on each side of a dimension's code range.
