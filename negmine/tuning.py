@@ -6,7 +6,7 @@ run's tier-3 queries (the pair's cluster and the question's positives
 excluded, as mining does) at a ladder of settings, cheapest first, and keeps
 the first whose recall@k against exact search reaches ``R`` over all queries
 with :data:`TUNING_CONFIDENCE` (a lower bound from the sample, see
-:func:`lower_bound`):
+:func:`~negmine.recall_bounds.lower_bound`):
 
 * ``nprobe`` (``1, 2, 3, 4, 6, 8, 11, 16, ...``, steps of about sqrt 2, up to
   every list) for a ``"clusters"`` index,
@@ -19,7 +19,7 @@ with :data:`TUNING_CONFIDENCE` (a lower bound from the sample, see
   coarse, each ``nprobe`` at the re-rank depths of :data:`REDUCED_LADDER`, and
   for 8-bit lists (``"clusters,SQ8"``, ``"clusters,fast"``), whose integer
   candidate pass is nearly exact, at those of :data:`CODES_LADDER` (walked
-  deepest first, see :func:`_walk_reranked`, and given up when recall stops
+  deepest first, see :func:`~negmine.tuning_walk.walk_reranked`, and given up when recall stops
   growing with ``nprobe``).
 
 The exact reference is computed once and reused for every setting. Over 8-bit
@@ -33,7 +33,7 @@ the clusters it probes, so the exact hits' clusters bound its recall from above
 searched, which leaves the choice as it was and skips the cheap end of the
 ladder. Once a ladder step of ``nprobe`` reaches the target, the values between
 it and the step below are searched, from the bottom up and then by bisection
-(:func:`_refine_nprobe`, again passing over those whose bound is short), so
+(:func:`~negmine.tuning_walk.refine_nprobe`, again passing over those whose bound is short), so
 the chosen ``nprobe`` is the smallest that reaches the target, not the next
 step of about sqrt 2. A target
 no setting of the ladder reaches is an error naming the best recall and its
@@ -46,10 +46,7 @@ settings.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable
-from statistics import NormalDist
 from typing import Any, NoReturn
 
 import numpy as np
@@ -57,9 +54,11 @@ import numpy as np
 from ._checks import fail
 from .plan import CODES_RERANK, COMPRESSED_RERANK, REDUCED_RERANK, MiningPlan
 from .recall import _even_sample
+from .recall_bounds import TUNING_CONFIDENCE, lower_bound, probe_bound
 from .search.backends import ProbeBackend
 from .search.prefix import PrefixSearch
 from .search.probe import recall_per_row
+from .tuning_walk import PLATEAU, refine_nprobe, walk_reranked
 from .vectors import question_vectors
 
 __all__ = [
@@ -91,18 +90,7 @@ RERANK_MAX = 32
 REDUCED_LADDER = (REDUCED_RERANK, 2 * REDUCED_RERANK, 4 * REDUCED_RERANK)
 #: Re-rank depths tried at each ``nprobe`` of 8-bit cluster lists.
 CODES_LADDER = (1, CODES_RERANK, 2 * CODES_RERANK)
-#: Least gain in recall over two ``nprobe`` steps for tuning reduced lists to go on.
-PLATEAU = 0.001
-#: One-sided confidence with which a tuned setting's recall over all of the run's
-#: tier-3 queries reaches the target, judged from the sample (:func:`lower_bound`).
-TUNING_CONFIDENCE = 0.95
-
 _SETTINGS = ("nprobe", "ef_search", "rerank")
-#: Slack on the centroid scores in :func:`probe_bound`: far above the rounding of
-#: float32 products of unit vectors, so no cluster the search may probe is missed.
-_RANK_SLACK = 1e-4
-#: Elements of the comparison array :func:`probe_bound` builds per step.
-_BOUND_STEP = 1 << 24
 
 
 def _nprobes(hi: int) -> list[int]:
@@ -191,100 +179,6 @@ def search_ladder(plan: MiningPlan) -> list[dict[str, int]]:
     return steps or [{}]
 
 
-def probe_bound(
-    plan: MiningPlan, queries: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
-    exact_ids: np.ndarray, nprobes: list[int],
-) -> np.ndarray | None:  # fmt: skip
-    """The highest recall@k a search probing ``plan``'s clusters can reach at each ``nprobe``.
-
-    A search over lists that are the user's clusters (the built-in probing, a
-    ``"clusters"`` index of any storage) returns only sources of the clusters
-    it probes: the ``nprobe`` whose centroids score highest against the query,
-    its own cluster left out. An exact hit whose cluster has ``r`` other
-    clusters scoring above it can be found only from ``nprobe > r``. ``r`` is
-    counted with a slack of :data:`_RANK_SLACK` in the clusters' favour, so
-    rounding in the search's own centroid products cannot make the bound too
-    low, and re-ranking only keeps a subset of the candidates: no search of
-    these lists can do better.
-
-    Parameters
-    ----------
-    plan : MiningPlan
-    queries : float32 [Q', d]
-        L2-normalised question vectors.
-    rows : int64 [M]
-        Row of ``queries`` of each sampled query.
-    cluster : int64 [M]
-        Cluster each query skips.
-    exact_ids : int64 [M, k]
-        Exact top-k ids, ``-1`` padded (the reference recall is measured against).
-    nprobes : list of int
-        ``nprobe`` values to bound.
-
-    Returns
-    -------
-    float64 [len(nprobes)] or None
-        The bound at each ``nprobe``, measured like
-        :func:`~negmine.search.probe.recall_at_k`; None when the search's lists
-        are not the user's clusters (a FAISS index).
-    """
-    index = plan.index
-    if index is not None and not index.is_clusters:
-        return None
-    n, k = exact_ids.shape
-    if index is not None and index.sub_list_count is not None:
-        ranks = _sub_list_ranks(plan, queries, rows, cluster, exact_ids)
-        return _bound_at(ranks, exact_ids, nprobes)
-    cent = np.asarray(plan.inputs.centroids, dtype=np.float32)
-    n_c = cent.shape[0]
-    ranks = np.zeros((n, k), dtype=np.int64)
-    step = max(1, _BOUND_STEP // max(1, k * n_c))
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        cs = queries[rows[r0:r1]] @ cent.T
-        cs[np.arange(r1 - r0), cluster[r0:r1]] = -np.inf
-        hit = plan.layout.source_cluster[np.maximum(exact_ids[r0:r1], 0)]
-        floor = np.take_along_axis(cs, hit, axis=1) + np.float32(_RANK_SLACK)
-        ranks[r0:r1] = (cs[:, None, :] > floor[:, :, None]).sum(axis=2)
-    return _bound_at(ranks, exact_ids, nprobes)
-
-
-def _sub_list_ranks(
-    plan: MiningPlan, queries: np.ndarray, rows: np.ndarray, cluster: np.ndarray,
-    exact_ids: np.ndarray,
-) -> np.ndarray:  # fmt: skip
-    """For each exact hit, the sub-lists scoring strictly above its own, as the
-    search scores them (integer products, exact: no slack): it can be probed
-    only from ``nprobe`` above that. int64 [M, k]; hits ``-1`` rank 0."""
-    from .search.probe import quantize_queries, sub_list_scores
-
-    lists = plan.backend.lists
-    sub = lists.sub
-    where = sub.layout(plan.layout).rank[np.maximum(exact_ids, 0)]
-    hit = np.searchsorted(sub.offsets, where, side="right") - 1
-    n, k = exact_ids.shape
-    ranks = np.zeros((n, k), dtype=np.int64)
-    step = max(1, _BOUND_STEP // max(1, k * sub.n_lists))
-    for r0 in range(0, n, step):
-        r1 = min(n, r0 + step)
-        xw = quantize_queries(queries[rows[r0:r1]], lists.step)
-        sc = sub_list_scores(sub, xw, cluster[r0:r1])
-        own = np.take_along_axis(sc, hit[r0:r1], axis=1)
-        ranks[r0:r1] = (sc[:, None, :] > own[:, :, None]).sum(axis=2)
-    return ranks
-
-
-def _bound_at(ranks: np.ndarray, exact_ids: np.ndarray, nprobes: list[int]) -> np.ndarray:
-    """Mean share of each row's exact hits whose rank is below each ``nprobe``."""
-    valid = exact_ids >= 0
-    n_valid = valid.sum(axis=1)
-    keep = n_valid > 0
-    if not keep.any():
-        return np.full(len(nprobes), np.nan)
-    out = [float(np.mean(((ranks < p) & valid).sum(axis=1)[keep] / n_valid[keep])) for p in nprobes]
-    return np.asarray(out, dtype=np.float64)
-
-
 def tuning_target(plan: MiningPlan) -> tuple[float | None, bool]:
     """The recall target ``plan`` is tuned to, and whether it is the default.
 
@@ -313,7 +207,7 @@ def tune(
 
     A setting reaches ``target`` when the :data:`TUNING_CONFIDENCE` lower bound
     of its recall over all of the run's tier-3 queries, from the sample
-    (:func:`lower_bound`), does: the sample's own recall is then a little
+    (:func:`~negmine.recall_bounds.lower_bound`), does: the sample's own recall is then a little
     above the target unless the sample holds every query.
 
     Parameters
@@ -388,13 +282,13 @@ def tune(
 
     def choose() -> MiningPlan:
         if ladder is not None:
-            found = _walk_reranked(steps, target, measure, ladder)
+            found = walk_reranked(steps, target, measure, ladder)
         else:
             found = next((c for c in map(measure, steps) if c[1] >= target), None)
         if found is None:
             _unreachable(plan, target, default, k, int(pick.size), tried, skipped)
         ladder_nprobes = [s["nprobe"] for s in search_ladder(plan) if "nprobe" in s]
-        return _refine_nprobe(found, ladder_nprobes, target, measure, bounds, skipped, ladder)[0]
+        return refine_nprobe(found, ladder_nprobes, target, measure, bounds, skipped, ladder)[0]
 
     cand = choose()
     if prefix is not None:
@@ -430,37 +324,6 @@ def _prefix_search(
     return PrefixSearch(backend, qvec, rows, cl, qq, depth=k * max(ladder))
 
 
-def lower_bound(per_row: np.ndarray, population: int) -> float:
-    """A one-sided :data:`TUNING_CONFIDENCE` lower bound on the mean recall of all
-    ``population`` tier-3 queries, from the recall of each sampled one.
-
-    The sample mean less ``z`` standard errors (normal approximation), the error
-    shrunk by the finite-population factor ``sqrt((N - n) / (N - 1))``: a sample
-    of every query has no sampling error, and its bound is its mean.
-
-    Parameters
-    ----------
-    per_row : float64 [n]
-        Recall of each sampled query (:func:`~negmine.search.probe.recall_per_row`).
-    population : int
-        Tier-3 queries the sample was drawn from, ``N >= n``.
-
-    Returns
-    -------
-    float
-        ``nan`` for an empty sample.
-    """
-    n = per_row.size
-    if n == 0:
-        return float("nan")
-    mean = float(np.mean(per_row))
-    if n < 2 or n >= population:
-        return mean
-    z = NormalDist().inv_cdf(TUNING_CONFIDENCE)
-    se = float(np.std(per_row, ddof=1)) / math.sqrt(n)
-    return mean - z * se * math.sqrt((population - n) / (population - 1))
-
-
 def _within_bound(
     plan: MiningPlan, target: float, probe_bound_args: tuple[np.ndarray, ...]
 ) -> tuple[list[dict[str, int]], list[dict[str, Any]], dict[int, float]]:
@@ -477,97 +340,6 @@ def _within_bound(
                if p in bounds and bounds[p] < target]  # fmt: skip
     short = {s["nprobe"] for s in skipped}
     return [s for s in steps if s.get("nprobe") not in short], skipped, bounds
-
-
-def _refine_nprobe(
-    found: tuple[MiningPlan, float], ladder: list[int], target: float,
-    measure: Callable[[dict[str, int]], tuple[MiningPlan, float]],
-    bounds: dict[int, float], skipped: list[dict[str, Any]],
-    reranks: tuple[int, ...] | None = None,
-) -> tuple[MiningPlan, float]:  # fmt: skip
-    """``found`` (the first setting of the ladder to reach ``target``) at the
-    smallest ``nprobe`` between the ladder's step below it and its own that
-    still reaches ``target``, its other settings kept; with re-rank depths
-    ``reranks`` (``found`` at the deepest, from :func:`_walk_reranked`), the
-    ``nprobe`` is searched at the deepest and then the shallowest depth that
-    reaches ``target`` there is kept.
-
-    The ladder's steps are about sqrt 2 apart, so its choice may probe up to
-    ~1.4x the clusters needed. Recall grows with ``nprobe`` (a larger one
-    probes a superset of the clusters; with lossy codes a new candidate can,
-    rarely, push a hit out of the re-rank), so the values in between are
-    searched from the bottom, 1, 2, 4, ... values on, then by bisection: the
-    step below missed the target (searched, or ruled out by its bound), the
-    found one reached it. Values whose bound (``bounds``) is below
-    ``target`` are not searched; they are added to ``skipped``. The result was
-    measured to reach ``target``, like every choice of :func:`tune`.
-    """
-    settings = found[0].search_params()
-    hi = settings.get("nprobe")
-    if hi is None:
-        return found
-    lo = max((p for p in ladder if p < hi), default=0)
-    between = []
-    for p in range(lo + 1, hi):
-        if p in bounds and bounds[p] < target:
-            skipped.append({"nprobe": p, "bound": round(bounds[p], 4)})
-        else:
-            between.append(p)
-    skipped.sort(key=lambda s: s["nprobe"])
-    best, a, b = found, 0, len(between)  # between[:a] miss; between[b] (or hi) reaches
-    # The step below just missed, so the answer tends to lie near the bottom:
-    # gallop up from it (1, 2, 4, ... values on), then bisect the last gap.
-    reach = 1
-    while a < b:
-        at = min(a + reach, b) - 1
-        got = measure(dict(settings, nprobe=between[at]))
-        if got[1] >= target:
-            best, b = got, at
-            break
-        a, reach = at + 1, 2 * reach
-    while a < b:
-        mid = (a + b) // 2
-        got = measure(dict(settings, nprobe=between[mid]))
-        if got[1] >= target:
-            best, b = got, mid
-        else:
-            a = mid + 1
-    if reranks is None:
-        return best
-    at = best[0].search_params()["nprobe"]
-    for r in reranks[:-1]:  # shallower depths at the nprobe found
-        got = measure(dict(settings, nprobe=at, rerank=r))
-        if got[1] >= target:
-            return got
-    return best
-
-
-def _walk_reranked(
-    steps: list[dict[str, int]], target: float,
-    measure: Callable[[dict[str, int]], tuple[MiningPlan, float]], ladder: tuple[int, ...],
-) -> tuple[MiningPlan, float] | None:  # fmt: skip
-    """The first ``nprobe`` of ``steps`` at which reduced or 8-bit lists reach
-    ``target`` at their deepest re-rank of ``ladder``, searched at that depth.
-
-    A shallower re-rank keeps a subset of a deeper one's candidates, so its
-    recall is no higher: each ``nprobe`` is tried at the deepest re-rank only,
-    and :func:`_refine_nprobe` then tries the shallower depths at the ``nprobe``
-    it settles on, which gives :func:`search_ladder`'s order (``nprobe``, then
-    ``rerank``) with fewer searches. The walk gives
-    up once the deepest re-rank's recall has gained less than :data:`PLATEAU`
-    over two ``nprobe`` steps (about a doubling) while still short of the target:
-    the candidate pass, not the probing, then bounds it.
-    """
-    deep = ladder[-1]
-    seen: list[float] = []
-    for nprobe in dict.fromkeys(s["nprobe"] for s in steps):
-        cand, recall = measure({"nprobe": nprobe, "rerank": deep})
-        if recall >= target:
-            return cand, recall
-        seen.append(recall)
-        if len(seen) >= 3 and seen[-1] - seen[-3] < PLATEAU:
-            return None
-    return None
 
 
 def _unreachable(plan, target, default, k, n, tried, skipped) -> NoReturn:
