@@ -66,6 +66,24 @@ def positives_of(pairs: np.ndarray) -> dict[int, set[int]]:
     return pos
 
 
+def outside_cluster_brute(
+    corpus: dict, questions: np.ndarray, clusters: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 brute force per (question, skipped cluster): ids int64 [n, k] and
+    scores [n, k] of the k most similar sources outside the cluster, positives
+    left out (ties by lower id)."""
+    src = unit(corpus["source_embeddings"])
+    qry = unit(corpus["question_embeddings"])
+    scl = corpus["source_cluster_ids"]
+    pos = positives_of(corpus["pair_indices"])
+    sims = qry[questions] @ src.T
+    sims[scl[None, :] == np.asarray(clusters)[:, None]] = -np.inf
+    for r, q in enumerate(np.asarray(questions).tolist()):
+        sims[r, list(pos.get(q, ()))] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(sims, order, 1)
+
+
 def tier3_reference(corpus: dict, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per pair: (ids, scores) of the k most similar eligible sources, brute force."""
     src = unit(corpus["source_embeddings"])

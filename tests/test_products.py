@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from helpers import kernel_inputs as _inputs
-from reference import positives_of, small_corpus, unit
+from reference import outside_cluster_brute, small_corpus, unit
 from threadpoolctl import threadpool_limits
 
 from negmine import NegativeMiner
@@ -73,16 +73,7 @@ def clustered():
 
 def _brute_force(corpus: dict, inp: dict, k: int) -> np.ndarray:
     """float64 [M, k]: the k best cosines outside each query's cluster, positives excluded."""
-    src = unit(corpus["source_embeddings"])
-    qry = unit(corpus["question_embeddings"])
-    scl = corpus["source_cluster_ids"]
-    pos = positives_of(corpus["pair_indices"])
-    q, c = inp["query_question"], inp["query_cluster"]
-    sims = qry[q] @ src.T
-    sims[scl[None, :] == c[:, None]] = -np.inf
-    for r, qq in enumerate(q.tolist()):
-        sims[r, list(pos[qq])] = -np.inf
-    return -np.sort(-sims, axis=1)[:, :k]
+    return outside_cluster_brute(corpus, inp["query_question"], inp["query_cluster"], k)[1]
 
 
 def _cosines(corpus: dict, inp: dict, ids: np.ndarray) -> np.ndarray:

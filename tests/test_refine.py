@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import kernel_inputs
-from reference import positives_of, small_corpus, unit
+from reference import outside_cluster_brute, small_corpus
 
 import negmine.search.refine as refine_mod
 from negmine.search import exact_outside_cluster
@@ -31,18 +31,7 @@ def _run(corpus: dict, k: int, depth: int, mapped_dir=None):
 
 
 def _brute(corpus: dict, inp: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 brute force: top-k ids and scores outside the cluster, positives left out."""
-    src = unit(corpus["source_embeddings"])
-    qry = unit(corpus["question_embeddings"])
-    scl = corpus["source_cluster_ids"]
-    pos = positives_of(corpus["pair_indices"])
-    q, c = inp["query_question"], inp["query_cluster"]
-    sims = qry[q] @ src.T
-    sims[scl[None, :] == c[:, None]] = -np.inf
-    for r, qq in enumerate(q.tolist()):
-        sims[r, list(pos[qq])] = -np.inf
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(sims, order, 1)
+    return outside_cluster_brute(corpus, inp["query_question"], inp["query_cluster"], k)
 
 
 @pytest.mark.parametrize("depth", [4, 16, 64])

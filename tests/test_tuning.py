@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from reference import small_corpus, tier3_reference
+from reference import outside_cluster_brute, small_corpus, tier3_reference
 
 from negmine import NegativeMiner
 from negmine.config import MiningConfig
@@ -172,6 +172,13 @@ def test_the_clusters_bound_is_never_below_a_measured_recall(big, spec):
             assert recall == pytest.approx(bound[step["nprobe"]], abs=0.01), step
 
 
+def _assert_brute_force(corpus: dict, qq: np.ndarray, cl: np.ndarray, d, ids) -> None:
+    """``(d, ids)`` are the exact top-k outside each query's cluster (up to exact ties)."""
+    want, scores = outside_cluster_brute(corpus, qq, cl, ids.shape[1])
+    np.testing.assert_allclose(d, scores, rtol=0, atol=1e-5)
+    assert (ids == want).mean() > 0.999
+
+
 @pytest.mark.parametrize(("mapped", "refined"), [(True, False), (False, False), (True, True),
                                                 (False, True)])  # fmt: skip
 def test_the_reference_read_in_id_order_is_the_exact_search(
@@ -203,14 +210,7 @@ def test_the_reference_read_in_id_order_is_the_exact_search(
         cl, qq, plan.layout, plan.positives, 5, nprobe=plan.inputs.n_clusters,
     )  # fmt: skip
     np.testing.assert_array_equal(ids, old)
-    src = big["source_embeddings"] / np.linalg.norm(big["source_embeddings"], axis=1, keepdims=True)
-    scores = qvec[rows] @ src.T
-    scores[big["source_cluster_ids"][None, :] == cl[:, None]] = -np.inf
-    for i, q in enumerate(qq):
-        scores[i, big["pair_indices"][big["pair_indices"][:, 0] == q, 1]] = -np.inf
-    want = np.argsort(-scores, axis=1, kind="stable")[:, :5]
-    np.testing.assert_allclose(d, np.take_along_axis(scores, want, 1), rtol=0, atol=1e-5)
-    assert (ids == want).mean() > 0.999  # up to exact ties
+    _assert_brute_force(big, qq, cl, d, ids)
 
 
 @pytest.mark.parametrize("spec", ["clusters", "IVF8,Flat", None])
@@ -233,14 +233,7 @@ def test_the_refined_reference_of_any_search_is_brute_force(big, monkeypatch, sp
     qvec, rows = question_vectors(plan.inputs.questions, qq)
     d, ids = plan.backend.reference(qvec, rows, cl, qq, 5)
     assert used
-    src = big["source_embeddings"] / np.linalg.norm(big["source_embeddings"], axis=1, keepdims=True)
-    scores = qvec[rows] @ src.T
-    scores[big["source_cluster_ids"][None, :] == cl[:, None]] = -np.inf
-    for i, q in enumerate(qq):
-        scores[i, big["pair_indices"][big["pair_indices"][:, 0] == q, 1]] = -np.inf
-    want = np.argsort(-scores, axis=1, kind="stable")[:, :5]
-    np.testing.assert_allclose(d, np.take_along_axis(scores, want, 1), rtol=0, atol=1e-5)
-    assert (ids == want).mean() > 0.999  # up to exact ties
+    _assert_brute_force(big, qq, cl, d, ids)
 
 
 def test_tuning_searches_no_nprobe_its_bound_rules_out(big):

@@ -11,6 +11,7 @@ __all__ = [
     "QUERY_BLOCK",
     "RESULT_BYTES",
     "blas_threads",
+    "empty_result",
     "faiss_single_threaded",
     "heap_over",
     "max_depth",
@@ -42,9 +43,14 @@ def heap_over(dist: np.ndarray, ids: np.ndarray):
 
 
 def _new_heap(n: int, k: int):
-    dist = np.full((n, k), -np.inf, dtype=np.float32)
-    ids = np.full((n, k), -1, dtype=np.int64)
+    dist, ids = empty_result(n, k)
     return heap_over(dist, ids), dist, ids
+
+
+def empty_result(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A search's result before any source is found: scores float32 [n, k] of
+    ``-inf`` and ids int64 [n, k] of ``-1``."""
+    return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
 
 
 @contextmanager

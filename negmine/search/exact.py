@@ -21,7 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..layout import ClusterLayout, PositiveSets, csr_expand
-from .common import QUERY_BLOCK, _new_heap, faiss_single_threaded, run_query_blocks
+from .common import (
+    QUERY_BLOCK,
+    _new_heap,
+    empty_result,
+    faiss_single_threaded,
+    run_query_blocks,
+)
 from .products import matmul_into, product_threads
 
 __all__ = ["QUERY_BLOCK", "SOURCE_CHUNK", "exact_outside_cluster", "workspace_for"]
@@ -92,8 +98,7 @@ def exact_outside_cluster(
     """
 
     n_q = query_rows.shape[0]
-    out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
-    out_i = np.full((n_q, k), -1, dtype=np.int64)
+    out_d, out_i = empty_result(n_q, k)
     if k == 0 or n_q == 0:
         return out_d, out_i
     # Each heap update runs single-threaded on a share of the rows in plain

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..layout import ClusterLayout, PositiveSets
-from .common import QUERY_BLOCK, max_depth
+from .common import QUERY_BLOCK, empty_result, max_depth
 
 __all__ = ["overfetch_outside_cluster"]
 
@@ -59,8 +59,7 @@ def overfetch_outside_cluster(
     ids : int64 [M, k]
     """
     n_q = query_rows.shape[0]
-    out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
-    out_i = np.full((n_q, k), -1, dtype=np.int64)
+    out_d, out_i = empty_result(n_q, k)
     if k == 0 or n_q == 0:
         return out_d, out_i
     n_pos = positives.counts()[query_question]

@@ -37,7 +37,7 @@ from ..index.lists import ClusterLists
 from ..index.sublists import SubLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .codes import int_products, quantize_queries
-from .common import faiss_single_threaded, heap_over, run_query_blocks
+from .common import empty_result, faiss_single_threaded, heap_over, run_query_blocks
 from .products import product_threads
 from .scan import SCORE_BUFFER, ListScan
 
@@ -179,8 +179,7 @@ def probe_outside_cluster(
         raise ValueError(f"`nprobe` must be >= 1; got {nprobe}.")
     n_q = query_rows.shape[0]
     n_c = centroids.shape[0]
-    out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
-    out_i = np.full((n_q, k), -1, dtype=np.int64)
+    out_d, out_i = empty_result(n_q, k)
     n_probe = min(nprobe, n_c - 1)
     if k == 0 or n_q == 0 or n_probe < 1:
         if progress is not None and n_q:

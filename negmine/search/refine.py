@@ -38,7 +38,7 @@ import numpy as np
 
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .codes import int_products
-from .common import faiss_single_threaded, run_query_blocks
+from .common import empty_result, faiss_single_threaded, run_query_blocks
 from .exact import GROUP, _BlockKernel, exact_outside_cluster
 from .products import product_threads
 
@@ -221,8 +221,7 @@ def refined_outside_cluster(
         Source ids, ``-1`` where fewer than ``k`` are eligible.
     """
     n_q = query_rows.shape[0]
-    out_d = np.full((n_q, k), -np.inf, dtype=np.float32)
-    out_i = np.full((n_q, k), -1, dtype=np.int64)
+    out_d, out_i = empty_result(n_q, k)
     if k == 0 or n_q == 0:
         return out_d, out_i
     n_s, d = rows.shape
