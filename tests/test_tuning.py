@@ -213,10 +213,11 @@ def test_the_reference_read_in_id_order_is_the_exact_search(
     _assert_brute_force(big, qq, cl, d, ids)
 
 
-@pytest.mark.parametrize("spec", ["clusters", "IVF8,Flat", None])
+@pytest.mark.parametrize("spec", ["clusters", "IVF8,Flat", "IVF8,SQ8", "clusters,PCA16", None])
 def test_the_refined_reference_of_any_search_is_brute_force(big, monkeypatch, spec):
-    """Float32 lists, a FAISS index and the built-in probing take the refined
-    reference too from ``REFINE_MIN_SOURCES`` on: the ids of brute force."""
+    """A FAISS index and reduced lists take the refined reference too from
+    ``REFINE_MIN_SOURCES`` on; float32 lists and the built-in probing keep the
+    float32 kernels. Either way: the ids of brute force."""
     import negmine.search.backends as backends
     import negmine.search.refine as refine
     from negmine.recall import _even_sample
@@ -232,7 +233,7 @@ def test_the_refined_reference_of_any_search_is_brute_force(big, monkeypatch, sp
     cl, qq = plan.t3_cluster[pick], plan.t3_question[pick]
     qvec, rows = question_vectors(plan.inputs.questions, qq)
     d, ids = plan.backend.reference(qvec, rows, cl, qq, 5)
-    assert used
+    assert bool(used) == (spec not in ("clusters", None))
     _assert_brute_force(big, qq, cl, d, ids)
 
 

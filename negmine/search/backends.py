@@ -13,7 +13,8 @@ cluster it skips, its question's positives excluded" and nothing else:
 
 Every back-end also offers :meth:`Tier3Backend.reference`, the exact search
 with the same exclusions, which recall is measured against (over many sources
-filtered through 8-bit codes and proven exact: :mod:`negmine.search.refine`).
+without float32 lists, filtered through 8-bit codes and proven exact:
+:mod:`negmine.search.refine`).
 Which back-end a run uses is decided by :func:`negmine.plan.make_plan`, never
 by the miner.
 """
@@ -112,18 +113,22 @@ class Tier3Backend:
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """The exact top-``k`` with the same exclusions (every other cluster probed).
 
-        From :data:`~negmine.search.refine.REFINE_MIN_SOURCES` sources on, the
-        embeddings are read in id order through 8-bit codes and the result
-        proven exact (:func:`~negmine.search.refine.refined_outside_cluster`),
-        whatever the back-end stores; below, the float32 lists or the
-        embeddings in id order go through the float32 kernels.
+        Without float32 lists in memory (8-bit, reduced or compressed lists, a
+        FAISS index) the embeddings are read in id order: from
+        :data:`~negmine.search.refine.REFINE_MIN_SOURCES` sources on through
+        8-bit codes with a proof of exactness
+        (:func:`~negmine.search.refine.refined_outside_cluster`, torch's
+        integer products, which these back-ends load anyway or can afford),
+        below through the exact kernel. Float32 lists and the built-in
+        probing keep the float32 kernels: loading torch for the reference
+        alone would add about 190 MB to their peak.
         """
         ctx = self.ctx
         common = (queries, rows, cluster, question, ctx.layout, ctx.positives, k)
-        if ctx.raw_vectors.raw.shape[0] >= REFINE_MIN_SOURCES:  # integer filter, exact proof
-            return refined_outside_cluster(ctx.raw_vectors.row_range(), ctx.raw_vectors, *common)
         rows_in_order = None if ctx.exact_rows is None else ctx.exact_rows()
         if rows_in_order is not None:
+            if rows_in_order.shape[0] >= REFINE_MIN_SOURCES:  # integer filter, exact proof
+                return refined_outside_cluster(rows_in_order, ctx.raw_vectors, *common)
             return exact_outside_cluster(rows_in_order, *common)
         return probe_outside_cluster(
             ctx.exact_lists(), ctx.centroids, queries, rows, cluster, question, ctx.layout,
