@@ -133,7 +133,8 @@ def _with_cut(
 class _BlockKernel:
     """One block of queries against all sources, chunk by chunk."""
 
-    def __init__(self, vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace):
+    def __init__(self, vectors, layout, positives, k, cluster_sorted, pool, n_workers, workspace,
+                 block: int = QUERY_BLOCK, chunk: int = SOURCE_CHUNK):  # fmt: skip
         self.vectors = vectors
         self.layout = layout
         self.positives = positives
@@ -141,8 +142,8 @@ class _BlockKernel:
         self.sorted = cluster_sorted
         self.pool = pool
         self.n_workers = n_workers
-        self.chunk = min(SOURCE_CHUNK, vectors.shape[0])
-        size = QUERY_BLOCK * self.chunk
+        self.chunk = min(chunk, vectors.shape[0])
+        size = block * self.chunk
         ok = workspace is not None and workspace.dtype == np.float32 and workspace.size >= size
         self.buf = workspace if ok else np.empty(size, dtype=np.float32)
         self.over = np.empty(0, dtype=bool)

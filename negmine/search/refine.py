@@ -8,7 +8,7 @@ integer products run several times faster than float32 ones:
 1. **Filter.** Each chunk of sources is coded in 8 bits per dimension
    (``low + (c + 128.5) * step``, ``c`` in ``[-128, 127]``) and ranked for each
    query by integer products with the query's weights ``q * step`` rounded to
-   int8 (as :func:`negmine.search.codes.quantize_queries` does), the skipped cluster
+   int8 (:func:`negmine.search.codes.quantize_queries`), the skipped cluster
    and the positives left out as in the exact kernel. Each query keeps its
    ``depth`` best. The code range comes from a sample of the rows, widened.
 2. **Refine.** Those candidates are scored exactly from the embeddings, and the
@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..layout import ClusterLayout, PositiveSets, csr_expand
-from .codes import int_products
+from .codes import int_products, quantize_queries
 from .common import empty_result, faiss_single_threaded, run_query_blocks
 from .exact import GROUP, _BlockKernel, exact_outside_cluster
 from .products import product_threads
@@ -111,9 +111,8 @@ class _CodeKernel(_BlockKernel):
     ``r_max`` are left out (and listed in ``clipped``)."""
 
     def __init__(self, rows, layout, positives, depth, pool, n_workers, sq, r_max):
-        super().__init__(rows, layout, positives, depth, False, pool, n_workers, None)
-        self.chunk = min(CODE_CHUNK, rows.shape[0])
-        self.buf = np.empty(CODE_BLOCK * self.chunk, dtype=np.float32)
+        super().__init__(rows, layout, positives, depth, False, pool, n_workers, None,
+                         block=CODE_BLOCK, chunk=CODE_CHUNK)  # fmt: skip
         self.ints = np.empty(self.buf.size, dtype=np.int32)
         self.codes = np.empty((self.chunk, rows.shape[1]), dtype=np.int8)
         self.err = np.empty(self.chunk, dtype=np.float32)
@@ -304,11 +303,12 @@ class _Refine:
 
 
 def _weights(xq: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int8 weights [n, d] of ``xq * step`` (as :func:`quantize_queries`), their
-    scale float64 [n] and the L1 norm float64 [n] of their rounding error."""
+    """int8 weights [n, d] of ``xq * step`` (:func:`quantize_queries`), their
+    scale float64 [n] and the L1 norm float64 [n] of their rounding error
+    ``xq * step - weights / scale`` (the bound holds for any scale)."""
+    wi = quantize_queries(xq, step)
     w = xq.astype(np.float64) * step.astype(np.float64)
     top = np.abs(w).max(axis=1)
     scale = np.divide(127.0, top, out=np.ones_like(top), where=top > 0)
-    wi = np.rint(w * scale[:, None])
     err = np.abs(w - wi / scale[:, None]).sum(axis=1)
-    return wi.astype(np.int8), scale, err
+    return wi, scale, err
