@@ -88,21 +88,33 @@ def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndar
         Row of ``vectors`` of each entry of ``questions``.
     """
     uq, inv = np.unique(questions, return_inverse=True)
-    parts = min(SCAN_THREADS, max(1, uq.size // SCAN_MIN_PART))
-    if parts == 1 or file_rows(raw_questions) is None:
+    if uq.size < 2 * SCAN_MIN_PART or file_rows(raw_questions) is None:
         return normalized_float32(take_rows(raw_questions, uq)), inv
     # A memory-mapped file: each thread reads its own run of the (ascending)
     # rows and normalizes it, row by row, so the bytes are those of one thread.
     out = np.empty((uq.size, raw_questions.shape[1]), dtype=np.float32)
-    cuts = np.linspace(0, uq.size, parts + 1).astype(np.int64).tolist()
 
     def run(a: int, b: int) -> None:
         normalized_float32(take_rows(raw_questions, uq[a:b]), out=out[a:b])
 
+    in_parts(uq.size, run)
+    return out, inv
+
+
+def in_parts(n: int, run: Callable[[int, int], object]) -> None:
+    """``run(a, b)`` over ``[0, n)`` cut in up to :data:`SCAN_THREADS` runs of at
+    least :data:`SCAN_MIN_PART`, each on its own thread (one run: in this one).
+
+    For reads whose result does not depend on the cut: rows read and normalized
+    one by one."""
+    parts = min(SCAN_THREADS, max(1, n // SCAN_MIN_PART))
+    if parts == 1:
+        run(0, n)
+        return
+    cuts = np.linspace(0, n, parts + 1).astype(np.int64).tolist()
     with ThreadPoolExecutor(parts, thread_name_prefix="negmine-read") as pool:
         for done in [pool.submit(run, a, b) for a, b in pairwise(cuts)]:
             done.result()
-    return out, inv
 
 
 class SourceVectors:
@@ -326,7 +338,10 @@ class SourceVectors:
         for p0 in range(0, ids.shape[0], SCAN_PAIRS):
             p1 = min(p0 + SCAN_PAIRS, ids.shape[0])
             uq, inv = question_vectors(raw_questions, questions[p0:p1])
-            av = self.gather_mapped(anchors[p0:p1], np.empty((p1 - p0, self.dim), np.float32))
+            av = np.empty((p1 - p0, self.dim), np.float32)
+            # Scattered rows, read one by one: on threads, each its own run of them.
+            in_parts(p1 - p0, lambda a, b, p0=p0, av=av: self.gather_mapped(
+                anchors[p0 + a : p0 + b], av[a:b]))  # fmt: skip
             for c0 in range(0, p1 - p0, CHUNK):
                 c1 = min(c0 + CHUNK, p1 - p0)
                 qv = np.take(uq, inv[c0:c1], axis=0, out=qbuf[: c1 - c0])

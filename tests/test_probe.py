@@ -264,6 +264,8 @@ def test_admit_keeps_the_heaps_faiss_addn_keeps(dtype):
     for step in range(6):
         scores = rng.integers(-40, 40 + 20 * step, (n, w)).astype(dtype)
         scores[: n // 3, : w // 2] = -50  # rows the warm path takes
+        # Rows whose heaps stay below zero: padding must not enter them.
+        scores[n // 3 : n // 2] = rng.integers(-200, -100, (n // 2 - n // 3, w))
         scores[n // 2 :, 7] = empty  # left out (a positive)
         admit = scan_mod._admit_int if integer else scan_mod._admit
         admit(scores, dist, ids, lo + step * w)
