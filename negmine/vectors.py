@@ -88,7 +88,7 @@ def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndar
         Row of ``vectors`` of each entry of ``questions``.
     """
     uq, inv = np.unique(questions, return_inverse=True)
-    if uq.size < 2 * SCAN_MIN_PART or file_rows(raw_questions) is None:
+    if file_rows(raw_questions) is None:
         return normalized_float32(take_rows(raw_questions, uq)), inv
     # A memory-mapped file: each thread reads its own run of the (ascending)
     # rows and normalizes it, row by row, so the bytes are those of one thread.
@@ -339,9 +339,11 @@ class SourceVectors:
             p1 = min(p0 + SCAN_PAIRS, ids.shape[0])
             uq, inv = question_vectors(raw_questions, questions[p0:p1])
             av = np.empty((p1 - p0, self.dim), np.float32)
-            # Scattered rows, read one by one: on threads, each its own run of them.
-            in_parts(p1 - p0, lambda a, b, p0=p0, av=av: self.gather_mapped(
-                anchors[p0 + a : p0 + b], av[a:b]))  # fmt: skip
+
+            def read(a: int, b: int, p0: int = p0, av: np.ndarray = av) -> None:
+                self.gather_mapped(anchors[p0 + a : p0 + b], av[a:b])
+
+            in_parts(p1 - p0, read)  # scattered rows, read one by one: on threads
             for c0 in range(0, p1 - p0, CHUNK):
                 c1 = min(c0 + CHUNK, p1 - p0)
                 qv = np.take(uq, inv[c0:c1], axis=0, out=qbuf[: c1 - c0])
