@@ -117,6 +117,7 @@ def _child_mine(work: str, spec: str, target: float, pairs: int = 0) -> dict[str
     rec = st.get("tier3_recall") or {}
     secs = time.perf_counter() - t0 - rec.get("seconds", 0.0)  # the check is not mining
     tm = st.get("timings_seconds", {})
+    cpu = st.get("cpu_seconds", {})
     scale = n_all / len(a["pair_indices"])
     peak = round(_peak_rss_mb())
     held = m.check_recall(sample=_RECALL_SAMPLE, k=3, held_out=True)
@@ -137,6 +138,9 @@ def _child_mine(work: str, spec: str, target: float, pairs: int = 0) -> dict[str
         "recall_held_out": held["recall"],
         "held_out_sample": held["sample"],
         "tier3_s": round(tm.get("tier3_search", 0.0) * scale, 2),
+        # CPU seconds of the process's threads, the recall check left out as above
+        "cpu_s": round((cpu.get("total", 0.0) - cpu.get("tier3_recall", 0.0)) * scale, 2),
+        "tier3_cpu_s": round(cpu.get("tier3_search", 0.0) * scale, 2),
         "tier3_queries": st.get("tier3_queries"),
         "peak_rss_mb": peak,
         "products_floor": floor,
@@ -228,6 +232,15 @@ def _print_run(spec: str, r: dict[str, Any], target: float) -> None:
           f"{r['tuning_s'] / r['mine_s']:.1%} of "
           f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources",
           flush=True)  # fmt: skip
+    if r.get("cpu_s"):
+        rest, rest_s = r["cpu_s"] - r["tier3_cpu_s"], r["mine_s"] - r["tier3_s"]
+
+        def busy(cpu: float, wall: float) -> str:
+            return f"{cpu:,.1f} s on {cpu / wall:.2f} cores" if wall > 0 else f"{cpu:,.1f} s"
+
+        print(f"[{spec}] CPU of all threads {busy(r['cpu_s'], r['mine_s'])}: tier 3 "
+              f"{busy(r['tier3_cpu_s'], r['tier3_s'])}, the rest {busy(rest, rest_s)}",
+              flush=True)  # fmt: skip
     if r["products_floor"]:
         print(f"[{spec}] {_floor_text(r)}", flush=True)
 

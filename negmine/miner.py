@@ -175,13 +175,13 @@ class NegativeMiner:
         checkpoints : negmine.io.Checkpoints, optional
             Where finished blocks are stored and, on resume, found.
         """
-        t_start = time.perf_counter()
-        timings: dict[str, float] = {}
+        clock = _StageClock()
         recall: dict[str, Any] = {}
 
         def after_tier3(mined: MinedBlocks) -> None:
-            timings["tier3_search"] = time.perf_counter() - t_start
+            clock.lap("tier3_search")
             recall["value"] = measure_recall(self.plan, mined.t3_ids)
+            clock.lap("tier3_recall")
 
         executor = make_executor(self.config.executor, self.config.ray_address)
         try:
@@ -189,17 +189,17 @@ class NegativeMiner:
             described = executor.describe()
         finally:
             executor.close()
-        timings["sampling_and_scores"] = time.perf_counter() - t_start - timings["tier3_search"]
+        clock.lap("sampling_and_scores")
         self._positive_scores = mined.pos
         ok = None
         if self.validate:
-            t0 = time.perf_counter()
             ok = self._validate(mined.ids, mined.tiers)
-            timings["validate"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - t_start
+            clock.lap("validate")
+        clock.finish()
+        timings = clock.wall
         described["blocks"] = mined.workers
         described["block_seconds"] = {k: [round(x, 4) for x in v] for k, v in mined.seconds.items()}
-        stats = run_stats(self.plan, mined, timings, recall["value"], ok, described)
+        stats = run_stats(self.plan, mined, timings, recall["value"], ok, described, clock.cpu)
         stats["tuning"] = self.tuning
         stats["products"] = self.plan.products
         if self.config.pool_depth is not None:
@@ -428,3 +428,29 @@ def mine_negatives(
     if output_dir is not None:
         return miner.mine_to(output_dir, overwrite=overwrite, resume=resume)
     return miner.mine_all_negatives()
+
+
+class _StageClock:
+    """Wall and CPU seconds of the consecutive stages of a run.
+
+    CPU seconds are this process's, all its threads together
+    (:func:`time.process_time`), so CPU over wall says how many cores a stage
+    kept busy. ``lap(name)`` closes the stage that began at the last lap (or at
+    construction); ``finish()`` adds ``total``.
+    """
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._start = self._last = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.wall[name] = now[0] - self._last[0]
+        self.cpu[name] = now[1] - self._last[1]
+        self._last = now
+
+    def finish(self) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.wall["total"] = now[0] - self._start[0]
+        self.cpu["total"] = now[1] - self._start[1]

@@ -59,6 +59,7 @@ def run_stats(
     recall: dict[str, Any] | None,
     validation_ok: bool | None,
     executor: dict[str, Any],
+    cpu: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The run's statistics.
 
@@ -67,7 +68,8 @@ def run_stats(
     question and to the pair's source; the cosine of each pair's question to
     its source; per active filter the candidates it removed in each tier and
     the slots it sent to a fallback tier; the search, its measured recall, the
-    timings and which workers computed which blocks.
+    timings (wall and, given ``cpu``, this process's CPU seconds over all its
+    threads, keyed as ``timings``) and which workers computed which blocks.
     """
     from .assemble import SHORT_KEYS
 
@@ -84,6 +86,7 @@ def run_stats(
         "filters": _filter_stats(plan, mined, short),
         "shortfalls": {k: int(short[k]) for k in SHORT_KEYS},
         "timings_seconds": {k: round(v, 4) for k, v in timings.items()},
+        "cpu_seconds": {k: round(v, 4) for k, v in (cpu or {}).items()},
         "index": plan.describe_search(),
         "tier3_recall": recall,
         "validation_ok": validation_ok,

@@ -286,3 +286,30 @@ def test_a_miner_is_freed_as_soon_as_it_is_dropped():
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_stage_clocks_cover_the_run_and_add_up():
+    """Wall and CPU seconds per stage: consecutive laps that add up to the total,
+    the recall check in a stage of its own (it took at least what it reports),
+    and no more than the call took, measured from outside."""
+    import time
+
+    from helpers import build_index
+
+    corpus = small_corpus(n_sources=3000, n_clusters=12, n_questions=1500, seed=5)
+    idx = build_index(corpus, "IVF12,Flat")
+    m = NegativeMiner(**corpus, n_neg=8, recall_sample=500, index=idx, nprobe=4)
+    w0, c0 = time.perf_counter(), time.process_time()
+    m.mine_arrays()
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    st = m.last_stats
+    stages = ["tier3_search", "tier3_recall", "sampling_and_scores", "validate"]
+    for clock, outside in ((st["timings_seconds"], wall), (st["cpu_seconds"], cpu)):
+        assert list(clock) == [*stages, "total"]
+        assert all(clock[s] >= 0 for s in stages)
+        assert sum(clock[s] for s in stages) == pytest.approx(clock["total"], abs=2e-3)
+        assert clock["total"] <= outside + 1e-3
+    assert st["tier3_recall"]["sample"] > 0
+    assert st["timings_seconds"]["tier3_recall"] >= st["tier3_recall"]["seconds"] - 1e-3
+    # the recall check is not counted in the pairs' stage any more
+    assert st["timings_seconds"]["tier3_recall"] > 0
