@@ -26,7 +26,7 @@ from .executor import MinedBlocks, make_executor, run_blocks
 from .inputs import check_inputs
 from .plan import PAIR_BLOCK, T3_BLOCK, IndexArg, make_plan
 from .recall import check_recall, measure_recall
-from .run_stats import run_stats
+from .run_stats import StageClock, run_stats
 from .tuning import tune_plan
 
 __all__ = ["PAIR_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
@@ -175,7 +175,7 @@ class NegativeMiner:
         checkpoints : negmine.io.Checkpoints, optional
             Where finished blocks are stored and, on resume, found.
         """
-        clock = _StageClock()
+        clock = StageClock()
         recall: dict[str, Any] = {}
 
         def after_tier3(mined: MinedBlocks) -> None:
@@ -428,29 +428,3 @@ def mine_negatives(
     if output_dir is not None:
         return miner.mine_to(output_dir, overwrite=overwrite, resume=resume)
     return miner.mine_all_negatives()
-
-
-class _StageClock:
-    """Wall and CPU seconds of the consecutive stages of a run.
-
-    CPU seconds are this process's, all its threads together
-    (:func:`time.process_time`), so CPU over wall says how many cores a stage
-    kept busy. ``lap(name)`` closes the stage that began at the last lap (or at
-    construction); ``finish()`` adds ``total``.
-    """
-
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self._start = self._last = (time.perf_counter(), time.process_time())
-
-    def lap(self, name: str) -> None:
-        now = (time.perf_counter(), time.process_time())
-        self.wall[name] = now[0] - self._last[0]
-        self.cpu[name] = now[1] - self._last[1]
-        self._last = now
-
-    def finish(self) -> None:
-        now = (time.perf_counter(), time.process_time())
-        self.wall["total"] = now[0] - self._start[0]
-        self.cpu["total"] = now[1] - self._start[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from .filters import COLUMN
 from .plan import MiningPlan
 from .stats import histogram, summarize
 
-__all__ = ["run_stats"]
+__all__ = ["StageClock", "run_stats"]
 
 
 def _tier_stats(plan: MiningPlan, mined: MinedBlocks, short: dict[str, int]) -> dict[str, Any]:
@@ -92,3 +93,29 @@ def run_stats(
         "validation_ok": validation_ok,
         "executor": executor,
     }
+
+
+class StageClock:
+    """Wall and CPU seconds of the consecutive stages of a run.
+
+    CPU seconds are this process's, all its threads together
+    (:func:`time.process_time`), so CPU over wall says how many cores a stage
+    kept busy. ``lap(name)`` closes the stage that began at the last lap (or at
+    construction); ``finish()`` adds ``total``.
+    """
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._start = self._last = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.wall[name] = now[0] - self._last[0]
+        self.cpu[name] = now[1] - self._last[1]
+        self._last = now
+
+    def finish(self) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.wall["total"] = now[0] - self._start[0]
+        self.cpu["total"] = now[1] - self._start[1]
