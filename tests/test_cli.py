@@ -54,6 +54,20 @@ def test_mine_then_validate(tmp_path, corpus, fmt):
     assert "ok" in proc.stdout
 
 
+def test_mine_summary_gives_the_stage_times_of_its_manifest(tmp_path, corpus):
+    data = tmp_path / "data"
+    save_dataset(data, corpus)
+    out = tmp_path / "out"
+    proc = _run("mine", str(data), "--out", str(out), "--n-neg", "8")
+    st = json.loads((out / "manifest.json").read_text())["stats"]
+    tm, cpu = st["timings_seconds"], st["cpu_seconds"]
+    assert set(cpu) == set(tm) - {"index"}
+    line = (f"tier 3 search {tm['tier3_search']:.2f} s, tiers 1, 2, 4 and cosines "
+            f"{tm['sampling_and_scores']:.2f} s; CPU {cpu['total']:.2f} s, "
+            f"{cpu['total'] / tm['total']:.2f} cores busy")  # fmt: skip
+    assert line in proc.stdout.splitlines()
+
+
 def test_jasper_without_source_clusters_derives_them(tmp_path, corpus):
     data = tmp_path / "jasper"
     arrays = {k: v for k, v in corpus.items() if k != "source_cluster_ids"}

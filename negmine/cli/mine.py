@@ -168,5 +168,10 @@ def print_stats(stats: dict[str, Any], seconds: float) -> None:
               f"on {rec['sample']} queries ({stats['index'].get('factory')})")  # fmt: skip
     sf = {k: v for k, v in stats["shortfalls"].items() if v}
     print(f"shortfalls moved along the fallback: {sf or 'none'}")
+    tm, cpu = stats.get("timings_seconds") or {}, stats.get("cpu_seconds") or {}
+    if cpu.get("total") is not None and tm.get("total"):
+        print(f"tier 3 search {tm['tier3_search']:.2f} s, tiers 1, 2, 4 and cosines "
+              f"{tm['sampling_and_scores']:.2f} s; CPU {cpu['total']:.2f} s, "
+              f"{cpu['total'] / tm['total']:.2f} cores busy")  # fmt: skip
     n = stats["n_pairs"]
     print(f"{n} pairs in {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} pairs/s)")
