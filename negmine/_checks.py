@@ -246,12 +246,13 @@ def normalized_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
             blk[...] = raw
             sq = np.einsum("ij,ij->i", blk, blk)
             bad = ~((sq > 1e-30) & (sq < 1e30))
-            np.sqrt(sq, out=sq)
-            blk /= sq[:, None]
-        if bad.any():
+            # Taken before the division, which changes ``raw`` when it is ``out``.
             # At least float64; wider (long double) inputs keep their own range,
             # where a value past float64's maximum is still finite.
             rows = np.asarray(raw[bad], dtype=np.result_type(raw.dtype, np.float64))
+            np.sqrt(sq, out=sq)
+            blk /= sq[:, None]
+        if rows.shape[0]:
             rows /= np.abs(rows).max(axis=1, keepdims=True)
             rows /= np.linalg.norm(rows, axis=1, keepdims=True)
             blk[bad] = rows
