@@ -225,6 +225,16 @@ def take_rows(a: Any, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same elements of the same memory, in the same layout."""
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
 def normalized_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Return a C-contiguous float32 copy of ``a`` with unit-norm rows.
 
@@ -243,7 +253,8 @@ def normalized_float32(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
         raw = np.asarray(a[start : start + _CHUNK_ROWS])
         blk = out[start : start + len(raw)]
         with np.errstate(all="ignore"):  # out-of-range rows are redone below
-            blk[...] = raw
+            if not _same_memory(raw, blk):  # (numpy copies an array onto itself via a temporary)
+                blk[...] = raw
             sq = np.einsum("ij,ij->i", blk, blk)
             bad = ~((sq > 1e-30) & (sq < 1e30))
             # Taken before the division, which changes ``raw`` when it is ``out``.
