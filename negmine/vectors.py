@@ -163,8 +163,8 @@ class SourceVectors:
         """Vectors kept in ``rows`` float32 [S, d]: row ``position[id]`` is source ``id``
         (``position`` None: row ``id``)."""
         if position is None:
-            return cls(raw, positives, lambda ids, out: np.take(rows, ids, axis=0, out=out))
-        return cls(raw, positives, lambda ids, out: np.take(rows, position[ids], axis=0, out=out))
+            return cls(raw, positives, lambda ids, out: rows_into(rows, ids, out))
+        return cls(raw, positives, lambda ids, out: rows_into(rows, position[ids], out))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
