@@ -27,6 +27,7 @@ from .inputs import check_inputs
 from .plan import PAIR_BLOCK, T3_BLOCK, IndexArg, make_plan
 from .recall import check_recall, measure_recall
 from .run_stats import StageClock, run_stats
+from .search.compiled import compiled_version
 from .tuning import tune_plan
 
 __all__ = ["PAIR_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
@@ -202,6 +203,8 @@ class NegativeMiner:
         stats = run_stats(self.plan, mined, timings, recall["value"], ok, described, clock.cpu)
         stats["tuning"] = self.tuning
         stats["products"] = self.plan.products
+        # The compiled push of the 8-bit scan (numba's version), if this process used it.
+        stats["compiled"] = compiled_version() if self.plan.integer_pass else None
         if self.config.pool_depth is not None:
             self._pool = (mined.pool_scores, mined.pool_ids)
             stats["pool"] = {

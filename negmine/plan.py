@@ -120,15 +120,18 @@ class MiningPlan:
         return -(-self.n_tier3 // self.t3_block)
 
     @property
+    def integer_pass(self) -> bool:
+        """Whether tier 3 searches 8-bit cluster lists (the integer candidate pass)."""
+        index = self.index
+        return bool(index is not None and index.is_clusters and index.reduction is None
+                    and _codec(index) == "SQ8")  # fmt: skip
+
+    @property
     def t3_block(self) -> int:
         """Tier-3 queries per block: :data:`CODES_T3_BLOCK` where the index's
         lists are 8-bit codes (the integer candidate pass, whose results do not
         depend on how queries are grouped), else :data:`T3_BLOCK`."""
-        index = self.index
-        if (index is not None and index.is_clusters and index.reduction is None
-                and _codec(index) == "SQ8"):  # fmt: skip
-            return CODES_T3_BLOCK
-        return T3_BLOCK
+        return CODES_T3_BLOCK if self.integer_pass else T3_BLOCK
 
     def tier3_range(self, g: int) -> tuple[int, int]:
         """Tier-3 queries ``[c0, c1)`` of block ``g``."""

@@ -9,7 +9,8 @@ clusters, fed its nearest cluster first. Once a heap is warm, a row whose
 maximum is not above its smallest kept score is skipped whole, and of the
 others only the scores above it are pushed (:func:`_admit`). Over 8-bit lists
 the heaps hold the integer scores themselves and FAISS pushes each row whole
-(:func:`_admit_int`).
+(:func:`_admit_int`), or, with the ``numba`` extra, a compiled push does the
+same in one pass (:mod:`negmine.search.compiled`).
 
 A query's heap depends only on its own probe set, its own scores and its own
 positives, so the queries of a block may be cut into parts scanned by
@@ -24,6 +25,7 @@ from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .codes import int_products
 from .common import heap_over
+from .compiled import int_push
 from .products import matmul_into
 
 __all__ = ["SCORE_BUFFER", "ListScan"]
@@ -62,6 +64,8 @@ class ListScan:
         self.k = k
         self.integer = integer
         self.products = products
+        # The compiled push (the ``numba`` extra), same bytes as FAISS's.
+        self.fused = int_push() if integer else None
         self.buf = np.empty(0, dtype=np.float32)
         self.ibuf = np.empty(0, dtype=np.int32)
         self.local = np.empty(0, dtype=np.int64)
@@ -156,6 +160,9 @@ class ListScan:
             ok = hit_row >= 0
             scores[hit_row[ok], pos[1][ok]] = _INT_EMPTY if self.integer else -np.inf
             self.local[sub] = -1
+        if self.fused is not None:
+            self.fused(scores, np.ascontiguousarray(sub), top_d, top_i, lo)
+            return
         # Once heaps are warm most rows hold no score above their smallest kept
         # one, and a row's maximum says so: those rows are left alone.
         live = _row_max(scores, self.integer) > top_d[sub, 0]
