@@ -144,6 +144,7 @@ def _child_mine(work: str, spec: str, target: float, pairs: int = 0) -> dict[str
         "tier3_queries": st.get("tier3_queries"),
         "peak_rss_mb": peak,
         "products_floor": floor,
+        "compiled": st.get("compiled"),
     }
 
 
@@ -230,7 +231,8 @@ def _print_run(spec: str, r: dict[str, Any], target: float) -> None:
           f"recall@3 {r['recall']} (held out: {r['recall_held_out']} on "
           f"{r['held_out_sample']} other queries); tuning = "
           f"{r['tuning_s'] / r['mine_s']:.1%} of "
-          f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources",
+          f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources"
+          + (f"; compiled push (numba {r['compiled']})" if r.get("compiled") else ""),
           flush=True)  # fmt: skip
     if r.get("cpu_s"):
         rest, rest_s = r["cpu_s"] - r["tier3_cpu_s"], r["mine_s"] - r["tier3_s"]
