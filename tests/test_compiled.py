@@ -88,3 +88,14 @@ def test_import_negmine_does_not_import_numba():
     code = "import sys, negmine; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_without_numba_the_push_is_faiss_s():
+    """Where numba cannot be imported, the kernels are off (FAISS's push runs)."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "from negmine.search import compiled\n"
+        "print(compiled.int_push() is None, compiled.compiled_version() is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

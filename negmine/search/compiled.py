@@ -38,6 +38,9 @@ def _kernels() -> Any:
             from . import _numba
         except ImportError:
             _LOADED.update(module=None, version=None)
+        except RuntimeError as exc:  # e.g. numba finds no writable place for its cache
+            _log.info("compiled kernels unavailable, FAISS's push instead: %s", exc)
+            _LOADED.update(module=None, version=None)
         else:
             _LOADED.update(module=_numba, version=numba.__version__)
             _log.debug("compiled kernels: numba %s", numba.__version__)
