@@ -8,6 +8,7 @@ turned on and off (``NEGMINE_COMPILED``).
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 
@@ -99,3 +100,13 @@ def test_without_numba_the_push_is_faiss_s():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_numba_with_its_jit_disabled_leaves_the_push_to_faiss():
+    """``NUMBA_DISABLE_JIT=1`` would run the kernels as Python: they stay off."""
+    code = "from negmine.search import compiled; print(compiled.int_push() is None)"
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "True"

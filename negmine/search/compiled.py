@@ -42,14 +42,17 @@ def _kernels() -> Any:
             _log.info("compiled kernels unavailable, FAISS's push instead: %s", exc)
             _LOADED.update(module=None, version=None)
         else:
-            _LOADED.update(module=_numba, version=numba.__version__)
-            _log.debug("compiled kernels: numba %s", numba.__version__)
+            if numba.config.DISABLE_JIT:  # the kernels would run as Python, far slower
+                _LOADED.update(module=None, version=None)
+            else:
+                _LOADED.update(module=_numba, version=numba.__version__)
+                _log.debug("compiled kernels: numba %s", numba.__version__)
     return _LOADED["module"]
 
 
 def compiled_version() -> str | None:
     """The numba version the compiled kernels run on; ``None`` when they are off
-    (numba not installed, or ``NEGMINE_COMPILED=0``)."""
+    (numba not installed, ``NUMBA_DISABLE_JIT=1``, or ``NEGMINE_COMPILED=0``)."""
     return _LOADED["version"] if _enabled() and _kernels() is not None else None
 
 
