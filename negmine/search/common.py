@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "QUERY_BLOCK",
     "RESULT_BYTES",
+    "RowsOf",
     "blas_threads",
     "empty_result",
     "faiss_single_threaded",
@@ -86,15 +87,40 @@ def run_query_blocks(
     out_d: np.ndarray,
     out_i: np.ndarray,
     progress: Callable[[int], None] | None,
+    lazy: bool = False,
 ) -> None:
-    """Feed fixed blocks of queries to ``run(xq, clusters, questions)``; fill the outputs."""
+    """Feed fixed blocks of queries to ``run(xq, clusters, questions)``; fill the outputs.
+
+    ``xq`` is the block's query rows gathered, or with ``lazy`` a :class:`RowsOf`
+    that gathers them a slice at a time (for a kernel that reads each row once,
+    in chunks, and need not hold the block's float32 rows)."""
     for b0 in range(0, query_rows.shape[0], block):
         b1 = min(b0 + block, query_rows.shape[0])
-        out_d[b0:b1], out_i[b0:b1] = run(
-            queries[query_rows[b0:b1]], query_cluster[b0:b1], query_question[b0:b1]
-        )
+        rows = query_rows[b0:b1]
+        xq = RowsOf(queries, rows) if lazy else queries[rows]
+        out_d[b0:b1], out_i[b0:b1] = run(xq, query_cluster[b0:b1], query_question[b0:b1])
+        del xq
         if progress is not None:
             progress(b1 - b0)
+
+
+class RowsOf:
+    """``queries[rows]`` gathered a slice at a time: ``self[a:b]`` is
+    ``queries[rows[a:b]]``, float32 [b - a, d].
+
+    Parameters
+    ----------
+    queries : float32 [Q, d]
+    rows : int64 [n]
+    """
+
+    def __init__(self, queries: np.ndarray, rows: np.ndarray):
+        self.queries = queries
+        self.rows = rows
+        self.shape = (int(rows.shape[0]), int(queries.shape[1]))
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        return self.queries[self.rows[sl]]
 
 
 #: Bytes of (score, id) results one search call may hold: the deepest k any

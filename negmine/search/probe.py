@@ -197,8 +197,9 @@ def probe_outside_cluster(
     library = "torch" if kernel.integer else products
     with faiss_single_threaded(), product_threads(library, PROBE_BLAS_THREADS), _workers(kernel):
         block = INTEGER_BLOCK if kernel.integer else PROBE_BLOCK
+        # Over 8-bit lists the float32 queries are only quantized, a chunk at a time.
         run_query_blocks(kernel.run, block, queries, query_rows, query_cluster,
-                         query_question, out_d, out_i, progress)  # fmt: skip
+                         query_question, out_d, out_i, progress, lazy=kernel.integer)  # fmt: skip
     return out_d, out_i
 
 
@@ -245,8 +246,9 @@ class _ProbeKernel:
             r1 = min(r0 + PROBE_BLOCK, nb)
             if len(jobs) >= PREPARE_AHEAD:  # each holds a [PROBE_BLOCK, C] score block
                 jobs.pop(0).result()
-            args = (xq[r0:r1] @ self.centroids.T, cl[r0:r1], probes[r0:r1], nearest[r0:r1],
-                    xs[r0:r1], xw[r0:r1])  # fmt: skip
+            chunk = xq[r0:r1]
+            args = (chunk @ self.centroids.T, cl[r0:r1], probes[r0:r1], nearest[r0:r1],
+                    chunk if self.project is None else xs[r0:r1], xw[r0:r1])  # fmt: skip
             if self.pool is None:
                 self._choose(*args)
             else:
@@ -311,8 +313,9 @@ class _SubListKernel(_ProbeKernel):
         probes = np.empty((nb, self.nprobe), dtype=np.int64)
         nearest = np.empty(nb, dtype=np.int64)
         xw = np.empty(xq.shape, dtype=np.int8)
-        chunks = [tuple(a[r0 : r0 + PROBE_BLOCK] for a in (xq, cl, probes, nearest, xw))
-                  for r0 in range(0, nb, PROBE_BLOCK)]  # fmt: skip
+        # Each chunk's float32 rows are gathered (``xq`` may be a RowsOf) by its own job.
+        cuts = [slice(r0, r0 + PROBE_BLOCK) for r0 in range(0, nb, PROBE_BLOCK)]
+        chunks = [(xq, c, *(a[c] for a in (cl, probes, nearest, xw))) for c in cuts]
         if self.pool is None:
             for args in chunks:
                 self._choose_sub(*args)
@@ -321,9 +324,9 @@ class _SubListKernel(_ProbeKernel):
                 job.result()
         return probes, nearest, xw
 
-    def _choose_sub(self, xq, cl, probes, nearest, xw) -> None:
+    def _choose_sub(self, xq, rows, cl, probes, nearest, xw) -> None:
         with faiss_single_threaded():
-            xw[...] = quantize_queries(xq, self.lists.step)
+            xw[...] = quantize_queries(xq[rows], self.lists.step)
             probes[...], nearest[...] = sub_list_probes(self.sub, xw, cl, self.nprobe)
 
 

@@ -102,12 +102,15 @@ class ListScan:
         # A probe of -1 (fewer lists to probe than places) goes to a last, unread group.
         later = probes != nearest[:, None]
         flat_c = np.where(probes >= 0, probes + later * n_c, 2 * n_c).reshape(-1)
-        # A stable sort is one permutation; numpy sorts 16-bit keys by radix, in O(n).
-        key = flat_c.astype(np.uint16) if 2 * n_c < 1 << 16 else flat_c
-        by_c = np.argsort(key, kind="stable")
-        pair_row = by_c // n_probe
+        del later
         bounds = np.zeros(2 * n_c + 2, dtype=np.int64)
         np.cumsum(np.bincount(flat_c, minlength=2 * n_c + 1), out=bounds[1:])
+        # A stable sort is one permutation; numpy sorts 16-bit keys by radix, in O(n).
+        if 2 * n_c < 1 << 16:
+            flat_c = flat_c.astype(np.uint16)
+        pair_row = np.argsort(flat_c, kind="stable")
+        del flat_c  # the scan below holds only the sorted rows (a large block's memory)
+        pair_row //= n_probe
         # Positives of the queries, as layout positions grouped by their cluster.
         owner, at = csr_expand(self.positives.offsets, qq)
         pos_col = lay.rank[self.positives.sources[at]]
