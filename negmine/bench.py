@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ._process import return_freed_blocks
+
 __all__ = ["WORKLOADS", "bare_product_seconds", "run"]
 
 #: name -> (sources, pairs, clusters)
@@ -249,6 +251,7 @@ def run(
 
 
 if __name__ == "__main__":
+    return_freed_blocks()  # as the negmine command does
     arg = sys.argv[1] if len(sys.argv) > 1 else ""
     if arg.startswith("--child="):
         name, _, probes = arg.split("=", 1)[1].partition(":")

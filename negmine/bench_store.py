@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._process import return_freed_blocks
 from .bench import _make_work_dir, _peak_rss_mb, _spawn_module
 from .bench_floor import products_floor
 
@@ -359,6 +360,7 @@ def run_store(
 
 
 if __name__ == "__main__":
+    return_freed_blocks()  # as the negmine command does
     arg = sys.argv[1] if len(sys.argv) > 1 else ""
     flag, _, rest = arg.partition("=")
     if flag == "--prepare":

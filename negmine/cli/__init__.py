@@ -32,6 +32,7 @@ import sys
 import traceback
 from typing import Any
 
+from .._process import return_freed_blocks
 from . import demo, index, mine, outputs
 from .errors import EPILOG, EXIT_USAGE, prog_name, report_error, report_interrupt
 from .options import HelpFormatter, Parser, add_output_flags
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     _setup_logging(args)
+    return_freed_blocks()  # large temporaries go back to the system when freed
     for note in getattr(args, "deprecations", None) or ():
         log.warning("%s: %s", prog_name(args), note)
     try:
