@@ -99,7 +99,7 @@ def run_query_blocks(
         rows = query_rows[b0:b1]
         xq = RowsOf(queries, rows) if lazy else queries[rows]
         out_d[b0:b1], out_i[b0:b1] = run(xq, query_cluster[b0:b1], query_question[b0:b1])
-        del xq
+        del xq  # freed before the next block's rows are gathered
         if progress is not None:
             progress(b1 - b0)
 
