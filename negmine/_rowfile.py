@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ._compiled import pread_rows
+
 __all__ = ["GAP_BYTES", "SCAN_BYTES", "SCRATCH_BYTES", "file_rows", "read_rows", "scan_rows"]
 
 #: Bytes of unwanted rows read through between two wanted ones rather than
@@ -176,7 +178,12 @@ def read_rows(
     try:
         flat = memoryview(out.view(np.uint8).reshape(-1))
         ones = first[single]
-        for u, p in zip(uniq[ones].tolist(), upos[ones].tolist(), strict=True):
+        u_ones, p_ones = uniq[ones], upos[ones]
+        fast = pread_rows()  # one compiled loop of reads, or the same reads from here
+        if fast is not None:
+            redo = fast(fd, out.ctypes.data, u_ones, p_ones, offset, row)
+            u_ones, p_ones = u_ones[redo], p_ones[redo]  # short reads: again, from here
+        for u, p in zip(u_ones.tolist(), p_ones.tolist(), strict=True):
             at = p * row
             if os.preadv(fd, [flat[at : at + row]], offset + u * row) != row:
                 _pread_full(fd, flat[at : at + row], row, offset + u * row)

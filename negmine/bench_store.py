@@ -233,7 +233,7 @@ def _print_run(spec: str, r: dict[str, Any], target: float) -> None:
           f"{r['held_out_sample']} other queries); tuning = "
           f"{r['tuning_s'] / r['mine_s']:.1%} of "
           f"mining; peak RSS {r['peak_rss_mb']:,} MB = {r['rss_ratio']}x the sources"
-          + (f"; compiled push (numba {r['compiled']})" if r.get("compiled") else ""),
+          + (f"; compiled kernels (numba {r['compiled']})" if r.get("compiled") else ""),
           flush=True)  # fmt: skip
     if r.get("cpu_s"):
         rest, rest_s = r["cpu_s"] - r["tier3_cpu_s"], r["mine_s"] - r["tier3_s"]

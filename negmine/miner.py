@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._checks import as_numpy
+from ._compiled import compiled_version
+from ._rowfile import file_rows
 from .config import MiningConfig
 from .executor import MinedBlocks, make_executor, run_blocks
 from .inputs import check_inputs
 from .plan import PAIR_BLOCK, T3_BLOCK, IndexArg, make_plan
 from .recall import check_recall, measure_recall
 from .run_stats import StageClock, run_stats
-from .search.compiled import compiled_version
 from .tuning import tune_plan
 
 __all__ = ["PAIR_BLOCK", "T3_BLOCK", "NegativeMiner", "mine_negatives"]
@@ -203,8 +204,11 @@ class NegativeMiner:
         stats = run_stats(self.plan, mined, timings, recall["value"], ok, described, clock.cpu)
         stats["tuning"] = self.tuning
         stats["products"] = self.plan.products
-        # The compiled push of the 8-bit scan (numba's version), if this process used it.
-        stats["compiled"] = compiled_version() if self.plan.integer_pass else None
+        # numba's version when compiled kernels served this run: the 8-bit scan's
+        # push, or the reads and cosines of embeddings memory-mapped from a file.
+        inputs = self.plan.inputs
+        mapped = any(file_rows(a) is not None for a in (inputs.sources, inputs.questions))
+        stats["compiled"] = compiled_version() if self.plan.integer_pass or mapped else None
         if self.config.pool_depth is not None:
             self._pool = (mined.pool_scores, mined.pool_ids)
             stats["pool"] = {

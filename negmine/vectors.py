@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import normalized_float32, release_pages, rows_into, take_rows
+from ._compiled import row_cosines
 from ._rowfile import file_rows, read_rows, scan_rows
 from .layout import PositiveSets, csr_expand
 
@@ -88,14 +89,18 @@ def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndar
         Row of ``vectors`` of each entry of ``questions``.
     """
     uq, inv = np.unique(questions, return_inverse=True)
-    if file_rows(raw_questions) is None:
+    where = file_rows(raw_questions)
+    if where is None:
         return normalized_float32(take_rows(raw_questions, uq)), inv
     # A memory-mapped file: each thread reads its own run of the (ascending)
     # rows and normalizes it, row by row, so the bytes are those of one thread.
     out = np.empty((uq.size, raw_questions.shape[1]), dtype=np.float32)
 
     def run(a: int, b: int) -> None:
-        normalized_float32(take_rows(raw_questions, uq[a:b]), out=out[a:b])
+        if raw_questions.dtype == np.float32:  # read in place, normalized there
+            normalized_float32(read_rows(raw_questions, uq[a:b], where, out=out[a:b]), out=out[a:b])
+        else:
+            normalized_float32(read_rows(raw_questions, uq[a:b], where), out=out[a:b])
 
     in_parts(uq.size, run)
     return out, inv
@@ -323,7 +328,7 @@ class SourceVectors:
 
     def _scans(self) -> bool:
         """Whether many rows are best read from ``raw``'s file in file order
-        (:meth:`_scanned`): no faster store holds them, and the file can be read."""
+        (:meth:`_scan_threads`): no faster store holds them, and the file can be read."""
         return self._gather is None and self._file() is not None
 
     def _scan_pair_cosines(self, raw_questions, ids, questions, anchors, outs) -> None:
@@ -335,6 +340,7 @@ class SourceVectors:
         n = ids.shape[1]
         flat_q, flat_a, pos = outs[0].reshape(-1), outs[1].reshape(-1), outs[2]
         qbuf = np.empty((CHUNK, self.dim), dtype=np.float32)
+        cos = row_cosines()
         for p0 in range(0, ids.shape[0], SCAN_PAIRS):
             p1 = min(p0 + SCAN_PAIRS, ids.shape[0])
             uq, inv = question_vectors(raw_questions, questions[p0:p1])
@@ -356,18 +362,30 @@ class SourceVectors:
                 qv = rows_into(av, pair, buf[: at.size])
                 flat_a[p0 * n + at] = np.einsum("ij,ij->i", qv, sv)
 
-            self._scan_threads(ids[p0:p1].reshape(-1), score)
+            def fast(at, local, block, p0=p0, uq=uq, inv=inv, av=av):
+                pair = at // n
+                return cos(block, local, uq, inv[pair], av, pair, flat_q, flat_a, p0 * n + at)
+
+            self._scan_threads(ids[p0:p1].reshape(-1), score, None if cos is None else fast)
 
     def _scan_threads(
-        self, ids: np.ndarray, score: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+        self,
+        ids: np.ndarray,
+        score: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+        fast: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
     ) -> None:
         """``score(at, vecs, buf)`` for the unit rows of sources ``ids`` int64 [m]
-        of a memory-mapped ``raw`` (as :meth:`_scanned` yields them), the file cut
-        by row into parts scanned on up to :data:`SCAN_THREADS` threads.
+        of a memory-mapped ``raw``, read in file order a window at a time
+        (:func:`scan_rows`), the file cut by row into parts scanned on up to
+        :data:`SCAN_THREADS` threads.
 
-        ``buf`` is a float32 scratch of ``vecs``' shape or larger, the thread's
-        own; ``score`` must write only where ``at`` says (each position comes
-        once, from one thread).
+        ``at`` int64 [c] are positions in ``ids`` and ``vecs`` float32 [c, d]
+        their unit rows; ``buf`` is a float32 scratch of ``vecs``' shape or
+        larger, the thread's own; ``score`` must write only where ``at`` says
+        (each position comes once, from one thread). ``fast(at, local, block)``,
+        when given, scores a window's float32 rows ``block[local]`` itself (the
+        compiled cosines, bit for bit ``score``'s) and returns the entries of
+        ``local`` it left to ``score``.
         """
         parts = min(SCAN_THREADS, max(1, ids.size // SCAN_MIN_PART))
         if parts == 1:
@@ -381,8 +399,15 @@ class SourceVectors:
         def run(sel: np.ndarray) -> None:
             sbuf = np.empty((RERANK_ROWS, self.dim), dtype=np.float32)
             qbuf = np.empty_like(sbuf)
-            for at, sv in self._scanned(ids[sel], sbuf):
-                score(sel[at], sv, qbuf)
+            for at, local, block in scan_rows(self.raw, ids[sel], self._where):
+                at = sel[at]
+                if fast is not None and block.dtype == np.float32:
+                    left = fast(at, local, block)
+                    if left.size == 0:
+                        continue
+                    at, local = at[left], local[left]
+                for c0, rows in _unit_rows(local, block, sbuf):
+                    score(at[c0 : c0 + rows.shape[0]], rows, qbuf)
 
         if len(sels) == 1:
             run(sels[0])
@@ -391,32 +416,13 @@ class SourceVectors:
             for done in [pool.submit(run, sel) for sel in sels]:
                 done.result()
 
-    def _scanned(self, ids: np.ndarray, buf: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Unit rows of sources ``ids`` int64 [m] of a memory-mapped ``raw``, read
-        in file order a window at a time (:func:`scan_rows`).
-
-        Yields ``(at, vecs)``: positions int64 [c] in ``ids`` and their unit rows
-        float32 [c, d], ``c <= len(buf)``, in ``buf`` (reused by the next item).
-        Every position comes once.
-        """
-        step = buf.shape[0]
-        for sel, local, block in scan_rows(self.raw, ids, self._where):
-            # Only the wanted rows are normalized (row by row, so the same bytes
-            # as normalizing the window): a window may hold few of them.
-            for c0 in range(0, sel.size, step):
-                at = sel[c0 : c0 + step]
-                out = buf[: at.size]
-                if block.dtype == np.float32:
-                    rows = rows_into(block, local[c0 : c0 + step], out)
-                else:
-                    rows = block[local[c0 : c0 + step]]
-                yield at, normalized_float32(rows, out=out)
-
     def _gathered(
         self, ids: np.ndarray, buf: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """As :meth:`_scanned`, in the order of ``ids``, from wherever :meth:`gather_mapped`
-        finds the rows (call :meth:`release` after the last item)."""
+        """Unit rows of sources ``ids`` int64 [m], ``len(buf)`` at a time in the
+        order of ``ids``, from wherever :meth:`gather_mapped` finds them: yields
+        ``(at, vecs)``, positions int64 [c] in ``ids`` and their rows float32
+        [c, d] in ``buf`` (call :meth:`release` after the last item)."""
         step = buf.shape[0]
         for c0 in range(0, ids.size, step):
             at = np.arange(c0, min(c0 + step, ids.size))
@@ -452,7 +458,14 @@ class SourceVectors:
             flat[live[at]] = np.einsum("ij,ij->i", qv, sv)
 
         if self._scans():
-            self._scan_threads(want, score)
+            cos = row_cosines() if qvecs.dtype == np.float32 else None
+
+            def fast(at, local, block):
+                return cos(
+                    block, local, qvecs, rows[live[at] // k], qvecs, _NO_ROWS, flat, flat, live[at]
+                )
+
+            self._scan_threads(want, score, None if cos is None else fast)
             return out
         sbuf = np.empty((min(RERANK_ROWS, max(1, live.size)), self.dim), dtype=np.float32)
         qbuf = np.empty_like(sbuf)
@@ -460,3 +473,21 @@ class SourceVectors:
             score(at, sv, qbuf)
         self.release()  # gathers of a mapped array kept it mapped until here
         return out
+
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+def _unit_rows(
+    local: np.ndarray, block: np.ndarray, buf: np.ndarray
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Unit rows of ``block[local]``, ``len(buf)`` at a time into ``buf``
+    (reused by the next item): yields ``(c0, rows)``, rows float32 [c, d] of
+    ``local[c0 : c0 + c]``. Only the wanted rows are normalised (row by row, so
+    the same bytes as normalising the window): a window may hold few of them."""
+    step = buf.shape[0]
+    for c0 in range(0, local.size, step):
+        part = local[c0 : c0 + step]
+        out = buf[: part.size]
+        rows = rows_into(block, part, out) if block.dtype == np.float32 else block[part]
+        yield c0, normalized_float32(rows, out=out)

@@ -284,6 +284,6 @@ def test_bench_work_dir_is_created_or_named(tmp_path):
     assert "[clusters,fast] tuned to recall@3 >= 0.95" in proc.stdout
     assert " other queries); tuning = " in proc.stdout  # the held-out recall
     assert "[clusters,fast] recall@3 / tier-3 seconds" in proc.stdout
-    numba = importlib.util.find_spec("numba") is not None  # the compiled push: said when it ran
-    assert ("; compiled push (numba " in proc.stdout) == numba
+    numba = importlib.util.find_spec("numba") is not None  # compiled kernels: said when they ran
+    assert ("; compiled kernels (numba " in proc.stdout) == numba
     assert work.is_dir() and not any(work.iterdir())  # its own files removed, the dir kept

@@ -1,8 +1,8 @@
-"""The compiled push of the 8-bit scan (the ``numba`` extra) against FAISS's push.
+"""The compiled kernels (the ``numba`` extra) against what they replace.
 
-The compiled kernel must change speed only: the same heaps, ids and order as
+They must change speed only: the push, the same heaps, ids and order as
 FAISS's ``addn`` on scores full of ties, and the same mining bytes with it
-turned on and off (``NEGMINE_COMPILED``).
+turned on and off (``NEGMINE_COMPILED``); the cosines, numpy's bits.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import pytest
 from helpers import build_index
 from reference import small_corpus
 
+from negmine import _compiled as compiled
 from negmine import mine_negatives
-from negmine.search import compiled
+from negmine._checks import normalized_float32
 from negmine.search.scan import _INT_EMPTY, _admit_int
 
 pytest.importorskip("numba")
@@ -95,7 +96,7 @@ def test_without_numba_the_push_is_faiss_s():
     """Where numba cannot be imported, the kernels are off (FAISS's push runs)."""
     code = (
         "import sys; sys.modules['numba'] = None\n"
-        "from negmine.search import compiled\n"
+        "from negmine import _compiled as compiled\n"
         "print(compiled.int_push() is None, compiled.compiled_version() is None)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -104,9 +105,78 @@ def test_without_numba_the_push_is_faiss_s():
 
 def test_numba_with_its_jit_disabled_leaves_the_push_to_faiss():
     """``NUMBA_DISABLE_JIT=1`` would run the kernels as Python: they stay off."""
-    code = "from negmine.search import compiled; print(compiled.int_push() is None)"
+    code = "from negmine import _compiled as compiled; print(compiled.int_push() is None)"
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip() == "True"
+
+
+def _mapped_sources(tmp_path, n: int, d: int, seed: int) -> np.ndarray:
+    """A memory-mapped float32 source file with rows of every scale, a few of
+    them with squared norms outside float32's safe range (the float64 path)."""
+    rng = np.random.default_rng(seed)
+    src = rng.standard_normal((n, d)) * rng.uniform(0.05, 20.0, (n, 1))
+    src[::97] *= 1e-20
+    src[5::89] *= 1e20
+    np.save(tmp_path / f"src{d}.npy", src.astype(np.float32))
+    return np.load(tmp_path / f"src{d}.npy", mmap_mode="r")
+
+
+@pytest.mark.parametrize("d", [1, 13, 48, 384])
+def test_compiled_cosines_keep_every_bit_of_numpy_s(d, tmp_path, monkeypatch):
+    """Pair cosines and an exact re-rank read from a memory-mapped file, on two
+    scan threads: the same float32 bits with the compiled cosines on and off,
+    and within float32 rounding of float64 cosines computed here."""
+    from negmine import vectors
+
+    monkeypatch.setattr(vectors, "SCAN_MIN_PART", 64)  # two threads on a small file
+    src = _mapped_sources(tmp_path, 3000, d, seed=d)
+    rng = np.random.default_rng(d + 1)
+    questions = rng.standard_normal((400, d)).astype(np.float32)
+    ids = rng.integers(0, 3000, (900, 7))
+    qs, anchors = rng.integers(0, 400, 900), rng.integers(0, 3000, 900)
+    qvecs = normalized_float32(rng.standard_normal((50, d)))
+    rows = rng.integers(0, 50, 900)
+    ids_rr = ids.copy()
+    ids_rr[::5, 3] = -1
+    got = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NEGMINE_COMPILED", flag)
+        sv = vectors.SourceVectors(src, None)
+        assert sv._scans()
+        got[flag] = (
+            *sv.pair_cosines(questions, ids, qs, anchors),
+            sv.to_queries(qvecs, rows, ids_rr),
+        )
+    assert compiled.row_cosines() is not None  # the compiled run did run compiled
+    for off, on in zip(got["0"], got["1"], strict=True):
+        assert off.tobytes() == on.tobytes()
+    s64 = np.asarray(src, dtype=np.float64)
+    s64 /= np.linalg.norm(s64, axis=1, keepdims=True)
+    q64 = questions / np.linalg.norm(questions.astype(np.float64), axis=1, keepdims=True)
+    np.testing.assert_allclose(got["1"][0], np.einsum("pd,pkd->pk", q64[qs], s64[ids]), atol=2e-6)
+    np.testing.assert_allclose(
+        got["1"][1], np.einsum("pd,pkd->pk", s64[anchors], s64[ids]), atol=2e-6
+    )
+    want = np.where(ids_rr >= 0, np.einsum("pd,pkd->pk", qvecs[rows], s64[ids_rr]), -np.inf)
+    np.testing.assert_allclose(got["1"][3], want, atol=2e-6)
+
+
+def test_compiled_cosines_that_differ_from_numpy_s_are_refused():
+    """The first-use check holds the kernel to numpy's bits: the kernel passes it,
+    and the same cosines summed in float64 (a different rounding) fail it."""
+    from negmine import _numba
+
+    assert compiled._matches_numpy(_numba.row_cosines)
+
+    def float64_sums(block, local, qa, ia, qb, ib, out_a, out_b, at):
+        sq = np.einsum("ij,ij->i", block[local].astype(np.float64), block[local])
+        bad = np.flatnonzero(~((sq > 1e-30) & (sq < 1e30)))
+        unit = block[local] / np.sqrt(sq)[:, None]
+        out_a[at] = np.einsum("ij,ij->i", qa[ia], unit)
+        out_b[at] = np.einsum("ij,ij->i", qb[ib], unit)
+        return bad
+
+    assert not compiled._matches_numpy(float64_sums)

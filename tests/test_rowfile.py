@@ -45,12 +45,38 @@ def rows_file(tmp_path):
         lambda rng, n: np.array([9, 8, 7]),  # consecutive but descending
     ],
 )
-def test_read_rows_equals_indexing(rows_file, pick):
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_read_rows_equals_indexing(rows_file, pick, compiled, monkeypatch):
+    """Single rows read by the compiled loop of reads (``negmine[fast]``) or
+    one call at a time from Python, spans through the scratch: the rows."""
+    monkeypatch.setenv("NEGMINE_COMPILED", compiled)
     a, m = rows_file
     rows = pick(np.random.default_rng(3), a.shape[0])
     got = read_rows(m, rows)
     np.testing.assert_array_equal(got, a[rows])
     assert got.dtype == a.dtype
+
+
+def test_compiled_reads_hand_back_the_rows_they_could_not_read(rows_file):
+    """A row past the file's end reads short: the compiled loop returns its
+    index for the caller to read again, and reads the others in place."""
+    from negmine import _compiled
+
+    pytest.importorskip("numba")
+    reads = _compiled.pread_rows()
+    assert reads is not None
+    a, m = rows_file
+    path, offset, row = file_rows(m)
+    out = np.zeros((4, a.shape[1]), dtype=a.dtype)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        rows = np.array([17, a.shape[0] + 3, 2999, 0], dtype=np.int64)
+        short = reads(fd, out.ctypes.data, rows, np.array([3, 2, 1, 0]), offset, row)
+    finally:
+        os.close(fd)
+    assert short.tolist() == [1]
+    np.testing.assert_array_equal(out[[3, 1, 0]], a[[17, 2999, 0]])
+    assert not out[2].any()
 
 
 @settings(max_examples=40, deadline=None)

@@ -163,7 +163,7 @@ def print_stats(stats: dict[str, Any], seconds: float) -> None:
         gf = ", ".join(f"{k} {v:g}" for k, v in prod["calibration"]["gflops"].items())
         print(f"products through {prod['library']} (auto; GFLOP/s {gf})")
     if stats.get("compiled"):
-        print(f"tier 3's push compiled (numba {stats['compiled']}; off: NEGMINE_COMPILED=0)")
+        print(f"compiled kernels: numba {stats['compiled']} (off: NEGMINE_COMPILED=0)")
     rec = stats.get("tier3_recall")
     if rec:
         print(f"tier-3 recall@{rec['k']} against exact search: {rec['recall']:.4f} "

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._compiled import int_push
 from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .codes import int_products
 from .common import heap_over
-from .compiled import int_push
 from .products import matmul_into
 
 __all__ = ["SCORE_BUFFER", "ListScan"]

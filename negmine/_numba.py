@@ -1,0 +1,163 @@
+"""The numba kernels behind :mod:`negmine._compiled` (imported only there,
+and only when numba is installed)."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _replace_top(k, vals, ids, val, idx):
+    # FAISS's heap_replace_top for CMin<int32, int64>: node i (1-based) sits at
+    # i - 1; (a, ia) is below (b, ib) when a < b, or a == b and ia < ib.
+    i = 1
+    while True:
+        i1 = i << 1
+        if i1 > k:
+            break
+        c = i1
+        if i1 + 1 <= k:
+            a, b = vals[i1 - 1], vals[i1]
+            if not (a < b or (a == b and ids[i1 - 1] < ids[i1])):
+                c = i1 + 1
+        v = vals[c - 1]
+        if val < v or (val == v and idx < ids[c - 1]):
+            break
+        vals[i - 1] = v
+        ids[i - 1] = ids[c - 1]
+        i = c
+    vals[i - 1] = val
+    ids[i - 1] = idx
+
+
+@numba.njit(nogil=True, cache=True)
+def int_push(scores, rows, top_d, top_i, lo):
+    """See :func:`negmine._compiled.int_push`."""
+    m, w = scores.shape
+    k = top_d.shape[1]
+    for r in range(m):
+        row = scores[r]
+        top = row[0]
+        for j in range(1, w):  # the row's maximum first: most rows hold nothing to push
+            if row[j] > top:
+                top = row[j]
+        vals = top_d[rows[r]]
+        t = vals[0]
+        if not t < top:
+            continue
+        ids = top_i[rows[r]]
+        for j in range(w):
+            x = row[j]
+            if t < x:
+                _replace_top(k, vals, ids, x, lo + j)
+                t = vals[0]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _lane(s, a, b, i):
+    # One lane's step of sixteen values: the products at i + 12, + 8, + 4, + 0.
+    return (((s + a[i + 12] * b[i + 12]) + a[i + 8] * b[i + 8]) + a[i + 4] * b[i + 4]) + a[i] * b[i]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot(a, b):
+    # numpy's float32 einsum "ij,ij->i" on one row, in its order of operations:
+    # four lanes, sixteen values a step (:func:`_lane`), the rest four at a time
+    # (missing lanes add 0 * 0), then (lane 0 + lane 1) + (lane 2 + lane 3); no
+    # fused multiply-adds. ``row_cosines`` checks this against numpy on first use.
+    n = a.shape[0]
+    z = np.float32(0.0)
+    s0 = s1 = s2 = s3 = z
+    i = 0
+    while n - i >= 16:
+        s0 = _lane(s0, a, b, i)
+        s1 = _lane(s1, a, b, i + 1)
+        s2 = _lane(s2, a, b, i + 2)
+        s3 = _lane(s3, a, b, i + 3)
+        i += 16
+    while i < n:
+        s0 = s0 + a[i] * b[i]
+        s1 = s1 + (a[i + 1] * b[i + 1] if i + 1 < n else z * z)
+        s2 = s2 + (a[i + 2] * b[i + 2] if i + 2 < n else z * z)
+        s3 = s3 + (a[i + 3] * b[i + 3] if i + 3 < n else z * z)
+        i += 4
+    return (s0 + s1) + (s2 + s3)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot2(a, b, u):
+    # ``(_dot(a, u), _dot(b, u))`` in one pass: eight chains of additions in
+    # flight instead of four, and both rows streamed at once.
+    n = u.shape[0]
+    z = np.float32(0.0)
+    s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = z
+    i = 0
+    while n - i >= 16:
+        s0 = _lane(s0, a, u, i)
+        t0 = _lane(t0, b, u, i)
+        s1 = _lane(s1, a, u, i + 1)
+        t1 = _lane(t1, b, u, i + 1)
+        s2 = _lane(s2, a, u, i + 2)
+        t2 = _lane(t2, b, u, i + 2)
+        s3 = _lane(s3, a, u, i + 3)
+        t3 = _lane(t3, b, u, i + 3)
+        i += 16
+    while i < n:
+        s0 = s0 + a[i] * u[i]
+        t0 = t0 + b[i] * u[i]
+        s1 = s1 + (a[i + 1] * u[i + 1] if i + 1 < n else z * z)
+        t1 = t1 + (b[i + 1] * u[i + 1] if i + 1 < n else z * z)
+        s2 = s2 + (a[i + 2] * u[i + 2] if i + 2 < n else z * z)
+        t2 = t2 + (b[i + 2] * u[i + 2] if i + 2 < n else z * z)
+        s3 = s3 + (a[i + 3] * u[i + 3] if i + 3 < n else z * z)
+        t3 = t3 + (b[i + 3] * u[i + 3] if i + 3 < n else z * z)
+        i += 4
+    return (s0 + s1) + (s2 + s3), (t0 + t1) + (t2 + t3)
+
+
+@numba.njit(nogil=True, cache=True)
+def row_cosines(block, local, qa, ia, qb, ib, out_a, out_b, at):
+    """See :func:`negmine._compiled.row_cosines`."""
+    lo = np.float32(1e-30)
+    hi = np.float32(1e30)
+    unit = np.empty(block.shape[1], dtype=np.float32)
+    bad = np.empty(local.shape[0], dtype=np.int64)
+    n_bad = 0
+    both = ib.shape[0] > 0
+    for r in range(local.shape[0]):
+        row = block[local[r]]
+        sq = _dot(row, row)
+        if not (sq > lo and sq < hi):  # left to the caller's float64 path
+            bad[n_bad] = r
+            n_bad += 1
+            continue
+        norm = np.float32(math.sqrt(sq))  # a correctly rounded float32 square root
+        for j in range(unit.shape[0]):
+            unit[j] = row[j] / norm
+        if both:
+            out_a[at[r]], out_b[at[r]] = _dot2(qa[ia[r]], qb[ib[r]], unit)
+        else:
+            out_a[at[r]] = _dot(qa[ia[r]], unit)
+    return bad[:n_bad]
+
+
+#: ``pread(fd, buf, count, offset)`` of the C library, the buffer an address.
+_pread = numba.types.ExternalFunction(
+    "pread",
+    numba.types.intp(numba.types.intc, numba.types.uintp, numba.types.uintp, numba.types.int64),
+)
+
+
+@numba.njit(nogil=True, cache=True)
+def pread_rows(fd, base, rows, pos, offset, row):
+    """See :func:`negmine._compiled.pread_rows`."""
+    short = np.empty(rows.shape[0], dtype=np.int64)
+    n_short = 0
+    for i in range(rows.shape[0]):
+        if _pread(fd, base + pos[i] * row, row, offset + rows[i] * row) != row:
+            short[n_short] = i
+            n_short += 1
+    return short[:n_short]
