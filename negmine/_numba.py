@@ -63,28 +63,38 @@ def _lane(s, a, b, i):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
+def _step16(s, a, b, i):
+    # The four lanes' step over values i .. i + 15.
+    return (_lane(s[0], a, b, i), _lane(s[1], a, b, i + 1), _lane(s[2], a, b, i + 2),
+            _lane(s[3], a, b, i + 3))  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _step4(s, a, b, i, n):
+    # The four lanes' step over values i .. i + 3 of n; a missing value adds 0 * 0.
+    z = np.float32(0.0)
+    return (s[0] + a[i] * b[i], s[1] + (a[i + 1] * b[i + 1] if i + 1 < n else z * z),
+            s[2] + (a[i + 2] * b[i + 2] if i + 2 < n else z * z),
+            s[3] + (a[i + 3] * b[i + 3] if i + 3 < n else z * z))  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
 def _dot(a, b):
     # numpy's float32 einsum "ij,ij->i" on one row, in its order of operations:
-    # four lanes, sixteen values a step (:func:`_lane`), the rest four at a time
-    # (missing lanes add 0 * 0), then (lane 0 + lane 1) + (lane 2 + lane 3); no
+    # four lanes, sixteen values a step (:func:`_step16`), the rest four at a
+    # time (:func:`_step4`), then (lane 0 + lane 1) + (lane 2 + lane 3); no
     # fused multiply-adds. ``row_cosines`` checks this against numpy on first use.
     n = a.shape[0]
     z = np.float32(0.0)
-    s0 = s1 = s2 = s3 = z
+    s = (z, z, z, z)
     i = 0
     while n - i >= 16:
-        s0 = _lane(s0, a, b, i)
-        s1 = _lane(s1, a, b, i + 1)
-        s2 = _lane(s2, a, b, i + 2)
-        s3 = _lane(s3, a, b, i + 3)
+        s = _step16(s, a, b, i)
         i += 16
     while i < n:
-        s0 = s0 + a[i] * b[i]
-        s1 = s1 + (a[i + 1] * b[i + 1] if i + 1 < n else z * z)
-        s2 = s2 + (a[i + 2] * b[i + 2] if i + 2 < n else z * z)
-        s3 = s3 + (a[i + 3] * b[i + 3] if i + 3 < n else z * z)
+        s = _step4(s, a, b, i, n)
         i += 4
-    return (s0 + s1) + (s2 + s3)
+    return (s[0] + s[1]) + (s[2] + s[3])
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -93,29 +103,17 @@ def _dot2(a, b, u):
     # flight instead of four, and both rows streamed at once.
     n = u.shape[0]
     z = np.float32(0.0)
-    s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = z
+    s = t = (z, z, z, z)
     i = 0
     while n - i >= 16:
-        s0 = _lane(s0, a, u, i)
-        t0 = _lane(t0, b, u, i)
-        s1 = _lane(s1, a, u, i + 1)
-        t1 = _lane(t1, b, u, i + 1)
-        s2 = _lane(s2, a, u, i + 2)
-        t2 = _lane(t2, b, u, i + 2)
-        s3 = _lane(s3, a, u, i + 3)
-        t3 = _lane(t3, b, u, i + 3)
+        s = _step16(s, a, u, i)
+        t = _step16(t, b, u, i)
         i += 16
     while i < n:
-        s0 = s0 + a[i] * u[i]
-        t0 = t0 + b[i] * u[i]
-        s1 = s1 + (a[i + 1] * u[i + 1] if i + 1 < n else z * z)
-        t1 = t1 + (b[i + 1] * u[i + 1] if i + 1 < n else z * z)
-        s2 = s2 + (a[i + 2] * u[i + 2] if i + 2 < n else z * z)
-        t2 = t2 + (b[i + 2] * u[i + 2] if i + 2 < n else z * z)
-        s3 = s3 + (a[i + 3] * u[i + 3] if i + 3 < n else z * z)
-        t3 = t3 + (b[i + 3] * u[i + 3] if i + 3 < n else z * z)
+        s = _step4(s, a, u, i, n)
+        t = _step4(t, b, u, i, n)
         i += 4
-    return (s0 + s1) + (s2 + s3), (t0 + t1) + (t2 + t3)
+    return (s[0] + s[1]) + (s[2] + s[3]), (t[0] + t[1]) + (t[2] + t[3])
 
 
 @numba.njit(nogil=True, cache=True)
