@@ -79,6 +79,37 @@ def test_mining_bytes_are_the_same_with_the_compiled_push_on_and_off(spec, monke
     assert digests["0"] == digests["1"]
 
 
+@pytest.mark.parametrize("spec", ["clusters,fast", "IVF8,Flat"])
+def test_mining_memory_mapped_embeddings_gives_the_same_bytes_on_and_off(
+    spec, tmp_path, monkeypatch
+):
+    """Embeddings memory-mapped from files (the pair stage's cosines, the exact
+    re-rank and the row reads all compiled), the near-duplicate filter on:
+    the bytes of the same run with the compiled kernels off, and of a run on
+    the arrays in memory; the run statistics name numba only when they ran."""
+    from negmine import NegativeMiner
+
+    corpus = small_corpus(n_sources=1500, n_clusters=6, n_questions=500, d=40, seed=8)
+    mapped = dict(corpus)
+    for name in ("source_embeddings", "question_embeddings"):
+        np.save(tmp_path / f"{name}.npy", corpus[name])
+        mapped[name] = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+    idx = build_index(corpus, spec)
+    kw = {"n_neg": 6, "tier_proportions": [1, 1, 3, 1], "adjacent_k": 2, "seed": 3,
+          "near_duplicate_threshold": 0.9, "index": idx, "nprobe": 3}  # fmt: skip
+    if spec == "clusters,fast":
+        kw["rerank"] = 2
+    runs = {}
+    for flag, inputs in (("0", mapped), ("1", mapped), ("1-memory", corpus)):
+        monkeypatch.setenv("NEGMINE_COMPILED", flag[0])
+        miner = NegativeMiner(**inputs, **kw)
+        runs[flag] = (_digest(miner.mine_all_negatives()), miner.last_stats["compiled"])
+    assert runs["0"][0] == runs["1"][0] == runs["1-memory"][0]
+    assert runs["0"][1] is None and runs["1"][1] == compiled.compiled_version() is not None
+    if spec != "clusters,fast":  # float32 lists in memory: nothing compiled served the run
+        assert runs["1-memory"][1] is None
+
+
 def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("NEGMINE_COMPILED", "0")
     assert compiled.int_push() is None and compiled.compiled_version() is None
