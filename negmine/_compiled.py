@@ -53,7 +53,7 @@ def _kernels() -> Any:
         except ImportError:
             _LOADED.update(module=None, version=None)
         except RuntimeError as exc:  # e.g. numba finds no writable place for its cache
-            _log.info("compiled kernels unavailable, FAISS's push instead: %s", exc)
+            _log.info("compiled kernels unavailable, the library calls instead: %s", exc)
             _LOADED.update(module=None, version=None)
         else:
             if numba.config.DISABLE_JIT:  # the kernels would run as Python, far slower
@@ -130,13 +130,13 @@ def _matches_numpy(kernel: Callable[..., np.ndarray]) -> bool:
         want_b = np.einsum("ij,ij->i", q[ib], unit)
         good = np.ones(200, bool)
         good[bad] = False
-        if not np.array_equal(np.flatnonzero(~good), np.flatnonzero(np.isin(local, [3, 5]))):
-            return False
-        if got_a[good].tobytes() != want_a[good].tobytes():
-            _log.info("compiled cosines differ from numpy's; numpy's instead")
-            return False
-        if got_b[good].tobytes() != want_b[good].tobytes():
-            _log.info("compiled cosines differ from numpy's; numpy's instead")
+        same = (
+            np.array_equal(np.flatnonzero(~good), np.flatnonzero(np.isin(local, [3, 5])))
+            and got_a[good].tobytes() == want_a[good].tobytes()
+            and got_b[good].tobytes() == want_b[good].tobytes()
+        )
+        if not same:
+            _log.info("compiled cosines differ from numpy's at d = %d; numpy's instead", d)
             return False
     return True
 
