@@ -211,3 +211,35 @@ def test_compiled_cosines_that_differ_from_numpy_s_are_refused():
         return bad
 
     assert not compiled._matches_numpy(float64_sums)
+
+
+@pytest.mark.parametrize("both", [True, False])
+def test_compiled_cosines_on_windows_shorter_and_longer_than_the_look_ahead(both):
+    """The kernel asks the caches for rows a few steps ahead: windows of 0 rows
+    up to past that distance, scattered operand rows, give numpy's bits and
+    leave every other output entry alone."""
+    from negmine import _numba
+
+    cos = compiled.row_cosines()
+    assert cos is not None
+    rng = np.random.default_rng(7)
+    d = 384
+    block = rng.standard_normal((40, d)).astype(np.float32)
+    qa = rng.standard_normal((300, d)).astype(np.float32)
+    qb = rng.standard_normal((300, d)).astype(np.float32)
+    for m in range(0, 2 * _numba.AHEAD + 3):
+        local = rng.permutation(40)[:m]
+        ia, ib = rng.integers(0, 300, m), rng.integers(0, 300, m)
+        at = rng.permutation(60)[:m]
+        out_a = np.full(60, 9.0, dtype=np.float32)
+        out_b = np.full(60, 9.0, dtype=np.float32)
+        bad = cos(block, local, qa, ia, qb, ib if both else ib[:0], out_a, out_b, at)
+        assert bad.size == 0
+        unit = normalized_float32(block[local])
+        want_a = np.full(60, 9.0, dtype=np.float32)
+        want_a[at] = np.einsum("ij,ij->i", qa[ia], unit)
+        assert out_a.tobytes() == want_a.tobytes()
+        want_b = np.full(60, 9.0, dtype=np.float32)
+        if both:
+            want_b[at] = np.einsum("ij,ij->i", qb[ib], unit)
+        assert out_b.tobytes() == want_b.tobytes()
