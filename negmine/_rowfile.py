@@ -251,8 +251,16 @@ def _pread_full(fd: int, view: memoryview, n: int, at: int) -> None:
         got += k
 
 
+def window_rows(row: int) -> int:
+    """Rows of :func:`scan_rows`'s window for rows of ``row`` bytes."""
+    return max(1, SCAN_BYTES // row)
+
+
 def scan_rows(
-    a: Any, rows: np.ndarray, where: tuple[str, int, int] | None = None
+    a: Any,
+    rows: np.ndarray,
+    where: tuple[str, int, int] | None = None,
+    scratch: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The rows ``a[rows]``, a window of the file at a time, in file order.
 
@@ -267,6 +275,10 @@ def scan_rows(
     a, rows, where
         As :func:`read_rows`: a memory-mapped array [n, d], row numbers [m]
         (any order, repeats allowed), and optionally :func:`file_rows` of ``a``.
+    scratch : numpy.ndarray, optional
+        C-contiguous, of ``a``'s dtype and width, at least :func:`window_rows`
+        rows: the windows' buffer, when the caller reuses one from scan to scan
+        (fresh memory is slow to fault in).
 
     Yields
     ------
@@ -285,11 +297,18 @@ def scan_rows(
         return
     order = np.argsort(rows, kind="stable")
     srt = rows[order]
-    win = max(1, SCAN_BYTES // row)
+    win = window_rows(row)
     per_read = max(1, SCAN_ROW_BYTES // row)  # rows a single-row read is worth
     starts = np.arange(srt[0] // win * win, srt[-1] + 1, win)
     bounds = np.searchsorted(srt, np.append(starts, starts[-1] + win))
-    scratch = np.empty((win, a.shape[1]), dtype=a.dtype)
+    if scratch is None:
+        scratch = np.empty((win, a.shape[1]), dtype=a.dtype)
+    elif (scratch.shape[0] < win or scratch.shape[1:] != a.shape[1:] or scratch.dtype != a.dtype
+          or not scratch.flags.c_contiguous):  # fmt: skip
+        raise ValueError(
+            f"scratch must be a C-contiguous {a.dtype} array of at least {win} rows of "
+            f"{a.shape[1]}: got {scratch.dtype} {scratch.shape}"
+        )
     view = memoryview(scratch.view(np.uint8).reshape(-1))
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -223,6 +223,9 @@ def run_blocks(
     _stage(executor, pair_block, plan, "pairs", plan.n_pair_blocks, pair_args,
            functools.partial(out.put_pairs, plan),
            lambda g: np.subtract(*plan.pair_range(g)[::-1]), checkpoints, bar, out)  # fmt: skip
+    for name in ("vectors", "raw_vectors"):  # built here: their pass buffers go
+        if name in plan.__dict__:
+            plan.__dict__[name].free_buffers()
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._checks import normalized_float32, release_pages, rows_into, take_rows
 from ._compiled import row_cosines
-from ._rowfile import file_rows, read_rows, scan_rows
+from ._rowfile import file_rows, read_rows, scan_rows, window_rows
 from .layout import PositiveSets, csr_expand
 
 __all__ = ["RowRange", "SourceVectors", "question_vectors"]
@@ -70,7 +70,9 @@ class RowRange:
         return self.vectors.gather(np.arange(s0, s0 + n, dtype=np.int64), self._buf[:n])
 
 
-def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def question_vectors(
+    raw_questions: Any, questions: np.ndarray, buf: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors of the distinct ``questions`` and each entry's row in them.
 
     Parameters
@@ -78,6 +80,10 @@ def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndar
     raw_questions : array [Q, d]
         Question embeddings as given.
     questions : int64 [n]
+    buf : float32 [>= n, d], optional
+        C-contiguous rows that a memory-mapped file's rows are read into (the
+        vectors are then its first rows): a buffer reused from call to call
+        spares faulting in fresh memory.
 
     Returns
     -------
@@ -94,7 +100,10 @@ def question_vectors(raw_questions: Any, questions: np.ndarray) -> tuple[np.ndar
         return normalized_float32(take_rows(raw_questions, uq)), inv
     # A memory-mapped file: each thread reads its own run of the (ascending)
     # rows and normalizes it, row by row, so the bytes are those of one thread.
-    out = np.empty((uq.size, raw_questions.shape[1]), dtype=np.float32)
+    shape = (uq.size, raw_questions.shape[1])
+    out = np.empty(shape, dtype=np.float32) if buf is None else buf[: uq.size]
+    if out.shape != shape:
+        raise ValueError(f"buf must hold {shape[0]} rows of {shape[1]}: got {buf.shape}")
 
     def run(a: int, b: int) -> None:
         if raw_questions.dtype == np.float32:  # read in place, normalized there
@@ -148,6 +157,7 @@ class SourceVectors:
         self._gather = gather
         self._a = np.empty((0, self.dim), dtype=np.float32)
         self._b = np.empty((0, self.dim), dtype=np.float32)
+        self._windows: list[np.ndarray] = []  # file scans' window buffers, one a thread
         self._where: Any = _UNSET
 
     @classmethod
@@ -163,6 +173,7 @@ class SourceVectors:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_a"] = state["_b"] = np.empty((0, self.dim), dtype=np.float32)
+        state["_windows"] = []
         state["_where"] = _UNSET  # a file position holds only in this process
         return state
 
@@ -205,6 +216,11 @@ class SourceVectors:
     def release(self) -> None:
         """Drop the pages :meth:`gather_mapped` left mapped (see :func:`release_pages`)."""
         release_pages(self.raw)
+
+    def free_buffers(self) -> None:
+        """Free the buffers kept from call to call (reallocated when needed again)."""
+        self._a = self._b = np.empty((0, self.dim), dtype=np.float32)
+        self._windows = []
 
     def _bufs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self._a.shape[0] < n:
@@ -341,10 +357,13 @@ class SourceVectors:
         flat_q, flat_a, pos = outs[0].reshape(-1), outs[1].reshape(-1), outs[2]
         qbuf = np.empty((CHUNK, self.dim), dtype=np.float32)
         cos = row_cosines()
+        # A pass's question and positive rows go into buffers kept from pass to
+        # pass and block to block: fresh memory is slow to fault in.
+        q_rows, a_rows = self._bufs(min(SCAN_PAIRS, ids.shape[0]))
         for p0 in range(0, ids.shape[0], SCAN_PAIRS):
             p1 = min(p0 + SCAN_PAIRS, ids.shape[0])
-            uq, inv = question_vectors(raw_questions, questions[p0:p1])
-            av = np.empty((p1 - p0, self.dim), np.float32)
+            uq, inv = question_vectors(raw_questions, questions[p0:p1], q_rows)
+            av = a_rows[: p1 - p0]
 
             def read(a: int, b: int, p0: int = p0, av: np.ndarray = av) -> None:
                 self.gather_mapped(anchors[p0 + a : p0 + b], av[a:b])
@@ -395,11 +414,16 @@ class SourceVectors:
             edges = np.partition(ids, at)[at]
             which = np.searchsorted(edges, ids, side="right")
             sels = [np.flatnonzero(which == j) for j in range(parts)]
+        # Each thread's window buffer is kept from scan to scan (fresh memory is
+        # slow to fault in); scans of one SourceVectors never run at once.
+        while len(self._windows) < len(sels):
+            win = window_rows(self._where[2])
+            self._windows.append(np.empty((win, self.dim), dtype=self.raw.dtype))
 
-        def run(sel: np.ndarray) -> None:
+        def run(sel: np.ndarray, window: np.ndarray) -> None:
             sbuf = np.empty((RERANK_ROWS, self.dim), dtype=np.float32)
             qbuf = np.empty_like(sbuf)
-            for at, local, block in scan_rows(self.raw, ids[sel], self._where):
+            for at, local, block in scan_rows(self.raw, ids[sel], self._where, window):
                 at = sel[at]
                 if fast is not None and block.dtype == np.float32:
                     left = fast(at, local, block)
@@ -410,10 +434,12 @@ class SourceVectors:
                     score(at[c0 : c0 + rows.shape[0]], rows, qbuf)
 
         if len(sels) == 1:
-            run(sels[0])
+            run(sels[0], self._windows[0])
             return
         with ThreadPoolExecutor(len(sels), thread_name_prefix="negmine-read") as pool:
-            for done in [pool.submit(run, sel) for sel in sels]:
+            for done in [
+                pool.submit(run, *job) for job in zip(sels, self._windows[: len(sels)], strict=True)
+            ]:
                 done.result()
 
     def _gathered(

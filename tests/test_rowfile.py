@@ -324,3 +324,80 @@ def test_rerank_cosines_scanned_from_a_file_equal_gathered_ones(
     unit = SourceVectors(a, pos).gather(np.maximum(ids, 0).reshape(-1)).reshape(400, 6, 24)
     want = np.where(ids >= 0, np.einsum("md,mkd->mk", q[rows], unit), -np.inf)
     assert got.tobytes() == want.astype(np.float32).tobytes()
+
+
+def test_scan_rows_into_a_caller_s_window_buffer(rows_file, monkeypatch):
+    """A window buffer passed in (larger than a window, full of garbage) serves
+    the same rows as scan_rows's own; one too small, of another dtype or width
+    is refused, naming the argument."""
+    a, m = rows_file
+    monkeypatch.setattr(_rowfile, "SCAN_BYTES", 50 * 24 * 4)
+    rows = np.random.default_rng(3).integers(0, a.shape[0], 900)
+    scratch = np.full((80, 24), np.nan, dtype=np.float32)
+    got = np.full((rows.size, 24), np.nan, dtype=np.float32)
+    for sel, local, block in scan_rows(m, rows, scratch=scratch):
+        assert np.shares_memory(block, scratch)
+        got[sel] = block[local]
+    np.testing.assert_array_equal(got, a[rows])
+    for bad in (np.empty((49, 24), np.float32), np.empty((80, 24), np.float64),
+                np.empty((80, 23), np.float32)):  # fmt: skip
+        with pytest.raises(ValueError, match="scratch must be"):
+            next(scan_rows(m, rows, scratch=bad))
+
+
+def test_question_vectors_into_a_reused_buffer(rows_file):
+    from negmine.vectors import question_vectors
+
+    a, m = rows_file
+    qs = np.random.default_rng(4).integers(0, a.shape[0], 500)
+    buf = np.full((600, 24), np.nan, dtype=np.float32)
+    got, inv = question_vectors(m, qs, buf)
+    want, winv = question_vectors(m, qs)
+    assert np.shares_memory(got, buf) and got.tobytes() == want.tobytes()
+    np.testing.assert_array_equal(inv, winv)
+    with pytest.raises(ValueError, match="buf must hold"):
+        question_vectors(m, qs, buf[:10])
+
+
+def test_buffers_kept_from_call_to_call_change_no_cosine(tmp_path, monkeypatch):
+    """One SourceVectors over a file, its pass and window buffers kept between
+    calls: pair and re-rank cosines of calls of growing and shrinking sizes, on
+    1 to 3 threads, and after freeing the buffers, have the bytes of a fresh
+    SourceVectors for each call and of the gathers over the rows in memory."""
+    monkeypatch.setattr(vectors_mod, "SCAN_MIN_PART", 16)
+    monkeypatch.setattr(_rowfile, "SCAN_BYTES", 96 * 4 * 24)
+    monkeypatch.setattr(vectors_mod, "SCAN_PAIRS", 128)
+    monkeypatch.setattr(vectors_mod, "CHUNK", 64)
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((2000, 24)).astype(np.float32)
+    m = _saved(tmp_path, a)
+    q = rng.standard_normal((300, 24)).astype(np.float32)
+    pos = PositiveSets(np.zeros(301, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    kept = SourceVectors(m, pos)
+    held = None
+    for step, (n, threads) in enumerate([(700, 3), (90, 1), (700, 2), (300, 3), (700, 3)]):
+        monkeypatch.setattr(vectors_mod, "SCAN_THREADS", threads)
+        if step == 4:
+            kept.free_buffers()
+            assert kept._a.shape[0] == 0 and kept._windows == []
+        ids = rng.integers(0, 2000, (n, 5))
+        questions, anchors = rng.integers(0, 300, n), rng.integers(0, 2000, n)
+        qv = q[rng.integers(0, 300, n)]
+        qv /= np.linalg.norm(qv, axis=1, keepdims=True)
+        got = (
+            *kept.pair_cosines(q, ids, questions, anchors),
+            kept.to_queries(qv, np.arange(n), ids),
+        )
+        fresh = SourceVectors(m, pos)
+        memory = SourceVectors(np.asarray(a), pos)
+        for other in (fresh, memory):
+            want = (*other.pair_cosines(q, ids, questions, anchors),
+                    other.to_queries(qv, np.arange(n), ids))  # fmt: skip
+            for g, w in zip(got, want, strict=True):
+                assert g.tobytes() == w.tobytes()
+        if step == 0:
+            held = (kept._a, kept._b, list(kept._windows))
+            assert held[0].shape[0] == 128 and len(held[2]) == 3
+        elif step < 4:  # the same buffers served every later call
+            assert kept._a is held[0] and kept._b is held[1]
+            assert all(w is h for w, h in zip(kept._windows, held[2], strict=True))
