@@ -3,6 +3,7 @@ integer products over the codes, then an exact re-rank from the embeddings."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -118,6 +119,23 @@ def test_integer_candidates_equal_integer_brute_force(corpus, nprobe, threads, a
         check_integer_row(got_d[m], got_i[m], np.isin(scl, probed), ki["query_question"][m], pos,
                           signed, u[m], k, str(m))  # fmt: skip
     assert len(parts) == (threads if threads > 1 else 0)  # one block, cut in `threads` parts
+
+
+@pytest.mark.parametrize("spec", ["clusters", "clusters,SQ8"])
+def test_lists_outlive_the_index_object_they_were_taken_from(corpus, spec):
+    """Lists read the index's memory: they keep it alive when the caller lets
+    the index object go (else they would read freed memory)."""
+    ki = kernel_inputs(corpus)
+    offsets = ki["layout"].offsets
+    kept = _build(corpus, spec)
+    want = kept.cluster_lists(offsets)
+    lists = _build(corpus, spec).cluster_lists(offsets)
+    gc.collect()
+    _ = [np.ones(1 << 16) for _ in range(64)]  # reuse what a freed index held
+    for c in range(len(offsets) - 1):
+        np.testing.assert_array_equal(lists.block(c), want.block(c))
+        if want.codes is not None:
+            np.testing.assert_array_equal(lists.codes(c), want.codes(c))
 
 
 def test_integer_rows_short_of_k_pad_as_float32_lists_do(corpus):

@@ -72,6 +72,9 @@ class ClusterLists:
         #: The sub-lists these lists are (then list ``g`` is sub-list ``g`` and
         #: positions are sub-list positions), or None where lists are clusters.
         self.sub: SubLists | None = None
+        #: What owns the memory the callables read (a FAISS index), kept alive
+        #: as long as the lists are.
+        self.owner: Any = None
 
     @classmethod
     def from_sorted(cls, vectors: np.ndarray, offsets: np.ndarray) -> ClusterLists:
@@ -265,7 +268,9 @@ def ivf_cluster_lists(
         return ivf.sq.decode(picked)
 
     if codec != "SQ8" or ivf.sq.qtype != faiss.ScalarQuantizer.QT_8bit or code_size != d:
-        return ClusterLists(block, offsets, d, rows)
+        out = ClusterLists(block, offsets, d, rows)
+        out.owner = index  # the lists' memory is the index's
+        return out
     trained = faiss.vector_to_array(ivf.sq.trained).astype(np.float32)
     step = trained[d:] / 255  # QT_8bit decodes code u of dimension j to low_j + (u + 0.5) step_j
     # Each list is converted once, when first searched, into one array of int8
@@ -294,6 +299,7 @@ def ivf_cluster_lists(
         return out
 
     out = ClusterLists(block, offsets, d, rows, codes, step)
+    out.owner = index
     out.sub = sub
     out.release = lambda: cache.pop(key, None)
     return out
