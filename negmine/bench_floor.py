@@ -21,7 +21,6 @@ this floor, not only in seconds:
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -116,7 +115,7 @@ def product_rate(
     rng = np.random.default_rng(0)
     if integer:
         from .search.codes import int_products
-        from .search.products import product_threads
+        from .search.products import one_thread_pool, product_threads
 
         a = rng.integers(-127, 128, (m, d), dtype=np.int8)
         b = rng.integers(-127, 128, (n, d), dtype=np.int8)
@@ -125,7 +124,7 @@ def product_rate(
             out = np.empty((m, n), dtype=np.int32)
             return _loop(lambda: int_products(a, b, out), seconds)
 
-        with product_threads("torch", 1), ThreadPoolExecutor(SCAN_THREADS) as pool:
+        with product_threads("torch", 1), one_thread_pool(SCAN_THREADS) as pool:
             t0 = time.perf_counter()
             calls = sum(pool.map(run, range(SCAN_THREADS)))
             wall = time.perf_counter() - t0

@@ -25,6 +25,23 @@ def blas_kernel() -> str | None:
     return None
 
 
+def torch_openmp():
+    """Torch's OpenMP runtime (``libgomp`` under torch's own ``lib`` folder) as a
+    ``ctypes`` library, for ``omp_get_max_threads`` of the calling thread; None
+    where it is not found (another build, another platform)."""
+    import ctypes
+
+    import torch  # noqa: F401  (loads the runtime)
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "gomp" in line}
+    except OSError:
+        return None
+    ours = sorted(p for p in paths if "/torch/" in p)
+    return ctypes.CDLL(ours[0]) if ours else None
+
+
 def kernel_inputs(corpus: dict) -> dict:
     """Kernel inputs the way the miner builds them: one query per distinct
     (cluster, question), sorted by cluster then question."""

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 from helpers import build_index as _build
-from helpers import kernel_inputs, tier3_recall
+from helpers import kernel_inputs, tier3_recall, torch_openmp
 from reference import check_integer_row, check_rows, exact_negative_scores, small_corpus, unit
 
 from negmine import NegativeMiner
@@ -119,6 +119,30 @@ def test_integer_candidates_equal_integer_brute_force(corpus, nprobe, threads, a
         check_integer_row(got_d[m], got_i[m], np.isin(scl, probed), ki["query_question"][m], pos,
                           signed, u[m], k, str(m))  # fmt: skip
     assert len(parts) == (threads if threads > 1 else 0)  # one block, cut in `threads` parts
+
+
+def test_scan_threads_multiply_on_one_openmp_thread_each(corpus, monkeypatch):
+    """Each scan thread's integer products run on one thread, as the scans
+    assume (several OpenMP teams at once would fight for the cores)."""
+    omp = torch_openmp()
+    if omp is None:
+        pytest.skip("torch's OpenMP runtime not found")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(probe_mod, "SCAN_THREADS", 2)
+    seen = []
+    scan_part = probe_mod._scan_part
+
+    def spy(*args):
+        seen.append(omp.omp_get_max_threads())
+        return scan_part(*args)
+
+    monkeypatch.setattr(probe_mod, "_scan_part", spy)
+    ki = kernel_inputs(corpus)
+    lists = _build(corpus, "clusters,SQ8").cluster_lists(ki["layout"].offsets)
+    probe_outside_cluster(lists, ki["centroids"], ki["queries"], ki["query_rows"],
+                          ki["query_cluster"], ki["query_question"], ki["layout"],
+                          ki["positives"], 5, 3)  # fmt: skip
+    assert seen == [1, 1]
 
 
 @pytest.mark.parametrize("spec", ["clusters", "clusters,SQ8"])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from helpers import kernel_inputs as _inputs
+from helpers import torch_openmp
 from reference import outside_cluster_brute, small_corpus, unit
 from threadpoolctl import threadpool_limits
 
@@ -21,7 +24,14 @@ from negmine.plan import make_plan
 from negmine.run_key import run_key
 from negmine.search.exact import exact_outside_cluster
 from negmine.search.probe import probe_outside_cluster
-from negmine.search.products import cache_path, calibrate, matmul_into, resolve_products
+from negmine.search.products import (
+    cache_path,
+    calibrate,
+    matmul_into,
+    one_thread_pool,
+    product_threads,
+    resolve_products,
+)
 from negmine.synth import make_corpus
 
 torch = pytest.importorskip("torch")
@@ -135,6 +145,22 @@ def test_same_library_same_bytes_whatever_the_callers_threads(clustered, lib):
     for (d1, i1), (d2, i2) in zip(out[1], out[2], strict=True):
         assert d1.tobytes() == d2.tobytes() and i1.tobytes() == i2.tobytes()
     assert again[0].tobytes() == out[2][0][0].tobytes()
+
+
+def test_each_pool_thread_runs_torch_products_on_one_openmp_thread(monkeypatch):
+    """``torch.set_num_threads`` in one thread leaves a thread started later at
+    OpenMP's default (the core count): the pool's threads set their own."""
+    omp = torch_openmp()
+    if omp is None:
+        pytest.skip("torch's OpenMP runtime not found")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with product_threads("torch", 1):
+        with one_thread_pool(2) as pool:
+            counts = list(pool.map(lambda _: omp.omp_get_max_threads(), range(6)))
+        assert counts == [1] * 6
+        if (os.cpu_count() or 1) > 1:  # what a plain thread would have had
+            with ThreadPoolExecutor(1) as plain:
+                assert plain.submit(omp.omp_get_max_threads).result() > 1
 
 
 def test_calibrate_names_the_faster_library_and_caches_it():

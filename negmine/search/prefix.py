@@ -26,7 +26,6 @@ more, with the search itself, and reports that measurement.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ import numpy as np
 from .codes import quantize_queries
 from .common import faiss_single_threaded
 from .probe import PROBE_BLOCK, SCAN_THREADS, _probe_sets, _scan_part, sub_list_scores
-from .products import product_threads
+from .products import one_thread_pool, product_threads
 from .scan import ListScan
 
 __all__ = ["PREFIX_ENTRIES", "PrefixSearch"]
@@ -185,7 +184,7 @@ class PrefixSearch:
         xw, qq = self.xw[q], self.question[q]
         cuts = np.linspace(0, q.size, len(self._scans) + 1).astype(np.int64).tolist()
         # One-thread integer products on each scan's thread (exact on any count).
-        with product_threads("torch", 1), ThreadPoolExecutor(len(self._scans)) as pool:
+        with product_threads("torch", 1), one_thread_pool(len(self._scans)) as pool:
             done = [job.result() for job in [
                 pool.submit(_scan_part, s, xw[a:b], lists[a:b, None], lists[a:b], qq[a:b])
                 for s, a, b in zip(self._scans, cuts[:-1], cuts[1:], strict=True)]]  # fmt: skip

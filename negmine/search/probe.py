@@ -38,7 +38,7 @@ from ..index.sublists import SubLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .codes import int_products, quantize_queries
 from .common import empty_result, faiss_single_threaded, heap_over, run_query_blocks
-from .products import product_threads
+from .products import one_thread_pool, product_threads
 from .scan import SCORE_BUFFER, ListScan
 
 __all__ = ["INTEGER_BLOCK", "PROBE_BLOCK", "SCORE_BUFFER", "ClusterLists",
@@ -409,7 +409,7 @@ def _workers(kernel: _ProbeKernel) -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(len(kernel.scans), thread_name_prefix="negmine-scan") as pool:
+        with one_thread_pool(len(kernel.scans), "negmine-scan") as pool:
             kernel.pool = pool
             yield
     finally:

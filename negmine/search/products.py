@@ -28,6 +28,7 @@ import os
 import platform
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,25 @@ def blas_thread_count() -> int:
 
     counts = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     return max(counts) if counts else os.cpu_count() or 1
+
+
+def one_thread_pool(workers: int, name: str = "negmine") -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads whose torch products each run on one thread.
+
+    ``torch.set_num_threads`` sets the OpenMP team size of the calling thread
+    only (OpenMP keeps it per thread), and a thread started later begins at
+    OpenMP's default, the core count: without this, each worker's integer
+    product (oneDNN's, parallel through OpenMP) starts a team of that many
+    threads, which then spin against the other workers' teams for the cores.
+    Each thread here sets its own count to one as it starts.
+    """
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=_one_torch_thread)
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @contextmanager
