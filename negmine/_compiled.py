@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compiled_version", "int_push", "pread_rows", "row_cosines"]
+__all__ = ["compiled_version", "int_push", "int_top", "pread_rows", "row_cosines"]
 
 _log = logging.getLogger(__name__)
 #: numba's version and the kernels module once imported; None: numba is missing.
@@ -84,6 +84,26 @@ def int_push() -> Callable[..., None] | None:
         return None
     mod = _kernels()
     return None if mod is None else mod.int_push
+
+
+def int_top() -> Callable[..., np.ndarray] | None:
+    """The compiled choice of each row's largest integer scores, or ``None`` when off.
+
+    ``int_top()(scores, top_d, top_i)`` pushes row ``r`` of ``scores`` int32
+    [m, w] (ids ``j``) into heap row ``r`` of ``top_d`` int32 [m, k] and
+    ``top_i`` int64 [m, k], which start empty (``int32`` minimum, ``-1``): the
+    same entries as FAISS's ``int_minheap_array_t.addn`` keeps, ties included,
+    in another order. It offers only the entries at or above a bound that the
+    row's ``k`` largest reach (the ``k``-th largest of the maxima of ``4 k`` runs
+    of the row); the others could enter FAISS's heap only to leave it again,
+    and their passage moves no other entry in or out. Returns bool [m], the rows
+    whose largest kept score is held by more than one entry: there the order
+    (which of them comes first) is FAISS's only if FAISS pushes the row.
+    """
+    if not _enabled():
+        return None
+    mod = _kernels()
+    return None if mod is None else mod.int_top
 
 
 def row_cosines() -> Callable[..., np.ndarray] | None:

@@ -94,6 +94,113 @@ def int_push(scores, rows, top_d, top_i, lo):
                 t = vals[0]
 
 
+#: Interleaved runs of a row whose maxima bound its ``k``-th largest entry from below.
+LANES = 64
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _kth_largest(buf, n, k):
+    # The k-th largest of buf[:n] (1 <= k <= n), buf[:n] reordered in place.
+    lo, hi, want = 0, n - 1, k - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) >> 1]
+        i, j = lo, hi
+        while i <= j:
+            while buf[i] > pivot:
+                i += 1
+            while buf[j] < pivot:
+                j -= 1
+            if i <= j:
+                buf[i], buf[j] = buf[j], buf[i]
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            break
+    return buf[want]
+
+
+@numba.njit(nogil=True, cache=True)
+def int_top(scores, top_d, top_i):
+    """See :func:`negmine._compiled.int_top`."""
+    m, w = scores.shape
+    k = top_d.shape[1]
+    redo = np.zeros(m, dtype=np.bool_)
+    lane = np.empty(LANES, dtype=np.int32)
+    vals_c = np.empty(w, dtype=np.int32)
+    ids_c = np.empty(w, dtype=np.int64)
+    pick = np.empty(w, dtype=np.int32)
+    full = w // LANES * LANES
+    for r in range(m):
+        row = scores[r]
+        vals = top_d[r]
+        ids = top_i[r]
+        n = 0
+        if k < LANES and full > LANES:
+            # Lane p's maximum is an entry of its own (columns p, p + LANES, ...):
+            # k lanes reach their k-th largest, ``low``, so do the row's k largest.
+            for p in range(LANES):
+                lane[p] = row[p]
+            for c in range(LANES, full, LANES):
+                run = row[c : c + LANES]
+                for p in range(LANES):
+                    if run[p] > lane[p]:
+                        lane[p] = run[p]
+            for j in range(full, w):
+                if row[j] > lane[j - full]:
+                    lane[j - full] = row[j]
+            low = _kth_largest(lane, LANES, k)
+            for j in range(w):
+                if row[j] >= low:
+                    vals_c[n] = row[j]
+                    ids_c[n] = j
+                    n += 1
+        else:
+            for j in range(w):
+                vals_c[j] = row[j]
+                ids_c[j] = j
+            n = w
+        # The row's k-th largest ``t``: entries above it all stay in the heap;
+        # when more than k reach it, which of those at ``t`` stay is the heap's
+        # affair, so those entries go through the heap (FAISS's, in column order).
+        # (Fewer than k entries, or a k-th largest that is the empty score: the
+        # heap decides, as an empty-scored entry never enters it.)
+        t = np.int32(-2147483648)
+        if n >= k:
+            pick[:n] = vals_c[:n]
+            t = _kth_largest(pick, n, k)
+        held = 0
+        for i in range(n):
+            if vals_c[i] >= t:
+                held += 1
+        if held == k and t > np.int32(-2147483648):
+            o = 0
+            for i in range(n):
+                if vals_c[i] >= t:
+                    vals[o] = vals_c[i]
+                    ids[o] = ids_c[i]
+                    o += 1
+        else:
+            for i in range(n):
+                x = vals_c[i]
+                if x >= t and vals[0] < x:
+                    _replace_top(k, vals, ids, x, ids_c[i])
+        best = vals[0]
+        for i in range(1, k):
+            if vals[i] > best:
+                best = vals[i]
+        if best > np.int32(-2147483648):
+            same = 0
+            for i in range(k):
+                if vals[i] == best:
+                    same += 1
+            redo[r] = same > 1
+    return redo
+
+
 @numba.njit(nogil=True, cache=True, inline="always")
 def _lane(s, a, b, i):
     # One lane's step of sixteen values: the products at i + 12, + 8, + 4, + 0.

@@ -54,6 +54,82 @@ def test_compiled_push_keeps_faiss_heaps_ids_and_order_through_ties(monkeypatch)
     assert (ref_i >= 0).any() and (ref_d > _INT_EMPTY).any()
 
 
+def _faiss_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's ``int_minheap_array_t.addn`` of each row into an empty heap of ``k``."""
+    d = np.full((scores.shape[0], k), _INT_EMPTY, dtype=np.int32)
+    i = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    _admit_int(scores, d, i, 0)
+    return d, i
+
+
+@pytest.mark.parametrize("k", [1, 3, 47, 63, 64, 65, 100])
+def test_compiled_choice_keeps_faiss_entries_through_ties(k, monkeypatch):
+    """Rows of 1 to 2,300 scores around ``k``, 64 and its multiples, from 3 to
+    2,000,001 values (ties everywhere to almost none), some entries or whole
+    rows empty: each row keeps the entries (ids and scores) FAISS's heap keeps;
+    a row whose largest kept score is held once has it where FAISS's has it
+    first, and exactly the rows where FAISS's best is held twice or more are
+    handed back."""
+    monkeypatch.delenv("NEGMINE_COMPILED", raising=False)
+    choose = compiled.int_top()
+    assert choose is not None
+    rng = np.random.default_rng(k)
+    handed = 0
+    for w in sorted({1, k - 1, k, k + 1, 63, 64, 65, 128, 130, 700, 2300} - {0}):
+        for spread, empty in [(1, 0.0), (20, 0.05), (10**6, 0.0), (10**6, 0.3), (3, 0.9)]:
+            scores = rng.integers(-spread, spread + 1, size=(40, w)).astype(np.int32)
+            scores[rng.random(scores.shape) < empty] = _INT_EMPTY
+            scores[7] = _INT_EMPTY  # nothing to keep
+            ref_d, ref_i = _faiss_top(scores, k)
+            got_d = np.full_like(ref_d, _INT_EMPTY)
+            got_i = np.full_like(ref_i, -1)
+            redo = choose(scores, got_d, got_i)
+            for r in range(scores.shape[0]):
+                want = sorted(zip(ref_i[r].tolist(), ref_d[r].tolist(), strict=True))
+                have = sorted(zip(got_i[r].tolist(), got_d[r].tolist(), strict=True))
+                assert have == want, (w, spread, empty, r)
+            top = ref_d.max(axis=1)
+            tied = ((ref_d == top[:, None]).sum(axis=1) > 1) & (top > _INT_EMPTY)
+            np.testing.assert_array_equal(redo, tied)
+            rows = np.arange(scores.shape[0])
+            best = ~tied
+            np.testing.assert_array_equal(got_i[rows, got_d.argmax(axis=1)][best],
+                                          ref_i[rows, ref_d.argmax(axis=1)][best])  # fmt: skip
+            handed += int(redo.sum())
+    assert handed > 0 or k == 1  # a heap of one holds no tie
+
+
+def test_sub_list_choice_is_the_same_compiled_or_not(monkeypatch):
+    """Sub-list centroid codes drawn from few rows (ties at the best and at the
+    cut), queries skipping their own cluster, chunks of a few rows: the probe
+    sets and each query's best sub-list are the same with the compiled choice
+    on and off."""
+    from negmine.index.sublists import SubLists
+    from negmine.search import probe as probe_mod
+
+    rng = np.random.default_rng(2)
+    per = rng.integers(1, 6, size=60)
+    first = np.concatenate([[0], np.cumsum(per)])
+    g, d = int(first[-1]), 16
+    codes = rng.integers(-4, 5, size=(12, d)).astype(np.int8)[rng.integers(0, 12, size=g)]
+    sub = SubLists(np.arange(g + 1, dtype=np.int64), np.arange(g, dtype=np.int64), first, codes)
+    xw = rng.integers(-127, 128, size=(500, d)).astype(np.int8)
+    cluster = rng.integers(0, 60, size=500)
+    monkeypatch.setattr(probe_mod, "SUB_SCORE_BUFFER", 7 * g)
+    out = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NEGMINE_COMPILED", flag)
+        for nprobe in (1, 5, 80):
+            probes, best = probe_mod.sub_list_probes(sub, xw, cluster, nprobe)
+            out[flag, nprobe] = (np.sort(probes, axis=1), best)
+    for nprobe in (1, 5, 80):
+        np.testing.assert_array_equal(out["1", nprobe][0], out["0", nprobe][0])
+        np.testing.assert_array_equal(out["1", nprobe][1], out["0", nprobe][1])
+    scores = probe_mod.sub_list_scores(sub, xw, cluster)
+    top = np.sort(scores, axis=1)
+    assert (top[:, -1] == top[:, -2]).any()  # some best is tied
+
+
 def _digest(res) -> str:
     h = hashlib.sha256()
     for name in ("hard_negatives", "negative_tiers", "negative_scores", "positive_scores"):

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .._compiled import int_top
 from ..index.lists import ClusterLists
 from ..index.sublists import SubLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
@@ -63,6 +64,9 @@ PROBE_BLAS_THREADS = 2
 #: pool while the next chunk's centroid products run; each holds its
 #: ``[PROBE_BLOCK, C]`` float32 scores until chosen, so this bounds that memory.
 PREPARE_AHEAD = 2
+#: Scores in one chunk of the sub-list choice (:func:`sub_list_probes`): half a
+#: MiB of int32, which the choice reads while the product has left it in cache.
+SUB_SCORE_BUFFER = 1 << 17
 #: Threads a block's scan over 8-bit lists is cut across (each with one-thread
 #: integer products, which are exact: any count gives the same bytes).
 SCAN_THREADS = PROBE_BLAS_THREADS
@@ -372,21 +376,33 @@ def sub_list_probes(
     -------
     probes : int64 [n, nprobe]
         The sub-lists with the largest integer scores (:func:`sub_list_scores`),
-        as FAISS's heap keeps them, in no particular order; ``-1`` where fewer
-        lists lie outside the query's cluster.
+        those FAISS's heap keeps (ties included), in no particular order;
+        ``-1`` where fewer lists lie outside the query's cluster.
     best : int64 [n]
-        The highest-scoring of them (``-1`` for none).
+        The highest-scoring of them (``-1`` for none); of several, the first in
+        FAISS's heap.
     """
     import faiss
 
     n, g = xw.shape[0], sub.n_lists
     top = np.full((n, nprobe), np.iinfo(np.int32).min, dtype=np.int32)
     ids = np.full((n, nprobe), -1, dtype=np.int64)
-    step = max(1, SCORE_BUFFER // max(1, g))
+    step = max(1, SUB_SCORE_BUFFER // max(1, g))
+    choose = int_top()  # the compiled choice: FAISS's entries, fewer of them pushed
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
         scores = sub_list_scores(sub, xw[r0:r1], cluster[r0:r1])
-        heap_over(top[r0:r1], ids[r0:r1]).addn(g, faiss.swig_ptr(scores), 0, 0, r1 - r0)
+        top_d, top_i = top[r0:r1], ids[r0:r1]
+        if choose is None:
+            heap_over(top_d, top_i).addn(g, faiss.swig_ptr(scores), 0, 0, r1 - r0)
+            continue
+        redo = np.flatnonzero(choose(scores, top_d, top_i))
+        if redo.size:  # a tied best: the first of them in FAISS's heap is ``best``
+            d_r = np.full((redo.size, nprobe), np.iinfo(np.int32).min, dtype=np.int32)
+            i_r = np.full((redo.size, nprobe), -1, dtype=np.int64)
+            s_r = np.ascontiguousarray(scores[redo])
+            heap_over(d_r, i_r).addn(g, faiss.swig_ptr(s_r), 0, 0, redo.size)
+            top_d[redo], top_i[redo] = d_r, i_r
     best = ids[np.arange(n), np.argmax(top, axis=1)] if n else np.zeros(0, dtype=np.int64)
     return ids, best
 
