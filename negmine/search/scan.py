@@ -68,6 +68,7 @@ class ListScan:
         self.fused = int_push() if integer else None
         self.buf = np.empty(0, dtype=np.float32)
         self.ibuf = np.empty(0, dtype=np.int32)
+        self.qbuf = np.empty(0, dtype=np.float32)
         self.local = np.empty(0, dtype=np.int64)
 
     def run(
@@ -146,6 +147,18 @@ class ListScan:
             setattr(self, name, np.empty(max(n, SCORE_BUFFER), dtype=dtype))
         return getattr(self, name)[:n]
 
+    def _queries(self, xq: np.ndarray, sub: np.ndarray) -> np.ndarray:
+        """Rows ``sub`` of ``xq`` [n, w], gathered into the reused query buffer
+        (a fresh array a visit costs fresh pages, slow to fault in on some
+        machines)."""
+        need = sub.size * xq.shape[1]
+        if self.qbuf.size < need or self.qbuf.dtype != xq.dtype:
+            self.qbuf = np.empty(max(need, self.qbuf.size), dtype=xq.dtype)
+        out = self.qbuf[:need].reshape(sub.size, xq.shape[1])
+        # "clip" (the rows are in range) writes straight into ``out``; "raise" buffers.
+        np.take(xq, sub, axis=0, out=out, mode="clip")
+        return out
+
     def _push(self, xq, src, sub, lo, pos, top_d, top_i) -> None:
         """Score queries ``sub`` against one cluster's rows ``src`` (layout
         positions from ``lo``), its positives ``pos`` (query rows, positions
@@ -153,10 +166,10 @@ class ListScan:
         shape = (sub.size, src.shape[0])
         if self.integer:
             scores = self._scores(shape[0] * shape[1], np.int32).reshape(shape)
-            int_products(xq[sub], src, scores)
+            int_products(self._queries(xq, sub), src, scores)
         else:
             scores = self._scores(shape[0] * shape[1]).reshape(shape)
-            matmul_into(xq[sub], src, scores, self.products)
+            matmul_into(self._queries(xq, sub), src, scores, self.products)
         if pos[0].size:
             self.local[sub] = np.arange(shape[0])
             hit_row = self.local[pos[0]]
