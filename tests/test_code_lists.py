@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -64,6 +66,38 @@ def test_codes_and_step_decode_to_the_quantizer_values(tmp_path, corpus, mmap):
         np.testing.assert_array_equal(got.astype(np.int16) + 128, codes[src])
         decoded = ivf.sq.decode(codes[src])  # FAISS's own decoding of the same codes
         np.testing.assert_allclose(low + (got + 128.5) * step, decoded, atol=1e-6)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_lists_converted_by_several_threads_at_once_are_converted_once_and_right(
+    tmp_path, corpus, mmap
+):
+    """Four threads ask for every list, each in its own order, at once: each
+    gets the stored codes minus 128, and every thread the same memory."""
+    idx = _build(corpus, "clusters,SQ8")
+    if mmap:
+        idx.save(tmp_path / "ix")
+        idx = SourceIndex.load(tmp_path / "ix", mmap=True)
+    ki = kernel_inputs(corpus)
+    offsets, order = ki["layout"].offsets, ki["layout"].order
+    codes, _, _ = _codes_by_source(idx)
+    for _ in range(5):
+        lists = idx.cluster_lists(offsets)
+        lists.release()  # each round converts afresh
+        start = threading.Barrier(4)
+
+        def ask(seed, lists=lists, start=start):
+            start.wait()
+            perm = np.random.default_rng(seed).permutation(len(offsets) - 1)
+            return {int(c): lists.codes(int(c)) for c in perm}
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(ask, range(4)))
+        for c in range(len(offsets) - 1):
+            want = codes[order[offsets[c] : offsets[c + 1]]].astype(np.int16) - 128
+            for g in got:
+                np.testing.assert_array_equal(g[c], want)
+                assert g[c].size == 0 or np.shares_memory(g[c], got[0][c])
 
 
 def test_quantized_queries_are_the_weights_on_a_scale_of_their_own():
