@@ -94,11 +94,12 @@ def int_top() -> Callable[..., np.ndarray] | None:
     ``top_i`` int64 [m, k], which start empty (``int32`` minimum, ``-1``): the
     same entries as FAISS's ``int_minheap_array_t.addn`` keeps, ties included,
     in another order. It offers only the entries at or above a bound that the
-    row's ``k`` largest reach (the ``k``-th largest of the maxima of ``4 k`` runs
-    of the row); the others could enter FAISS's heap only to leave it again,
-    and their passage moves no other entry in or out. Returns bool [m], the rows
-    whose largest kept score is held by more than one entry: there the order
-    (which of them comes first) is FAISS's only if FAISS pushes the row.
+    row's ``k`` largest reach (for ``k`` below 64, the ``k``-th largest of the
+    maxima of 64 interleaved lanes of the row); the others could enter FAISS's
+    heap only to leave it again, and their passage moves no other entry in or
+    out. Returns bool [m], the rows whose largest kept score is held by more
+    than one entry: there the order (which of them comes first) is FAISS's only
+    if FAISS pushes the row.
     """
     if not _enabled():
         return None
