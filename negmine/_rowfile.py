@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._compiled import pread_rows
+from ._order import stable_order
 
 __all__ = ["GAP_BYTES", "SCAN_BYTES", "SCRATCH_BYTES", "file_rows", "read_rows", "scan_rows"]
 
@@ -165,7 +166,7 @@ def read_rows(
         finally:
             os.close(fd)
         return out
-    order = np.argsort(rows, kind="stable")
+    order = stable_order(rows)
     srt = rows[order]
     new = np.concatenate([[True], srt[1:] != srt[:-1]])
     uniq, upos = srt[new], order[new]  # each distinct row and the out row it is read into
@@ -295,7 +296,7 @@ def scan_rows(
     path, offset, row = where
     if rows.size == 0:
         return
-    order = np.argsort(rows, kind="stable")
+    order = stable_order(rows)
     srt = rows[order]
     win = window_rows(row)
     per_read = max(1, SCAN_ROW_BYTES // row)  # rows a single-row read is worth

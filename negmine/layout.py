@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import normalized_float32
+from ._order import stable_order
 
 __all__ = ["ClusterLayout", "PositiveSets", "adjacent_clusters", "csr_expand"]
 
@@ -147,7 +148,7 @@ class ClusterLayout:
         cls, source_cluster: np.ndarray, n_clusters: int, adjacent: np.ndarray
     ) -> ClusterLayout:
         """Build from cluster ids int64 [S] in [0, C) and an adjacent table."""
-        order = np.argsort(source_cluster, kind="stable").astype(np.int64)
+        order = stable_order(source_cluster)
         counts = np.bincount(source_cluster, minlength=n_clusters)
         offsets = np.zeros(n_clusters + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])

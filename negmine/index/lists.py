@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import fail
+from .._order import stable_order
 from .manifest import assignment_fingerprint, fingerprint
 from .sublists import SubLists
 
@@ -98,7 +99,7 @@ class ClusterLists:
         if out is None:
             out = np.empty((positions.size, self.d), dtype=np.float32)
         cl = np.searchsorted(self.offsets, positions, side="right") - 1
-        by_c = np.argsort(cl, kind="stable")
+        by_c = stable_order(cl)
         bounds = np.searchsorted(cl[by_c], np.arange(self.offsets.size))
         for c in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
             sel = by_c[bounds[c] : bounds[c + 1]]

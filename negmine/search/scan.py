@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._compiled import int_push
+from .._order import stable_order
 from ..index.lists import ClusterLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .codes import int_products
@@ -115,9 +116,10 @@ class ListScan:
         # Positives of the queries, as layout positions grouped by their cluster.
         owner, at = csr_expand(self.positives.offsets, qq)
         pos_col = lay.rank[self.positives.sources[at]]
-        by_pc = np.argsort(pos_col, kind="stable")
+        by_pc = stable_order(pos_col)
         pos_col = pos_col[by_pc]
         pos_row = owner[by_pc]
+        pos_at = np.searchsorted(pos_col, lay.offsets).tolist()  # each cluster's positives
         # Over 8-bit lists the heaps keep the integer scores (exact in float32).
         empty = _INT_EMPTY if self.integer else -np.inf
         top_d = np.full((nb, k), empty, dtype=np.int32 if self.integer else np.float32)
@@ -130,7 +132,7 @@ class ListScan:
             if hi == lo:
                 continue
             rows = pair_row[bounds[g] : bounds[g + 1]]
-            p0, p1 = np.searchsorted(pos_col, [lo, hi])
+            p0, p1 = pos_at[c], pos_at[c + 1]
             pos = (pos_row[p0:p1], pos_col[p0:p1] - lo)
             src = self.lists.codes(c) if self.integer else self.lists.block(c)
             step = max(1, SCORE_BUFFER // (hi - lo))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._order import stable_order
 from .report import plural
 
 __all__ = [
@@ -51,7 +52,7 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
 
 def _dense_rank(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Rank of each value of ``x`` [n] among its distinct values, and their number."""
-    order = np.argsort(x, kind="stable")
+    order = stable_order(x)
     s = x[order]
     new = np.ones(s.size, dtype=bool)
     new[1:] = s[1:] != s[:-1]
