@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compiled_version", "int_push", "int_top", "pread_rows", "row_cosines"]
+__all__ = ["compiled_version", "int_push", "int_top", "pread_rows", "pread_spans", "row_cosines"]
 
 _log = logging.getLogger(__name__)
 #: numba's version and the kernels module once imported; None: numba is missing.
@@ -177,3 +177,23 @@ def pread_rows() -> Callable[..., np.ndarray] | None:
         return None
     mod = _kernels()
     return None if mod is None else mod.pread_rows
+
+
+def pread_spans() -> Callable[..., np.ndarray] | None:
+    """Compiled reads of spans of nearby rows, or ``None`` when off (as
+    :func:`pread_rows`).
+
+    ``pread_spans()(fd, out, spans, uniq, upos, offset, scratch)`` reads, for
+    each span ``[f, e)`` of ``spans`` int64 [k, 2], the file's rows ``uniq[f]``
+    to ``uniq[e - 1]`` (ascending; the rows between them too, ``len(scratch)``
+    rows a call, into ``scratch``) and copies row ``uniq[i]`` into
+    ``out[upos[i]]`` for ``f <= i < e``. ``out`` and ``scratch`` are uint8
+    [*, row] (C-contiguous byte views of the rows); the file's row ``r`` starts
+    at byte ``offset + r * row``. Returns int64 [j], the spans whose read came
+    back short or failed, for the caller to read again (and raise on); rows of
+    such a span may be partly written.
+    """
+    if not _enabled() or os.name != "posix":
+        return None
+    mod = _kernels()
+    return None if mod is None else mod.pread_spans

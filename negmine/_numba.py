@@ -309,3 +309,28 @@ def pread_rows(fd, base, rows, pos, offset, row):
             short[n_short] = i
             n_short += 1
     return short[:n_short]
+
+
+@numba.njit(nogil=True, cache=True)
+def pread_spans(fd, out, spans, uniq, upos, offset, scratch):
+    """See :func:`negmine._compiled.pread_spans`."""
+    row = out.shape[1]
+    cap = scratch.shape[0]
+    base = scratch.ctypes.data
+    short = np.empty(spans.shape[0], dtype=np.int64)
+    n_short = 0
+    for s in range(spans.shape[0]):
+        f, e = spans[s, 0], spans[s, 1]
+        lo, hi = uniq[f], uniq[e - 1] + 1
+        i = f
+        for r0 in range(lo, hi, cap):
+            r1 = min(r0 + cap, hi)
+            want = (r1 - r0) * row
+            if _pread(fd, base, want, offset + r0 * row) != want:
+                short[n_short] = s
+                n_short += 1
+                break
+            while i < e and uniq[i] < r1:
+                out[upos[i], :] = scratch[uniq[i] - r0, :]
+                i += 1
+    return short[:n_short]

@@ -84,21 +84,69 @@ def test_compiled_reads_hand_back_the_rows_they_could_not_read(rows_file):
     rows=st.lists(st.integers(0, 999), max_size=300),
     scratch_rows=st.integers(1, 40),
     gap_bytes=st.sampled_from([1, 64, 8192]),
+    compiled=st.sampled_from(["0", "1"]),
 )
-def test_read_rows_any_rows_any_scratch(tmp_path_factory, rows, scratch_rows, gap_bytes):
-    """Spans read through a scratch buffer of any size, any gap rule, equal indexing."""
+def test_read_rows_any_rows_any_scratch(tmp_path_factory, rows, scratch_rows, gap_bytes, compiled):
+    """Spans read through a scratch buffer of any size (from Python, or by the
+    compiled loop through its own), any gap rule, equal indexing."""
     base = tmp_path_factory.getbasetemp() / "prop.npy"
     a = np.arange(1000 * 6, dtype=np.float64).reshape(1000, 6)
     if not base.exists():
         np.save(base, a)
     m = np.load(base, mmap_mode="r")
-    old = (_rowfile.SCRATCH_BYTES, _rowfile.GAP_BYTES)
+    old = (_rowfile.SCRATCH_BYTES, _rowfile.SPAN_BYTES, _rowfile.GAP_BYTES)
+    was = os.environ.get("NEGMINE_COMPILED")
     try:
-        _rowfile.SCRATCH_BYTES, _rowfile.GAP_BYTES = scratch_rows * 48, gap_bytes
+        _rowfile.SCRATCH_BYTES = _rowfile.SPAN_BYTES = scratch_rows * 48
+        _rowfile.GAP_BYTES = gap_bytes
+        os.environ["NEGMINE_COMPILED"] = compiled
         got = read_rows(m, np.array(rows, dtype=np.int64))
     finally:
-        _rowfile.SCRATCH_BYTES, _rowfile.GAP_BYTES = old
+        _rowfile.SCRATCH_BYTES, _rowfile.SPAN_BYTES, _rowfile.GAP_BYTES = old
+        if was is None:
+            os.environ.pop("NEGMINE_COMPILED")
+        else:
+            os.environ["NEGMINE_COMPILED"] = was
     np.testing.assert_array_equal(got, a[np.array(rows, dtype=np.int64)].reshape(-1, 6))
+
+
+def test_compiled_span_reads_hand_back_the_spans_they_could_not_read(rows_file):
+    """A span reaching past the file's end reads short: the compiled loop
+    returns its index and copies every row of the other spans, a scratch of
+    rows at a time, from the rows read, gaps between them skipped."""
+    from negmine import _compiled
+
+    pytest.importorskip("numba")
+    reads = _compiled.pread_spans()
+    assert reads is not None
+    a, m = rows_file
+    path, offset, row = file_rows(m)
+    n = a.shape[0]
+    uniq = np.array([3, 4, 9, 10, 11, 2990, 2999, n + 1, 100, 101, 140], dtype=np.int64)
+    spans = np.array([[0, 5], [5, 8], [8, 11]], dtype=np.int64)  # the middle one past the end
+    upos = np.array([10, 0, 9, 1, 8, 2, 7, 3, 6, 4, 5], dtype=np.int64)
+    out = np.zeros((11, a.shape[1]), dtype=a.dtype)
+    scratch = np.empty((4, row), dtype=np.uint8)  # spans of 9 and 41 rows: several reads each
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        short = reads(fd, out.view(np.uint8), spans, uniq, upos, offset, scratch)
+    finally:
+        os.close(fd)
+    assert short.tolist() == [1]
+    done = np.r_[0:5, 8:11]
+    np.testing.assert_array_equal(out[upos[done]], a[uniq[done]])
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_a_short_span_read_raises(rows_file, compiled, monkeypatch):
+    """A span whose read comes back short (here: its last row past the file's
+    end) is read again from Python, which raises rather than return stale rows."""
+    monkeypatch.setenv("NEGMINE_COMPILED", compiled)
+    a, m = rows_file
+    path, offset, row = file_rows(m)
+    n = a.shape[0]
+    with pytest.raises(OSError, match="short read"):
+        read_rows(m, np.array([n - 3, n - 1], dtype=np.int64), where=(path, offset + row, row))
 
 
 @pytest.mark.parametrize("dtype", ["<f2", "<f8", ">f4"])
