@@ -30,8 +30,10 @@ CHUNK = 16384
 #: Candidates an exact re-rank scores at a time (:meth:`SourceVectors.to_queries`).
 RERANK_ROWS = 4096
 #: Pairs whose negatives one file scan of :meth:`SourceVectors.pair_cosines`
-#: serves (their questions' and sources' unit rows are held meanwhile).
-SCAN_PAIRS = 2 * CHUNK
+#: serves (their questions' and sources' unit rows are held meanwhile). A
+#: block's negatives want most windows of a large file: each scan reads it
+#: nearly whole, so fewer, larger passes read less.
+SCAN_PAIRS = 4 * CHUNK
 #: Threads a file scan is cut across, each reading its own part of the file:
 #: reads, norms and dot products release the GIL, and each cosine is computed
 #: alone, so any count gives the same bytes.
