@@ -117,6 +117,29 @@ def test_quantized_queries_are_the_weights_on_a_scale_of_their_own():
     assert (err <= 0.5001 / scale[:, None]).all()
 
 
+@pytest.mark.parametrize("piece", [1, 3, 64, 512])
+def test_queries_quantized_in_pieces_keep_every_bit(piece, monkeypatch):
+    """Pieces of any size, from an array or from rows gathered on demand, into a
+    given buffer: the bytes of rounding ``xq * step`` on each row's scale at once."""
+    from negmine.search import codes as codes_mod
+    from negmine.search.common import RowsOf
+
+    rng = np.random.default_rng(4)
+    xq = unit(rng.standard_normal((203, 40)))
+    xq[5] = 0.0
+    step = rng.uniform(0.001, 0.01, 40).astype(np.float32)
+    w = xq * step
+    top = np.abs(w).max(axis=1, keepdims=True)
+    scale = np.divide(127.0, top, out=np.ones_like(top), where=top > 0)
+    want = np.rint(w * scale).astype(np.int8)
+    monkeypatch.setattr(codes_mod, "QUANTIZE_ROWS", piece)
+    np.testing.assert_array_equal(quantize_queries(xq, step), want)
+    rows = rng.permutation(203)[:150]
+    out = np.full((150, 40), 99, dtype=np.int8)
+    assert quantize_queries(RowsOf(xq, rows), step, out=out) is out
+    np.testing.assert_array_equal(out, want[rows])
+
+
 @pytest.mark.parametrize(
     ("nprobe", "threads", "ahead"), [(2, 1, 2), (2, 2, 1), (8, 2, 2), (8, 3, 1), (8, 2, 50)]
 )

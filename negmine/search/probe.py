@@ -38,7 +38,7 @@ from ..index.lists import ClusterLists
 from ..index.sublists import SubLists
 from ..layout import ClusterLayout, PositiveSets, csr_expand
 from .codes import int_products, quantize_queries
-from .common import empty_result, faiss_single_threaded, heap_over, run_query_blocks
+from .common import RowsOf, empty_result, faiss_single_threaded, heap_over, run_query_blocks
 from .products import one_thread_pool, product_threads
 from .scan import SCORE_BUFFER, ListScan
 
@@ -268,7 +268,7 @@ class _ProbeKernel:
         probes[...] = _probe_sets(cs, self.nprobe)
         nearest[...] = np.argmax(cs, axis=1)
         if self.integer:
-            xw[...] = quantize_queries(xs, self.lists.step)
+            quantize_queries(xs, self.lists.step, out=xw)
 
     def run(self, xq, cl, qq):
         probes, nearest, xq = self._prepare(xq, cl)
@@ -330,7 +330,8 @@ class _SubListKernel(_ProbeKernel):
 
     def _choose_sub(self, xq, rows, cl, probes, nearest, xw) -> None:
         with faiss_single_threaded():
-            xw[...] = quantize_queries(xq[rows], self.lists.step)
+            part = xq[rows] if isinstance(xq, np.ndarray) else RowsOf(xq.queries, xq.rows[rows])
+            quantize_queries(part, self.lists.step, out=xw)
             probes[...], nearest[...] = sub_list_probes(self.sub, xw, cl, self.nprobe)
 
 
