@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -48,9 +49,10 @@ class Entries:
     src_cluster: np.ndarray
     adj: np.ndarray
 
-    @property
+    @cached_property
     def safe(self) -> np.ndarray:
-        """``ids`` with out-of-range entries replaced by 0, for lookups."""
+        """``ids`` with out-of-range entries replaced by 0, for lookups (made once:
+        three rules look sources up, and ``ids`` is not changed meanwhile)."""
         return np.where(self.valid, self.ids, 0)
 
 
