@@ -192,20 +192,9 @@ def read_rows(
             if os.preadv(fd, [flat[at : at + row]], offset + u * row) != row:
                 _pread_full(fd, flat[at : at + row], row, offset + u * row)
         spans = np.flatnonzero(~single)
-        fe = np.stack([first[spans], last[spans] + 1], axis=1)
-        widest = int((uniq[fe[:, 1] - 1] + 1 - uniq[fe[:, 0]]).max()) if spans.size else 0
-        span_read = pread_spans() if spans.size else None
-        if span_read is not None:  # one compiled loop through a scratch that stays in cache
-            scratch = np.empty((min(max(1, SPAN_BYTES // row), widest), row), dtype=np.uint8)
-            redo = span_read(fd, out.view(np.uint8).reshape(rows.size, row), fe, uniq, upos,
-                             offset, scratch)  # fmt: skip
-            fe = fe[redo]  # short reads: again, from here
-        if fe.size:
-            cap = min(max(1, SCRATCH_BYTES // row), widest)
-            scratch = np.empty((cap, a.shape[1]), dtype=a.dtype)
-            for f, e in fe.tolist():
-                _read_span(fd, (offset, row), (int(uniq[f]), int(uniq[e - 1]) + 1), scratch,
-                           uniq[f:e], upos[f:e], out)  # fmt: skip
+        if spans.size:
+            fe = np.stack([first[spans], last[spans] + 1], axis=1)
+            _read_spans(fd, (offset, row), fe, uniq, upos, out)
     finally:
         os.close(fd)
     if uniq.size < rows.size:  # repeated rows: copied from their first reading
@@ -227,6 +216,34 @@ def _located(
     if rows.size and (rows.min() < 0 or rows.max() >= a.shape[0]):
         raise IndexError(f"row ids must lie in [0, {a.shape[0]}): got {rows.min()}..{rows.max()}")
     return where, rows
+
+
+def _read_spans(
+    fd: int,
+    at: tuple[int, int],
+    spans: np.ndarray,
+    uniq: np.ndarray,
+    upos: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Rows ``uniq[f:e]`` (ascending) into ``out[upos[f:e]]`` for each span
+    ``[f, e)`` of ``spans`` int64 [k, 2], reading each span's rows and those
+    between them; ``at`` = (offset, row bytes). The compiled loop reads them
+    through a scratch that stays in cache; what it cannot read, and everything
+    without it, is read from here."""
+    offset, row = at
+    widest = int((uniq[spans[:, 1] - 1] + 1 - uniq[spans[:, 0]]).max())
+    span_read = pread_spans()
+    if span_read is not None:
+        scratch = np.empty((min(max(1, SPAN_BYTES // row), widest), row), dtype=np.uint8)
+        redo = span_read(fd, out.view(np.uint8).reshape(out.shape[0], row), spans, uniq, upos,
+                         offset, scratch)  # fmt: skip
+        spans = spans[redo]  # short reads: again, from here (which raises on errors)
+    if spans.size:
+        scratch = np.empty((min(max(1, SCRATCH_BYTES // row), widest), out.shape[1]), out.dtype)
+        for f, e in spans.tolist():
+            _read_span(fd, at, (int(uniq[f]), int(uniq[e - 1]) + 1), scratch, uniq[f:e],
+                       upos[f:e], out)  # fmt: skip
 
 
 def _read_span(
